@@ -1,0 +1,9 @@
+"""Errors shared across octorelay; each carries a message a person can act on."""
+
+
+class RelayError(Exception):
+    """Base class: a clear, user-facing failure (exit code 1, no traceback)."""
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid; the message names the file and the key."""

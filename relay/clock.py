@@ -1,0 +1,37 @@
+"""Time helpers: the store keeps UTC ISO 8601 text that sorts as it compares."""
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+OCTOPUSH_TZ = ZoneInfo("Europe/Paris")
+OCTOPUSH_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None = None) -> str:
+    """UTC ISO 8601 with microseconds: every stored time has this one shape, so text order is time order."""
+    return (moment or now()).astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def ago(**delta: float) -> str:
+    return iso(now() - timedelta(**delta))
+
+
+def parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def from_octopush(text: str) -> datetime | None:
+    """Octopush dates are `Y-m-d H:i:s` in Europe/Paris local time; None when unreadable."""
+    try:
+        return datetime.strptime(text.strip(), OCTOPUSH_FORMAT).replace(tzinfo=OCTOPUSH_TZ)
+    except (ValueError, AttributeError):
+        return None
+
+
+def to_octopush(moment: datetime) -> str:
+    return moment.astimezone(OCTOPUSH_TZ).strftime(OCTOPUSH_FORMAT)

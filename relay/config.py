@@ -1,0 +1,485 @@
+"""Load the TOML configuration once, merge it over `default.toml`, validate it into frozen objects.
+
+Every problem is a `ConfigError` whose one line names the file and the key, so
+`octorelay run` and `check-config` can exit 1 without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+from relay.errors import ConfigError
+
+DEFAULT_NAME = "built-in defaults"
+ENV_CONFIG = "OCTORELAY_CONFIG"
+PLACEHOLDERS = {"changeme", "change-me", "xxx", "your-api-key", "secret"}
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Emulator:
+    reply_text: str
+    reply_after: float
+    credit: float
+
+
+@dataclass(frozen=True)
+class Octopush:
+    mode: str
+    base_url: str
+    api_login: str
+    api_key: str = field(repr=False)
+    type: str
+    purpose: str
+    sender: str
+    with_replies: bool
+    auto_optimize_text: bool
+    timeout: float
+    retry_for: float
+    low_credit: float
+    emulator: Emulator
+
+
+@dataclass(frozen=True)
+class Http:
+    listen: Listen
+    public_url: str
+    callback_token: str = field(repr=False)
+    api_token: str = field(repr=False)
+    ui_users: dict[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SmtpIn:
+    listen: Listen
+    domain: str
+    allowed_senders: tuple[str, ...]
+    require_auth: bool
+    users: dict[str, str] = field(repr=False)
+    tls_cert: str
+    tls_key: str
+    region: str
+    max_recipients: int
+    max_size: int
+    max_commands: int
+    confirm: str
+    stop_mention: str
+
+
+@dataclass(frozen=True)
+class SmtpOut:
+    transport: str
+    host: str
+    port: int
+    security: str
+    username: str
+    password: str = field(repr=False)
+    sender: str  # the "from" key
+    maildir: Path
+    max_age: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Storage:
+    path: Path
+    retention_days: int
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path.parent
+
+
+@dataclass(frozen=True)
+class Log:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    to: tuple[str, ...]
+    mode: str
+    schedule: str
+    timezone: str
+    group_by: str
+    events: tuple[str, ...]
+    countries: tuple[str, ...]
+    send_empty: bool
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # the file it came from, or DEFAULT_NAME
+    octopush: Octopush
+    http: Http
+    smtp_in: SmtpIn
+    smtp_out: SmtpOut
+    storage: Storage
+    log: Log
+    templates_dir: Path | None
+    groups: dict[str, Path]
+    subscriptions: tuple[Subscription, ...]
+
+    def subscription(self, name: str) -> Subscription:
+        for sub in self.subscriptions:
+            if sub.name == name:
+                return sub
+        known = ", ".join(s.name for s in self.subscriptions) or "none"
+        raise ConfigError(f"{self.source}: no subscription named {name!r} (known: {known})")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_text() -> str:
+    return resources.files("relay").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Read `path` (else $OCTORELAY_CONFIG, else nothing) over the defaults and validate it."""
+    env = dict(os.environ if env is None else env)
+    if path is None and env.get(ENV_CONFIG):
+        path = env[ENV_CONFIG]
+    raw = tomllib.loads(default_text())
+    source = DEFAULT_NAME
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the configuration: {exc.strerror}") from None
+        try:
+            user = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        raw = _merge(raw, user, source, "")
+    # Relative paths are read from the working directory (systemd's WorkingDirectory).
+    return _validate(raw, source, env, Path.cwd())
+
+
+def _merge(default: dict, user: dict, source: str, prefix: str) -> dict:
+    """Tables merge key by key (unknown keys refused); lists and values replace."""
+    merged = dict(default)
+    for key, value in user.items():
+        where = f"{prefix}{key}"
+        if key not in default:
+            raise ConfigError(f"{source}: unknown key {where!r}")
+        if isinstance(default[key], dict) and key not in _FREE_TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {where!r} must be a table")
+            merged[key] = _merge(default[key], value, source, where + ".")
+        else:
+            merged[key] = value
+    return merged
+
+
+# Tables whose keys are the user's own names (users, groups) rather than settings.
+_FREE_TABLES = {"ui_users", "users", "groups"}
+
+
+# ---------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Type and value checks that name the key in their message."""
+
+    def __init__(self, source: str, section: str, data: dict):
+        self.source, self.section, self.data = source, section, data
+
+    def fail(self, key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.source}: {self.section}{key}: {message}")
+
+    def get(self, key: str, kind: type | types.UnionType):
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, bool):
+            self.fail(key, f"must be a whole number, not {value!r}")
+        if not isinstance(value, kind):
+            names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+            self.fail(key, f"must be {names.get(kind, kind)}, not {value!r}")
+        return value
+
+    def choice(self, key: str, options: typing.Iterable[str]) -> str:
+        value = self.get(key, str)
+        options = tuple(options)
+        if value not in options:
+            self.fail(key, f"must be one of {', '.join(map(repr, options))}, not {value!r}")
+        return value
+
+    def positive(self, key: str, kind: type = float, *, zero: bool = False):
+        value = self.get(key, kind)
+        if value < 0 or (value == 0 and not zero):
+            self.fail(key, f"must be {'0 or more' if zero else 'more than 0'}, not {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.data[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(key, f"must be a list of strings, not {value!r}")
+        return tuple(value)
+
+    def mapping(self, key: str) -> dict[str, str]:
+        value = self.data[key]
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            self.fail(key, "must be a table of name = \"string\"")
+        return dict(value)
+
+    def listen(self, key: str) -> Listen:
+        value = self.get(key, str)
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            self.fail(key, f"must be HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080), not {value!r}")
+        return Listen(host, int(port))
+
+    def secret(self, key: str, env: dict[str, str], env_name: str | None) -> str:
+        """The `<key>_file` file, else the environment variable, else the inline value."""
+        file_key = f"{key}_file"
+        path = self.data.get(file_key, "")
+        if path:
+            try:
+                value = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                self.fail(file_key, f"cannot read {path}: {exc.strerror}")
+        elif env_name and env.get(env_name):
+            value = env[env_name].strip()
+        else:
+            value = self.get(key, str)
+        if value.lower() in PLACEHOLDERS:
+            self.fail(key, "is still a placeholder value; put the real secret there")
+        return value
+
+
+def _section(raw: dict, source: str, name: str) -> _Checker:
+    data = raw[name] if "." not in name else raw[name.split(".")[0]][name.split(".")[1]]
+    return _Checker(source, name + ".", data)
+
+
+def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config:
+    def path(value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p)
+
+    c = _section(raw, source, "octopush")
+    e = _section(raw, source, "octopush.emulator")
+    purpose = c.choice("purpose", ("alert", "marketing", "wholesale"))
+    octopush = Octopush(
+        mode=c.choice("mode", ("live", "simulation", "emulator")),
+        base_url=c.get("base_url", str).rstrip("/"),
+        api_login=env.get("OCTOPUSH_API_LOGIN") or c.get("api_login", str),
+        api_key=c.secret("api_key", env, "OCTOPUSH_API_KEY"),
+        type=c.choice("type", ("sms_premium", "sms_low_cost")),
+        purpose="wholesale" if purpose == "marketing" else purpose,
+        sender=c.get("sender", str),
+        with_replies=c.get("with_replies", bool),
+        auto_optimize_text=c.get("auto_optimize_text", bool),
+        timeout=c.positive("timeout"),
+        retry_for=c.positive("retry_for", zero=True),
+        low_credit=c.positive("low_credit", zero=True),
+        emulator=Emulator(
+            reply_text=e.get("reply_text", str),
+            reply_after=e.positive("reply_after", zero=True),
+            credit=e.positive("credit", zero=True),
+        ),
+    )
+    if octopush.retry_for >= 86400:
+        c.fail("retry_for", "must stay under 86400 s: Octopush forgets a request_id after 24 h")
+    if not octopush.base_url.startswith(("http://", "https://")):
+        c.fail("base_url", f"must be an http(s) URL, not {octopush.base_url!r}")
+    if octopush.sender and not _valid_sender(octopush.sender):
+        c.fail("sender", "must be 3 to 11 letters, digits or spaces")
+    if octopush.mode != "emulator" and not (octopush.api_login and octopush.api_key):
+        c.fail("api_key", f"mode {octopush.mode!r} needs api_login and api_key (or api_key_file)")
+
+    h = _section(raw, source, "http")
+    http = Http(
+        listen=h.listen("listen"),
+        public_url=h.get("public_url", str).rstrip("/"),
+        callback_token=h.secret("callback_token", env, "OCTORELAY_CALLBACK_TOKEN"),
+        api_token=h.secret("api_token", env, "OCTORELAY_API_TOKEN"),
+        ui_users=h.mapping("ui_users"),
+    )
+    if not http.listen.loopback and not http.ui_users:
+        h.fail("ui_users", f"listen = {str(http.listen)!r} is not loopback: add ui_users for the web interface")
+    for user, hashed in http.ui_users.items():
+        if not _is_hash(hashed):
+            h.fail(f"ui_users.{user}", "must be a password hash made by `octorelay hash-password`")
+
+    s = _section(raw, source, "smtp_in")
+    smtp_in = SmtpIn(
+        listen=s.listen("listen"),
+        domain=s.get("domain", str).lower(),
+        allowed_senders=s.strings("allowed_senders"),
+        require_auth=s.get("require_auth", bool),
+        users=s.mapping("users"),
+        tls_cert=s.get("tls_cert", str),
+        tls_key=s.get("tls_key", str),
+        region=s.get("region", str).upper(),
+        max_recipients=s.positive("max_recipients", int),
+        max_size=s.positive("max_size", int),
+        max_commands=s.positive("max_commands", int),
+        confirm=s.choice("confirm", ("all", "errors", "none")),
+        stop_mention=s.get("stop_mention", str),
+    )
+    if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
+        s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
+    if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):
+        s.fail("tls_key", "tls_cert and tls_key go together")
+    if smtp_in.require_auth and not smtp_in.users:
+        s.fail("users", "require_auth = true needs at least one user")
+    for user, hashed in smtp_in.users.items():
+        if not _is_hash(hashed):
+            s.fail(f"users.{user}", "must be a password hash made by `octorelay hash-password`")
+    open_senders = "*" in smtp_in.allowed_senders
+    if not smtp_in.listen.loopback and open_senders and not smtp_in.require_auth:
+        s.fail(
+            "allowed_senders",
+            f"listen = {str(smtp_in.listen)!r} is not loopback: anyone could send SMS; "
+            "set require_auth = true or list the allowed senders",
+        )
+    if not smtp_in.domain or "@" in smtp_in.domain:
+        s.fail("domain", f"must be a domain name, not {smtp_in.domain!r}")
+
+    o = _section(raw, source, "smtp_out")
+    smtp_out = SmtpOut(
+        transport=o.choice("transport", ("smtp", "maildir")),
+        host=o.get("host", str),
+        port=o.positive("port", int),
+        security=o.choice("security", ("none", "starttls", "tls")),
+        username=o.get("username", str),
+        password=o.secret("password", env, "OCTORELAY_SMTP_PASSWORD"),
+        sender=o.get("from", str),
+        maildir=path(o.get("maildir", str)),
+        max_age=o.positive("max_age"),
+        timeout=o.positive("timeout"),
+    )
+    if "@" not in smtp_out.sender or "\n" in smtp_out.sender or "\r" in smtp_out.sender:
+        o.fail("from", f"must be an e-mail address like 'octorelay <relay@example.org>', not {smtp_out.sender!r}")
+
+    st = _section(raw, source, "storage")
+    storage = Storage(path=path(st.get("path", str)), retention_days=st.positive("retention_days", int, zero=True))
+
+    lg = _section(raw, source, "log")
+    log = Log(
+        format=lg.choice("format", ("text", "json")),
+        level=lg.choice("level", ("debug", "info", "warning", "error")),
+    )
+
+    t = _section(raw, source, "templates")
+    templates_dir = path(t.get("dir", str)) if t.get("dir", str) else None
+
+    g = _Checker(source, "groups.", raw["groups"])
+    groups = {name.lower(): path(g.get(name, str)) for name in raw["groups"]}
+
+    subscriptions = _subscriptions(raw.get("subscriptions", []), source)
+    return Config(
+        source=source,
+        octopush=octopush,
+        http=http,
+        smtp_in=smtp_in,
+        smtp_out=smtp_out,
+        storage=storage,
+        log=log,
+        templates_dir=templates_dir,
+        groups=groups,
+        subscriptions=subscriptions,
+    )
+
+
+def _subscriptions(items: object, source: str) -> tuple[Subscription, ...]:
+    from apscheduler.triggers.cron import CronTrigger
+
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: subscriptions must be an array of tables ([[subscriptions]])")
+    defaults = tomllib.loads(default_text())["subscriptions"][0]
+    result, names = [], set()
+    for index, item in enumerate(items):
+        prefix = f"subscriptions[{index}]."
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: subscriptions[{index}] must be a table")
+        for key in item:
+            if key not in defaults:
+                raise ConfigError(f"{source}: unknown key {prefix + key!r}")
+        if "name" not in item or "to" not in item:
+            raise ConfigError(f"{source}: {prefix}name and {prefix}to are required")
+        c = _Checker(source, prefix, {**defaults, **item})
+        sub = Subscription(
+            name=c.get("name", str),
+            to=c.strings("to"),
+            mode=c.choice("mode", ("instant", "digest")),
+            schedule=c.get("schedule", str),
+            timezone=c.get("timezone", str),
+            group_by=c.choice("group_by", ("country", "date")),
+            events=c.strings("events"),
+            countries=tuple(x.upper() for x in c.strings("countries")),
+            send_empty=c.get("send_empty", bool),
+        )
+        if not sub.name or sub.name in names:
+            c.fail("name", f"must be a unique, non-empty name, not {sub.name!r}")
+        names.add(sub.name)
+        if not sub.to or not all("@" in a and "\n" not in a for a in sub.to):
+            c.fail("to", "must list e-mail addresses")
+        for event in sub.events:
+            if event not in ("reply", "delivery", "stop"):
+                c.fail("events", f"{event!r} is not one of 'reply', 'delivery', 'stop'")
+        try:
+            tz = ZoneInfo(sub.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            c.fail("timezone", f"unknown timezone {sub.timezone!r} (e.g. Europe/Paris)")
+        if sub.mode == "digest":
+            try:
+                CronTrigger.from_crontab(sub.schedule, timezone=tz)
+            except ValueError as exc:
+                c.fail("schedule", f"bad cron expression {sub.schedule!r}: {exc}")
+        result.append(sub)
+    return tuple(result)
+
+
+def _valid_sender(sender: str) -> bool:
+    return 3 <= len(sender) <= 11 and all(ch.isascii() and (ch.isalnum() or ch == " ") for ch in sender)
+
+
+def _is_hash(value: str) -> bool:
+    from relay.passwords import is_hash
+
+    return is_hash(value)
+
+
+def replace(config: Config, **changes) -> Config:
+    """A copy with top-level sections swapped: used by tests and by the daemon after binding."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,33 @@
+"""Prometheus metrics, on a registry of the daemon's own (tests run several daemons in one process)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.callbacks = Counter(
+            "octorelay_callbacks", "Octopush callbacks received", ["kind", "outcome"], registry=r
+        )
+        self.callback_seconds = Histogram(
+            "octorelay_callback_seconds",
+            "Time from request to the committed answer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.sms_sent = Counter("octorelay_sms_campaigns_sent", "Octopush campaigns sent", registry=r)
+        self.sms_failed = Counter(
+            "octorelay_sms_campaigns_failed", "Octopush campaigns refused", ["code"], registry=r
+        )
+        self.emails_sent = Counter("octorelay_emails_sent", "E-mails accepted by the transport", ["kind"], registry=r)
+        self.emails_failed = Counter("octorelay_emails_failed", "E-mails given up", ["kind"], registry=r)
+        self.emails_retried = Counter("octorelay_emails_retried", "E-mail delivery attempts to retry", registry=r)
+        self.smtp_in = Counter("octorelay_smtp_messages", "E-mails received on SMTP", ["outcome"], registry=r)
+        self.outbox_depth = Gauge("octorelay_outbox_pending", "E-mails waiting in the outbox", registry=r)
+        self.send_queue_depth = Gauge("octorelay_send_queue_pending", "Octopush calls waiting", registry=r)
+        self.e2e_seconds = Histogram(
+            "octorelay_notify_seconds",
+            "Time from callback to e-mail handed to the transport",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )

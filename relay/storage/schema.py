@@ -1,0 +1,159 @@
+"""The SQLite schema as an ordered list of sqlite-utils migrations, applied at start.
+
+A new version only ever appends a migration; an empty file and every older
+version reach the current schema by applying what they lack.
+"""
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("octorelay")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # One row per logical send: an e-mail, a `send` command or a web answer.
+    db["campaigns"].create(
+        {
+            "id": int,
+            "request_key": str,  # idempotency: Message-ID + recipients, or a random id
+            "origin": str,  # "email" | "cli" | "web"
+            "sender_email": str,  # who asked, and who gets the confirmation and the replies
+            "message_id": str,  # the asking e-mail's Message-ID, for threading
+            "label": str,
+            "text": str,
+            "type": str,
+            "purpose": str,
+            "sender": str,
+            "send_at": str,
+            "with_replies": int,
+            "simulation": int,
+            "status": str,  # "queued" | "sent" | "failed"
+            "error_code": int,
+            "error": str,
+            "contacts": int,
+            "sms_needed": int,
+            "cost": float,
+            "residual_credit": float,
+            "encoding": str,
+            "unicode_chars": str,
+            "removed_optouts": str,  # JSON list of numbers left out because they sent STOP
+            "created_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        not_null={"request_key", "origin", "text", "status", "created_at"},
+        defaults={"status": "queued", "with_replies": 1, "simulation": 0},
+    )
+    db["campaigns"].create_index(["request_key"], unique=True)
+    db["campaigns"].create_index(["created_at"])
+    # The send queue: one row per Octopush call (at most 500 recipients each).
+    db["sends"].create(
+        {
+            "id": int,
+            "campaign_id": int,
+            "chunk": int,
+            "request_id": str,
+            "status": str,  # "pending" | "sent" | "failed"
+            "attempts": int,
+            "ticket": str,
+            "already_sent": int,
+            "sms_needed": int,
+            "cost": float,
+            "residual_credit": float,
+            "error_code": int,
+            "error": str,
+            "created_at": str,
+            "sent_at": str,
+        },
+        pk="id",
+        foreign_keys=[("campaign_id", "campaigns", "id")],
+        not_null={"campaign_id", "request_id", "status"},
+        defaults={"status": "pending", "attempts": 0, "already_sent": 0},
+    )
+    db["sends"].create_index(["request_id"], unique=True)
+    db["sends"].create_index(["status"])
+    db["sends"].create_index(["ticket"])
+    db["recipients"].create(
+        {
+            "id": int,
+            "campaign_id": int,
+            "send_id": int,
+            "number": str,
+            "country": str,
+            "first_name": str,
+            "last_name": str,
+            "params": str,
+            "status": str,  # last delivery status, e.g. "DELIVERED"
+            "status_at": str,
+        },
+        pk="id",
+        foreign_keys=[("campaign_id", "campaigns", "id"), ("send_id", "sends", "id")],
+    )
+    db["recipients"].create_index(["number"])
+    db["recipients"].create_index(["send_id", "number"])
+    db["recipients"].create_index(["campaign_id"])
+    # Every callback Octopush sent, whatever its kind: one table, one id order for digests.
+    db["callbacks"].create(
+        {
+            "id": int,
+            "kind": str,  # "reply" | "delivery" | "stop" | "unrecognised"
+            "dedup_key": str,
+            "ticket": str,
+            "number": str,
+            "country": str,
+            "text": str,
+            "status": str,
+            "sim_card_number": str,
+            "date_raw": str,  # as Octopush sent it (Europe/Paris local)
+            "occurred_at": str,  # the same in UTC ISO 8601
+            "received_at": str,
+            "campaign_id": int,
+            "applied": int,  # receipts: 1 once matched to a recipient
+            "content_type": str,
+            "raw": str,
+        },
+        pk="id",
+        not_null={"kind", "dedup_key", "received_at"},
+        defaults={"applied": 0},
+    )
+    db["callbacks"].create_index(["dedup_key"], unique=True)
+    db["callbacks"].create_index(["kind", "occurred_at"])
+    db["callbacks"].create_index(["number", "occurred_at"])
+    db["callbacks"].create_index(["ticket"])
+    for view, kind in [
+        ("replies", "reply"),
+        ("receipts", "delivery"),
+        ("stops", "stop"),
+        ("unrecognised", "unrecognised"),
+    ]:
+        db.create_view(view, f"SELECT * FROM callbacks WHERE kind = '{kind}'")
+    db["optouts"].create({"number": str, "at": str, "callback_id": int}, pk="number")
+    # The durable e-mail outbox.
+    db["outbox"].create(
+        {
+            "id": int,
+            "kind": str,  # "reply" | "digest" | "confirmation" | "failure" | "alert"
+            "recipients": str,  # JSON list
+            "message": bytes,
+            "message_id": str,
+            "subject": str,
+            "status": str,  # "pending" | "sent" | "failed"
+            "attempts": int,
+            "next_attempt_at": str,
+            "last_error": str,
+            "created_at": str,
+            "sent_at": str,
+        },
+        pk="id",
+        not_null={"recipients", "message", "status", "created_at"},
+        defaults={"status": "pending", "attempts": 0},
+    )
+    db["outbox"].create_index(["status", "next_attempt_at"])
+    # Message-IDs octorelay sent or turned into SMS, so answers find their conversation.
+    db["messages"].create(
+        {"message_id": str, "number": str, "campaign_id": int, "direction": str, "created_at": str},
+        pk="message_id",
+    )
+    db["digests"].create({"name": str, "last_callback_id": int, "last_run_at": str}, pk="name")

@@ -35,3 +35,18 @@ def from_octopush(text: str) -> datetime | None:
 
 def to_octopush(moment: datetime) -> str:
     return moment.astimezone(OCTOPUSH_TZ).strftime(OCTOPUSH_FORMAT)
+
+
+def region_timezone(region: str) -> ZoneInfo:
+    """The main timezone of an ISO region (FR → Europe/Paris), for national times like [at:2026-12-01 09:00]."""
+    import phonenumbers
+    from phonenumbers import timezone as pn_timezone
+
+    example = phonenumbers.example_number(region)
+    zones = pn_timezone.time_zones_for_number(example) if example else ()
+    for zone in zones:
+        try:
+            return ZoneInfo(zone)
+        except (KeyError, ValueError):
+            continue
+    return ZoneInfo("UTC")

@@ -39,6 +39,7 @@ def m001_initial(db: Database) -> None:
             "encoding": str,
             "unicode_chars": str,
             "removed_optouts": str,  # JSON list of numbers left out because they sent STOP
+            "confirm": str,  # "all" | "errors" | "none": what to e-mail sender_email afterwards
             "created_at": str,
             "finished_at": str,
         },
@@ -55,8 +56,9 @@ def m001_initial(db: Database) -> None:
             "campaign_id": int,
             "chunk": int,
             "request_id": str,
-            "status": str,  # "pending" | "sent" | "failed"
+            "status": str,  # "pending" | "sending" | "sent" | "failed"
             "attempts": int,
+            "deadline": str,  # temporary failures are retried until then (octopush.retry_for)
             "ticket": str,
             "already_sent": int,
             "sms_needed": int,
@@ -111,13 +113,15 @@ def m001_initial(db: Database) -> None:
             "received_at": str,
             "campaign_id": int,
             "applied": int,  # receipts: 1 once matched to a recipient
+            "routed": int,  # 1 once the notifier has queued its e-mails
             "content_type": str,
             "raw": str,
         },
         pk="id",
         not_null={"kind", "dedup_key", "received_at"},
-        defaults={"applied": 0},
+        defaults={"applied": 0, "routed": 0},
     )
+    db["callbacks"].create_index(["routed"])
     db["callbacks"].create_index(["dedup_key"], unique=True)
     db["callbacks"].create_index(["kind", "occurred_at"])
     db["callbacks"].create_index(["number", "occurred_at"])

@@ -1,0 +1,241 @@
+"""The daemon: starts components in dependency order, stops them in reverse, owns the signals.
+
+Order: store → outbox → Octopush client (and emulator) → send queue →
+notifier → HTTP → SMTP → scheduler → READY=1. Stopping goes backwards, so
+listeners close first and workers finish what they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from functools import partial
+
+from aiohttp import web
+
+from relay import clock, config as config_mod, systemd
+from relay.config import Config
+from relay.errors import RelayError
+from relay.groups import contacts, load_groups
+from relay.mail.outbox import Outbox
+from relay.mail.render import Renderer
+from relay.metrics import Metrics
+from relay.notify import Notifier
+from relay.octopush.client import OctopushClient
+from relay.octopush.emulator import Emulator
+from relay.scheduler import Scheduler
+from relay.sending import SendQueue
+from relay.storage import queries
+from relay.storage.database import Store
+from relay.web.app import create_app
+from relay.web.middlewares import AccessLogger
+
+log = logging.getLogger("relay.daemon")
+STOP_TIMEOUT = 10.0
+
+
+class Daemon:
+    """Every long-lived component of octorelay, wired together."""
+
+    def __init__(self, config: Config, *, config_path: str | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.store = Store(config.storage.path)
+        self.callback_token = ""
+        self.groups = load_groups(config.groups, config.smtp_in.region)
+        self.renderer = Renderer(config.templates_dir)
+        self.emulator: Emulator | None = None
+        self.client: OctopushClient | None = None
+        self.outbox: Outbox | None = None
+        self.sender: SendQueue | None = None
+        self.notifier: Notifier | None = None
+        self.smtp = None
+        self.scheduler: Scheduler | None = None
+        self.watchdog = systemd.Watchdog()
+        self._runner: web.AppRunner | None = None
+        self.http_address: tuple[str, int] | None = None
+        self._started: list = []
+        self._stop_event = asyncio.Event()
+
+    # ------------------------------------------------------------ addresses
+
+    @property
+    def http_url(self) -> str:
+        host, port = self.http_address
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+
+    @property
+    def callback_url(self) -> str:
+        """The URL to give Octopush (from public_url)."""
+        return f"{self.config.http.public_url}/octopush/{self.callback_token}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self._up(self.store)
+        self.callback_token = cfg.http.callback_token or await self.store.write(queries.ensure_callback_token)
+        self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
+        await self._up(self.outbox)
+
+        base_url = cfg.octopush.base_url
+        login, key = cfg.octopush.api_login, cfg.octopush.api_key
+        if cfg.octopush.mode == "emulator":
+            emu = cfg.octopush.emulator
+            self.emulator = Emulator(
+                reply_text=emu.reply_text,
+                reply_after=emu.reply_after,
+                credit=emu.credit,
+                credentials=(login, key) if login and key else None,
+            )
+            await self._up(self.emulator)
+            base_url = self.emulator.base_url
+            login, key = login or "emulator", key or "emulator"
+        self.client = OctopushClient(base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for)
+        await self._up(self.client)
+
+        self.notifier = Notifier(cfg, self.store, self.outbox, self.renderer, contacts(self.groups), self.metrics)
+        self.sender = SendQueue(
+            self.store,
+            self.client,
+            simulation=cfg.octopush.mode == "simulation",
+            auto_optimize_text=cfg.octopush.auto_optimize_text,
+            on_finished=self.notifier.campaign_finished,
+            metrics=self.metrics,
+        )
+        await self._up(self.sender)
+        await self._up(self.notifier)
+
+        app = create_app(self)
+        self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.http.listen.host, cfg.http.listen.port, reuse_address=True)
+        await site.start()
+        self._started.append(_Runner(self._runner))
+        sock = site._server.sockets[0]  # the bound address, for port 0
+        self.http_address = sock.getsockname()[:2]
+        if self.emulator:
+            self.emulator.callback_url = f"{self.http_url}/octopush/{self.callback_token}"
+
+        from relay.mail.smtp_inbound import SmtpListener
+
+        self.smtp = SmtpListener(self)
+        await self._up(self.smtp)
+        self.scheduler = Scheduler(self)
+        await self._up(self.scheduler)
+        await self._up(self.watchdog)
+        systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
+        log.info("octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode)
+
+    async def _up(self, component) -> None:
+        await component.start()
+        self._started.append(component)
+
+    async def stop(self) -> None:
+        systemd.stopping()
+        while self._started:
+            component = self._started.pop()
+            try:
+                await asyncio.wait_for(component.stop(), STOP_TIMEOUT)
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping %s failed", type(component).__name__)
+
+    # ------------------------------------------------------------ run, signals, reload
+
+    async def run(self) -> int:
+        """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            if self.config.source == config_mod.DEFAULT_NAME:
+                self._print_demo()
+            await self._stop_event.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop_event.set()
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; a broken file is refused and the running one stays."""
+        systemd.reloading()
+        try:
+            new = config_mod.load(self.config_path)
+            groups = load_groups(new.groups, new.smtp_in.region)
+            renderer = Renderer(new.templates_dir)
+        except RelayError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            systemd.ready("reload refused")
+            return False
+        fixed = ("http", "storage")
+        changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
+        if changed:
+            log.warning("reload: [%s] changes need a restart; they are ignored until then", "], [".join(changed))
+            new = config_mod.replace(new, **{name: getattr(self.config, name) for name in fixed})
+        self.config, self.groups, self.renderer = new, groups, renderer
+        self.notifier.reconfigure(new, renderer, contacts(groups))
+        if self.smtp is not None:
+            self.smtp.reconfigure(new)
+        if self.scheduler is not None:
+            await self.scheduler.reload()
+        systemd.ready("configuration reloaded")
+        log.info("configuration reloaded from %s", new.source)
+        return True
+
+    def _print_demo(self) -> None:
+        host, port = self.smtp.address
+        print(
+            f"\noctorelay demo: web interface {self.http_url}/ ; e-mail lands in {self.config.smtp_out.maildir}/new\n"
+            f"Try: python -c \"import smtplib; smtplib.SMTP('{host}', {port}).sendmail('you@localhost', "
+            f"['+33612345678@{self.config.smtp_in.domain}'], 'Subject: hello\\n\\nHello from octorelay')\"\n",
+            flush=True,
+        )
+
+    # ------------------------------------------------------------ used by handlers
+
+    def callback_stored(self, callback_id: int, callback) -> None:
+        self.notifier.wake()
+
+    def last_octopush_call(self) -> dict | None:
+        call = getattr(self.client, "last_call", None)
+        if not call:
+            return None
+        return {k: (clock.iso(v) if hasattr(v, "tzinfo") else v) for k, v in call.items()}
+
+    async def refresh_gauges(self) -> None:
+        depth = await self.store.read(queries.depths)
+        self.metrics.outbox_depth.set(depth["outbox_pending"])
+        self.metrics.send_queue_depth.set(depth["send_queue_pending"])
+
+    async def purge(self, days: int | None = None) -> dict:
+        days = self.config.storage.retention_days if days is None else days
+        return await self.store.write(partial(queries.purge, days=days))
+
+
+class _Runner:
+    """Adapts aiohttp's AppRunner to start/stop: stop accepting, finish requests in flight."""
+
+    def __init__(self, runner: web.AppRunner):
+        self.runner = runner
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def serve(config: Config, config_path: str | None) -> int:
+    daemon = Daemon(config, config_path=config_path)
+    return await daemon.run()
+

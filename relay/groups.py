@@ -1,0 +1,64 @@
+"""Group CSV files: `team@domain` sends to every row, and replies name the contact."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import phonenumbers
+
+from relay.errors import ConfigError
+from relay.octopush.client import Recipient
+
+COLUMNS = ["phone_number", "first_name", "last_name", "param1", "param2", "param3", "param4", "param5"]
+
+
+def load_group(name: str, path: Path, region: str) -> tuple[Recipient, ...]:
+    """Read one group's CSV (header row optional); a bad row is a ConfigError naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"groups.{name}: cannot read {path}: {exc.strerror}") from None
+    rows = list(csv.reader(text.splitlines()))
+    if rows and rows[0] and rows[0][0].strip().lower() == "phone_number":
+        rows = rows[1:]
+        start = 2
+    else:
+        start = 1
+    recipients, seen = [], set()
+    for line, row in enumerate(rows, start=start):
+        if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+            continue
+        try:
+            parsed = phonenumbers.parse(row[0].strip(), region)
+            if not phonenumbers.is_valid_number(parsed):
+                raise phonenumbers.NumberParseException(0, "invalid")
+        except phonenumbers.NumberParseException:
+            raise ConfigError(f"groups.{name}: {path} line {line}: {row[0]!r} is not a valid phone number") from None
+        number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        if number in seen:
+            continue
+        seen.add(number)
+        cells = [c.strip() for c in row[1:8]] + [""] * 7
+        params = tuple(cells[2:7])
+        while params and not params[-1]:
+            params = params[:-1]
+        recipients.append(Recipient(number, cells[0], cells[1], params))
+    if not recipients:
+        raise ConfigError(f"groups.{name}: {path} has no phone numbers")
+    return tuple(recipients)
+
+
+def load_groups(groups: dict[str, Path], region: str) -> dict[str, tuple[Recipient, ...]]:
+    return {name: load_group(name, path, region) for name, path in groups.items()}
+
+
+def contacts(groups: dict[str, tuple[Recipient, ...]]) -> dict[str, str]:
+    """Number → "First Last", for naming who replied."""
+    names: dict[str, str] = {}
+    for members in groups.values():
+        for r in members:
+            name = f"{r.first_name} {r.last_name}".strip()
+            if name:
+                names.setdefault(r.phone_number, name)
+    return names

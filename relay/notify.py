@@ -1,0 +1,441 @@
+"""Routing of stored events to e-mail: the SMS's author, instant subscriptions, digests, confirmations.
+
+Callbacks are stored with `routed = 0` on the fast path; this worker renders
+their e-mails and, in one transaction, queues them in the outbox and marks the
+callbacks routed, so a crash between the two never loses nor doubles a mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+from phonenumbers import geocoder
+from sqlite_utils import Database
+
+from relay import clock
+from relay.config import Config, Subscription
+from relay.mail.outbox import Outbox, queue_message
+from relay.mail.render import Renderer, build_message, make_msgid
+from relay.storage import queries
+from relay.storage.database import Store
+
+log = logging.getLogger("relay.notify")
+BATCH = 200
+
+
+def country_name(code: str) -> str:
+    if not code:
+        return "Unknown country"
+    try:
+        example = phonenumbers.example_number(code)
+        name = geocoder.country_name_for_number(example, "en") if example else ""
+    except Exception:  # noqa: BLE001 - a name is a nicety
+        name = ""
+    return name or code
+
+
+def format_time(iso_text: str | None, tz: ZoneInfo) -> str:
+    if not iso_text:
+        return ""
+    return clock.parse_iso(iso_text).astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def strip_reply_prefix(label: str) -> str:
+    text = label.strip()
+    while text[:3].lower() in ("re:", "tr:", "fw:") or text[:4].lower() == "fwd:":
+        text = text.split(":", 1)[1].strip()
+    return text
+
+
+@dataclass
+class Mail:
+    """One e-mail to queue, with what to remember of it."""
+
+    kind: str
+    to: tuple[str, ...]
+    message: object
+    number: str = ""
+    campaign_id: int | None = None
+
+
+class Notifier:
+    def __init__(self, config: Config, store: Store, outbox: Outbox, renderer: Renderer, contacts: dict[str, str], metrics=None):
+        self.config = config
+        self.store = store
+        self.outbox = outbox
+        self.renderer = renderer
+        self.contacts = contacts
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._digest_lock = asyncio.Lock()
+
+    def reconfigure(self, config: Config, renderer: Renderer, contacts: dict[str, str]) -> None:
+        self.config, self.renderer, self.contacts = config, renderer, contacts
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notifier")
+
+    async def stop(self) -> None:
+        if self._task:
+            # Route what is already stored before stopping: bounded by the batch.
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ instant routing
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                while await self.route_pending():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a worker logs and goes on
+                log.exception("notifier: routing failed; will retry")
+                await asyncio.sleep(2)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=30)
+
+    async def route_pending(self) -> int:
+        """Queue the e-mails of up to BATCH unrouted callbacks; returns how many were routed."""
+        rows = await self.store.read(_unrouted)
+        if not rows:
+            return 0
+        mails: list[Mail] = []
+        for row in rows:
+            mails.extend(self._mails_for(row))
+        ids = [r["id"] for r in rows]
+        await self.store.write(partial(self._queue, mails=mails, routed=ids))
+        self.outbox.wake()
+        return len(rows)
+
+    def _event(self, row: dict, tz: ZoneInfo) -> dict:
+        domain = self.config.smtp_in.domain
+        return {
+            "id": row["id"],
+            "kind": row["kind"],
+            "number": row["number"],
+            "contact": self.contacts.get(row["number"], ""),
+            "country": row["country"] or "",
+            "country_name": country_name(row["country"] or ""),
+            "local_time": format_time(row["occurred_at"], tz),
+            "text": row["text"] or "",
+            "status": row["status"] or "",
+            "answered": row.get("answered"),
+            "ticket": row["ticket"] or "",
+            "reply_to": f"{row['number']}@{domain}",
+        }
+
+    def _mails_for(self, row: dict) -> list[Mail]:
+        mails = []
+        domain = self.config.smtp_in.domain
+        if row["kind"] in ("reply", "stop") and row.get("campaign_origin") == "email" and row.get("sender_email"):
+            tz = clock.region_timezone(self.config.smtp_in.region)
+            event = self._event(row, tz)
+            label = strip_reply_prefix(row.get("label") or "") or "your SMS"
+            text, html = self.renderer.render("reply", event=event, subscription=None)
+            original = row.get("message_id") or ""
+            msg = build_message(
+                sender=self.config.smtp_out.sender,
+                to=[row["sender_email"]],
+                subject=f"Re: {label}",
+                text=text,
+                html=html,
+                message_id=make_msgid(domain),
+                in_reply_to=original or None,
+                references=[original] if original else [],
+                reply_to=event["reply_to"],
+            )
+            mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
+        for sub in self.config.subscriptions:
+            if sub.mode != "instant" or not matches(sub, row):
+                continue
+            event = self._event(row, sub.tz)
+            text, html = self.renderer.render("reply", event=event, subscription=sub.name)
+            who = phonenumbers_intl(row["number"]) + (f" ({event['contact']})" if event["contact"] else "")
+            subject = {
+                "reply": f"SMS reply from {who}",
+                "stop": f"STOP from {who}",
+                "delivery": f"SMS {event['status']} to {who}",
+            }[row["kind"]]
+            msg = build_message(
+                sender=self.config.smtp_out.sender,
+                to=list(sub.to),
+                subject=subject,
+                text=text,
+                html=html,
+                message_id=make_msgid(domain),
+                reply_to=event["reply_to"] if row["kind"] != "delivery" else None,
+            )
+            mails.append(Mail("reply", sub.to, msg, row["number"], row.get("campaign_id")))
+        return mails
+
+    @staticmethod
+    def _queue(db: Database, *, mails: list[Mail], routed: list[int]) -> None:
+        for mail in mails:
+            remember(db, mail)
+        db.execute(f"UPDATE callbacks SET routed = 1 WHERE id IN ({', '.join('?' * len(routed))})", routed)
+
+    # ------------------------------------------------------------ confirmations
+
+    async def campaign_finished(self, outcome) -> None:
+        """E-mail the sender a confirmation or a failure, as the campaign's `confirm` says; alert on account errors."""
+        from relay.sending import needs_alert
+
+        campaign = outcome.campaign
+        mails = []
+        wanted = campaign.get("confirm") or "none"
+        to = campaign.get("sender_email") or ""
+        failed = campaign["status"] == "failed"
+        if to and (wanted == "all" or (wanted == "errors" and failed)):
+            mails.append(self._confirmation(campaign, outcome.error))
+        if failed and needs_alert(outcome.error) and self.config.subscriptions:
+            mails.append(self._alert(error=outcome.error))
+        if mails:
+            await self.store.write(lambda db: [remember(db, m) for m in mails])
+            self.outbox.wake()
+
+    def _campaign_context(self, campaign: dict) -> dict:
+        return {
+            "label": strip_reply_prefix(campaign.get("label") or "") or "SMS",
+            "text": campaign["text"],
+            "tickets": campaign.get("tickets") or [],
+            "contacts": campaign.get("contacts") or 0,
+            "sms_needed": campaign.get("sms_needed") or 0,
+            "cost": campaign.get("cost") or 0,
+            "residual_credit": campaign.get("residual_credit"),
+            "encoding": campaign.get("encoding") or "",
+            "unicode_chars": list(campaign.get("unicode_chars") or ""),
+            "removed_optouts": campaign.get("removed_optouts") or [],
+            "simulation": bool(campaign.get("simulation")),
+            "recipients": [r["number"] for r in campaign.get("recipients", [])],
+        }
+
+    def _confirmation(self, campaign: dict, error) -> Mail:
+        context = self._campaign_context(campaign)
+        original = campaign.get("message_id") or ""
+        if campaign["status"] == "failed":
+            name = "failure"
+            extra = {
+                "error": {
+                    "code": getattr(error, "code", None) or campaign.get("error_code"),
+                    "message": getattr(error, "message", None) or campaign.get("error") or str(error),
+                    "advice": getattr(error, "advice", "") or "",
+                }
+            }
+            subject = f"SMS not sent: {context['label']}"
+        else:
+            name, extra = "confirmation", {}
+            subject = f"SMS sent: {context['label']}"
+        text, html = self.renderer.render(name, campaign=context, **extra)
+        msg = build_message(
+            sender=self.config.smtp_out.sender,
+            to=[campaign["sender_email"]],
+            subject=subject,
+            text=text,
+            html=html,
+            message_id=make_msgid(self.config.smtp_in.domain),
+            in_reply_to=original or None,
+            references=[original] if original else [],
+        )
+        number = context["recipients"][0] if len(context["recipients"]) == 1 else ""
+        return Mail(name, (campaign["sender_email"],), msg, number, campaign["id"])
+
+    def _alert(self, *, error=None, residual_credit: float | None = None) -> Mail:
+        sub = self.config.subscriptions[0]
+        text, html = self.renderer.render(
+            "alert",
+            residual_credit=residual_credit,
+            threshold=self.config.octopush.low_credit,
+            error=str(error) if error else "",
+        )
+        subject = "octorelay: Octopush account needs attention" if error else "octorelay: Octopush credit is low"
+        msg = build_message(
+            sender=self.config.smtp_out.sender,
+            to=list(sub.to),
+            subject=subject,
+            text=text,
+            html=html,
+            message_id=make_msgid(self.config.smtp_in.domain),
+        )
+        return Mail("alert", sub.to, msg)
+
+    async def check_credit(self) -> bool:
+        """Hourly: alert the first subscription once when the credit falls under `low_credit`."""
+        threshold = self.config.octopush.low_credit
+        if threshold <= 0 or not self.config.subscriptions:
+            return False
+        credit, alerted = await self.store.read(
+            lambda db: (queries.meta_get(db, "residual_credit"), queries.meta_get(db, "low_credit_alerted"))
+        )
+        if credit is None or float(credit) >= threshold:
+            if alerted:
+                await self.store.write(lambda db: db.execute("DELETE FROM meta WHERE key = 'low_credit_alerted'"))
+            return False
+        if alerted == credit:
+            return False  # already said for this credit
+        mail = self._alert(residual_credit=float(credit))
+
+        def queue(db: Database) -> None:
+            remember(db, mail)
+            queries.meta_set(db, "low_credit_alerted", credit)
+
+        await self.store.write(queue)
+        self.outbox.wake()
+        return True
+
+    # ------------------------------------------------------------ digests
+
+    async def run_digest(self, name: str, *, dry_run: bool = False, now: datetime | None = None):
+        """Build one digest of the events since the watermark; queue it and advance the watermark together.
+
+        Returns the message (queued, or only built with dry_run), or None when the
+        run was empty and `send_empty` is off.
+        """
+        sub = self.config.subscription(name)
+        async with self._digest_lock:
+            snapshot = await self.store.read(partial(_digest_events, sub=sub))
+            events = [self._event(row, sub.tz) for row in snapshot["rows"]]
+            until = now or clock.now()
+            if not events and not sub.send_empty:
+                if not dry_run:
+                    await self.store.write(partial(_advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"]))
+                return None
+            msg = self._digest_message(sub, events, snapshot["since"], until)
+            if dry_run:
+                return msg
+            mail = Mail("digest", sub.to, msg)
+
+            def queue(db: Database) -> bool:
+                if not _advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"]):
+                    return False  # another run moved the watermark first
+                remember(db, mail)
+                return True
+
+            if await self.store.write(queue):
+                self.outbox.wake()
+                log.info("digest %s: %d events queued", sub.name, len(events))
+                return msg
+            return None
+
+    def _digest_message(self, sub: Subscription, events: list[dict], since: str | None, until: datetime):
+        buckets: dict[str, list[dict]] = defaultdict(list)
+        for event in events:
+            if sub.group_by == "country":
+                key = f"{event['country_name']} ({event['country']})" if event["country"] else "Unknown country"
+            else:
+                key = event["local_time"][:10]
+            buckets[key].append(event)
+        if sub.group_by == "date":
+            order = sorted(buckets)
+            titles = {k: datetime.strptime(k, "%Y-%m-%d").strftime("%A %d %B %Y") if k else "Unknown day" for k in order}
+        else:
+            order = sorted(buckets, key=lambda k: (-len(buckets[k]), k))
+            titles = {k: k for k in order}
+        groups = [{"title": titles[k], "count": len(buckets[k]), "entries": buckets[k]} for k in order]
+        count = len(events)
+        text, html = self.renderer.render(
+            "digest",
+            name=sub.name,
+            count=count,
+            group_by=sub.group_by,
+            groups=groups,
+            since=format_time(since, sub.tz) if since else "the start",
+            until=until.astimezone(sub.tz).strftime("%Y-%m-%d %H:%M %Z"),
+        )
+        return build_message(
+            sender=self.config.smtp_out.sender,
+            to=list(sub.to),
+            subject=f"{count} SMS replies \u2014 {sub.name}",
+            text=text,
+            html=html,
+            message_id=make_msgid(self.config.smtp_in.domain),
+        )
+
+
+def phonenumbers_intl(number: str) -> str:
+    try:
+        return phonenumbers.format_number(phonenumbers.parse(number, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException:
+        return number
+
+
+def matches(sub: Subscription, row: dict) -> bool:
+    return row["kind"] in sub.events and (not sub.countries or (row["country"] or "") in sub.countries)
+
+
+def remember(db: Database, mail: Mail) -> None:
+    """Queue the e-mail and remember its Message-ID with its conversation."""
+    msg = mail.message
+    queue_message(db, msg, kind=mail.kind, recipients=list(mail.to))
+    db.execute(
+        "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) VALUES (?, ?, ?, 'out', ?)",
+        [msg["Message-ID"], mail.number, mail.campaign_id, clock.iso()],
+    )
+
+
+_EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
+                    cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
+                    c.message_id, c.label"""
+
+
+def _unrouted(db: Database) -> list[dict]:
+    return [
+        dict(r)
+        for r in db.query(
+            f"""SELECT {_EVENT_COLUMNS} FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
+                WHERE cb.routed = 0 ORDER BY cb.id LIMIT ?""",
+            [BATCH],
+        )
+    ]
+
+
+def _digest_events(db: Database, *, sub: Subscription) -> dict:
+    row = db.execute("SELECT last_callback_id, last_run_at FROM digests WHERE name = ?", [sub.name]).fetchone()
+    watermark, since = (row[0], row[1]) if row else (0, None)
+    top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
+    kinds = [k for k in sub.events]
+    where = f"cb.id > ? AND cb.id <= ? AND cb.kind IN ({', '.join('?' * len(kinds))})"
+    params: list = [watermark, top, *kinds]
+    if sub.countries:
+        where += f" AND cb.country IN ({', '.join('?' * len(sub.countries))})"
+        params += list(sub.countries)
+    rows = [
+        dict(r)
+        for r in db.query(
+            f"SELECT {_EVENT_COLUMNS} FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id "
+            f"WHERE {where} ORDER BY cb.occurred_at, cb.id",
+            params,
+        )
+    ]
+    return {"rows": rows, "watermark": watermark, "top": top, "since": since}
+
+
+def _advance(db: Database, *, sub: str, expected: int, to: int) -> bool:
+    """Move a digest's watermark from `expected` to `to`; False when someone else moved it."""
+    row = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [sub]).fetchone()
+    current = row[0] if row else 0
+    if current != expected:
+        return False
+    db.execute(
+        "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET last_callback_id = excluded.last_callback_id, last_run_at = excluded.last_run_at",
+        [sub, to, clock.iso()],
+    )
+    return True

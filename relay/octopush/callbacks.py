@@ -1,0 +1,105 @@
+"""Octopush callbacks: tell replies, delivery receipts and STOPs apart by their fields.
+
+Octopush signs nothing and may repeat a callback, so each gets a dedup key over
+what identifies it (kind, ticket, number, text, status, date); a body we cannot
+classify is kept raw rather than lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import phonenumbers
+
+from relay import clock
+
+
+@dataclass(frozen=True)
+class Callback:
+    kind: str  # "reply" | "delivery" | "stop" | "unrecognised"
+    ticket: str = ""
+    number: str = ""
+    country: str = ""
+    text: str = ""
+    status: str = ""
+    sim_card_number: str = ""
+    date_raw: str = ""
+    occurred_at: str | None = None
+    raw: str = ""
+    content_type: str = ""
+
+    @property
+    def dedup_key(self) -> str:
+        if self.kind == "unrecognised":
+            parts = [self.kind, self.raw]
+        else:
+            parts = [self.kind, self.ticket, self.number, self.text, self.status, self.date_raw]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+    def row(self, received_at: str) -> dict:
+        return {
+            "kind": self.kind,
+            "dedup_key": self.dedup_key,
+            "ticket": self.ticket,
+            "number": self.number,
+            "country": self.country,
+            "text": self.text,
+            "status": self.status,
+            "sim_card_number": self.sim_card_number,
+            "date_raw": self.date_raw,
+            "occurred_at": self.occurred_at or received_at,
+            "received_at": received_at,
+            "content_type": self.content_type,
+            "raw": self.raw,
+        }
+
+
+def normalise_number(value: str) -> tuple[str, str]:
+    """(E.164, ISO country) when phonenumbers can read it, else the text as given and no country."""
+    text = value.strip()
+    if text and not text.startswith("+") and text.isdigit():
+        text = "+" + text.removeprefix("00")
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return value.strip(), ""
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return e164, phonenumbers.region_code_for_number(parsed) or ""
+
+
+def _text(fields: dict, key: str) -> str:
+    value = fields.get(key)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
+    """Read one callback's fields (JSON object or form) into a `Callback`."""
+    date_key = next((k for k in ("reception_date", "answer_date", "delivery_date", "stop_date") if fields.get(k)), "")
+    number = _text(fields, "number")
+    if date_key == "stop_date" and number:
+        kind = "stop"
+    elif date_key in ("reception_date", "answer_date") and number and "text" in fields:
+        kind = "reply"
+    elif date_key == "delivery_date" and number and fields.get("status"):
+        kind = "delivery"
+    else:
+        return Callback(kind="unrecognised", raw=raw, content_type=content_type)
+    e164, country = normalise_number(number)
+    date_raw = _text(fields, date_key)
+    moment = clock.from_octopush(date_raw)
+    return Callback(
+        kind=kind,
+        ticket=_text(fields, "message_id"),
+        number=e164,
+        country=country,
+        text=_text(fields, "text") if kind != "delivery" else "",
+        status=_text(fields, "status") if kind == "delivery" else "",
+        sim_card_number=_text(fields, "sim_card_number"),
+        date_raw=date_raw,
+        occurred_at=clock.iso(moment) if moment else None,
+        raw=raw,
+        content_type=content_type,
+    )

@@ -1,0 +1,94 @@
+"""APScheduler 3 on the daemon's loop: digests (cron, their timezone), sweeps, purge, credit check."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from relay import clock
+from relay.config import Config, Subscription
+
+log = logging.getLogger("relay.scheduler")
+
+
+def digest_trigger(sub: Subscription) -> CronTrigger:
+    return CronTrigger.from_crontab(sub.schedule, timezone=sub.tz)
+
+
+def next_runs(config: Config, now: datetime | None = None) -> dict[str, datetime | None]:
+    """Each digest subscription's next run, for check-config."""
+    now = now or clock.now()
+    return {s.name: digest_trigger(s).get_next_fire_time(None, now) for s in config.subscriptions if s.mode == "digest"}
+
+
+def missed(sub: Subscription, last_run_at: str | None, now: datetime) -> bool:
+    """True when a scheduled run fell between the last run and now (the daemon was down)."""
+    if not last_run_at:
+        return False
+    upcoming = digest_trigger(sub).get_next_fire_time(None, clock.parse_iso(last_run_at))
+    return upcoming is not None and upcoming <= now
+
+
+class Scheduler:
+    """Owns the AsyncIOScheduler and its jobs; rebuilt jobs on reload."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.scheduler: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.start()
+        await self.reload()
+
+    async def stop(self) -> None:
+        if self.scheduler:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+
+    async def reload(self) -> None:
+        """(Re)create every job from the current configuration, then catch up missed digests once."""
+        d = self.daemon
+        config: Config = d.config
+        s = self.scheduler
+        s.remove_all_jobs()
+        s.add_job(d.outbox.wake, IntervalTrigger(seconds=60), id="outbox-sweep")
+        s.add_job(d.sender.wake, IntervalTrigger(seconds=60), id="send-queue-sweep")
+        s.add_job(d.notifier.wake, IntervalTrigger(seconds=60), id="notify-sweep")
+        s.add_job(d.notifier.check_credit, IntervalTrigger(hours=1), id="credit-check", next_run_time=clock.now())
+        if config.storage.retention_days > 0:
+            s.add_job(d.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
+        digests = [sub for sub in config.subscriptions if sub.mode == "digest"]
+        now = clock.now()
+        state = await d.store.write(lambda db: _init_watermarks(db, [sub.name for sub in digests]))
+        for sub in digests:
+            s.add_job(self._digest, digest_trigger(sub), args=[sub.name], id=f"digest-{sub.name}",
+                      misfire_grace_time=3600, coalesce=True, max_instances=1)
+            if missed(sub, state.get(sub.name), now):
+                log.info("digest %s: a run was missed while stopped; catching up once", sub.name)
+                s.add_job(self._digest, args=[sub.name], id=f"catch-up-{sub.name}", next_run_time=now)
+
+    async def _digest(self, name: str) -> None:
+        try:
+            await self.daemon.notifier.run_digest(name)
+        except Exception:  # noqa: BLE001 - a job logs; the next run tries again
+            log.exception("digest %s failed", name)
+
+
+def _init_watermarks(db, names: list[str]) -> dict[str, str | None]:
+    """A new digest starts from now (not from the first callback ever); returns each last run."""
+    top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
+    result = {}
+    for name in names:
+        row = db.execute("SELECT last_run_at FROM digests WHERE name = ?", [name]).fetchone()
+        if row is None:
+            now = clock.iso()
+            db.execute("INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?)", [name, top, now])
+            result[name] = now
+        else:
+            result[name] = row[0]
+    return result

@@ -1,0 +1,373 @@
+"""The durable send queue: a request is committed first, then a worker calls Octopush.
+
+Each Octopush call (at most 500 recipients) is a `sends` row with a fixed
+`request_id`, so a retry after a timeout, a lost answer or a restart can never
+send twice: Octopush answers code 120 and the relay counts it as sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+
+from sqlite_utils import Database
+
+from relay import clock
+from relay.errors import RelayError
+from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, validate
+from relay.octopush.errors import ALERT_CODES, OctopushError, TemporaryError
+from relay.octopush.parts import count_parts
+from relay.storage import queries
+from relay.storage.database import Store
+
+log = logging.getLogger("relay.sending")
+CHUNK = 500
+WORKERS = 4
+
+
+class NothingToSend(RelayError):
+    """Every recipient of a marketing send opted out with STOP."""
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """What an e-mail, the `send` command or the web form asks for."""
+
+    text: str
+    recipients: tuple[Recipient, ...]
+    type: str
+    purpose: str
+    sender: str = ""
+    send_at: datetime | None = None
+    with_replies: bool = True
+    simulation: bool = False
+    auto_optimize_text: bool = True
+    origin: str = "cli"
+    sender_email: str = ""
+    message_id: str = ""
+    label: str = ""
+    confirm: str = "none"
+    request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def campaign(self, recipients: Sequence[Recipient] | None = None, request_id: str | None = None) -> Campaign:
+        return Campaign(
+            text=self.text,
+            recipients=tuple(self.recipients if recipients is None else recipients),
+            type=self.type,
+            purpose=self.purpose,
+            sender=self.sender,
+            send_at=self.send_at,
+            with_replies=self.with_replies,
+            simulation_mode=self.simulation,
+            auto_optimize_text=self.auto_optimize_text,
+            request_id=request_id,
+        )
+
+    def validate(self, now: datetime | None = None) -> None:
+        """Octopush's rules, checked before anything is stored (ValidationError)."""
+        for start in range(0, max(1, len(self.recipients)), CHUNK):
+            validate(self.campaign(self.recipients[start : start + CHUNK]), now)
+
+
+def request_key(message_id: str, numbers: Sequence[str]) -> str:
+    """The idempotency key of an e-mail: its Message-ID and its recipients."""
+    material = message_id.strip() + "\n" + "\n".join(sorted(numbers))
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple[int, bool]:
+    """Store a campaign and its Octopush calls (inside `Store.write`); returns (id, newly queued).
+
+    A marketing send leaves out numbers that sent STOP; when none is left it
+    raises NothingToSend and nothing is stored.
+    """
+    existing = db.execute("SELECT id FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
+    if existing:
+        return existing[0], False
+    recipients = list(req.recipients)
+    removed: list[str] = []
+    if req.purpose == "wholesale":
+        removed = [r.phone_number for r in recipients if queries.is_opted_out(db, r.phone_number)]
+        recipients = [r for r in recipients if r.phone_number not in removed]
+        if not recipients:
+            raise NothingToSend(f"every recipient opted out with STOP ({', '.join(removed)}); nothing was sent")
+    parts = count_parts(req.text)
+    now = clock.iso()
+    campaign_id = db["campaigns"].insert(
+        {
+            "request_key": req.request_key,
+            "origin": req.origin,
+            "sender_email": req.sender_email,
+            "message_id": req.message_id,
+            "label": req.label,
+            "text": req.text,
+            "type": req.type,
+            "purpose": req.purpose,
+            "sender": req.sender,
+            "send_at": clock.iso(req.send_at) if req.send_at else None,
+            "with_replies": int(req.with_replies),
+            "simulation": int(req.simulation),
+            "status": "queued",
+            "contacts": len(recipients),
+            "encoding": parts.encoding,
+            "unicode_chars": "".join(parts.unicode_chars),
+            "removed_optouts": json.dumps(removed),
+            "confirm": req.confirm,
+            "created_at": now,
+        }
+    ).last_pk
+    chunks = [recipients[i : i + CHUNK] for i in range(0, len(recipients), CHUNK)]
+    deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
+    for index, chunk in enumerate(chunks, start=1):
+        request_id = req.request_key if len(chunks) == 1 else f"{req.request_key}-{index}"
+        send_id = db["sends"].insert(
+            {
+                "campaign_id": campaign_id,
+                "chunk": index,
+                "request_id": request_id,
+                "status": "pending",
+                "deadline": deadline,
+                "created_at": now,
+            }
+        ).last_pk
+        db["recipients"].insert_all(
+            {
+                "campaign_id": campaign_id,
+                "send_id": send_id,
+                "number": r.phone_number,
+                "country": _country(r.phone_number),
+                "first_name": r.first_name,
+                "last_name": r.last_name,
+                "params": json.dumps(list(r.params)),
+            }
+            for r in chunk
+        )
+    if req.message_id:
+        db.execute(
+            "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) VALUES (?, ?, ?, 'in', ?)",
+            [req.message_id, recipients[0].phone_number if len(recipients) == 1 else "", campaign_id, now],
+        )
+    return campaign_id, True
+
+
+def _country(number: str) -> str:
+    from relay.octopush.callbacks import normalise_number
+
+    return normalise_number(number)[1]
+
+
+@dataclass
+class Outcome:
+    """How a campaign ended, for the confirmation or failure e-mail."""
+
+    campaign: dict
+    error: RelayError | None = None
+
+
+class SendQueue:
+    """Works through pending `sends` rows; safe to restart at any point."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: OctopushClient,
+        *,
+        simulation: bool = False,
+        auto_optimize_text: bool = True,
+        on_finished: Callable[[Outcome], object] | None = None,
+        metrics=None,
+    ):
+        self.store = store
+        self.client = client
+        self.simulation = simulation
+        self.auto_optimize_text = auto_optimize_text
+        self.on_finished = on_finished
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._inflight: dict[int, asyncio.Task] = {}
+        self._slots = asyncio.Semaphore(WORKERS)
+        self._finished: dict[int, asyncio.Future] = {}
+
+    async def start(self) -> None:
+        # A send left "sending" by a crash goes again: its request_id makes that safe.
+        await self.store.write(lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'"))
+        self._task = asyncio.create_task(self._run(), name="send-queue")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait(self, campaign_id: int) -> dict:
+        """Wait until a campaign is sent or failed; returns its row (for the `send` command)."""
+        while True:
+            row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            if row and row["status"] in ("sent", "failed"):
+                return row
+            future = self._finished.setdefault(campaign_id, asyncio.get_running_loop().create_future())
+            self.wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), 1.0)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                rows = await self.store.read(
+                    lambda db: [dict(r) for r in db.query("SELECT id FROM sends WHERE status = 'pending' ORDER BY id LIMIT 100")]
+                )
+            except Exception:  # noqa: BLE001 - a worker logs and goes on
+                log.exception("send queue: cannot read pending sends")
+                rows = []
+            for row in rows:
+                if row["id"] not in self._inflight:
+                    task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
+                    self._inflight[row["id"]] = task
+                    task.add_done_callback(lambda t, i=row["id"]: self._inflight.pop(i, None))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=30)
+
+    async def _send(self, send_id: int) -> None:
+        async with self._slots:
+            try:
+                await self._send_one(send_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep the queue alive; the row stays pending
+                log.exception("send #%d: unexpected error; will retry", send_id)
+                await asyncio.sleep(2)
+                self.wake()
+
+    async def _send_one(self, send_id: int) -> None:
+        claimed = await self.store.write(partial(_claim, send_id=send_id))
+        if claimed is None:
+            return
+        campaign = Campaign(
+            text=claimed["text"],
+            recipients=tuple(
+                Recipient(r["number"], r["first_name"] or "", r["last_name"] or "", tuple(json.loads(r["params"] or "[]")))
+                for r in claimed["recipients"]
+            ),
+            type=claimed["type"],
+            purpose=claimed["purpose"],
+            sender=claimed["sender"] or "",
+            send_at=clock.parse_iso(claimed["send_at"]) if claimed["send_at"] else None,
+            with_replies=bool(claimed["with_replies"]),
+            simulation_mode=bool(claimed["simulation"]) or self.simulation,
+            auto_optimize_text=self.auto_optimize_text,
+            request_id=claimed["request_id"],
+        )
+        loop = asyncio.get_running_loop()
+        remaining = (clock.parse_iso(claimed["deadline"]) - clock.now()).total_seconds()
+        error: RelayError | None = None
+        result: SendResult | None = None
+        try:
+            result = await self.client.send(campaign, deadline=loop.time() + max(0.0, remaining))
+        except (OctopushError, TemporaryError) as exc:
+            error = exc
+        except RelayError as exc:  # a local validation error: this request can never go
+            error = exc
+        finished = await self.store.write(partial(_record, send_id=send_id, result=result, error=error))
+        if self.metrics:
+            if error is None:
+                self.metrics.sms_sent.inc()
+            else:
+                self.metrics.sms_failed.labels(str(getattr(error, "code", "") or "")).inc()
+        if error is None:
+            log.info("send #%d sent: ticket %s%s", send_id, result.ticket or "(already sent)", " (simulation)" if campaign.simulation_mode else "")
+        else:
+            log.warning("send #%d failed: %s", send_id, error)
+        if finished is not None:
+            future = self._finished.pop(finished["id"], None)
+            if future and not future.done():
+                future.set_result(None)
+            if self.on_finished:
+                outcome = Outcome(campaign=finished, error=error)
+                maybe = self.on_finished(outcome)
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+
+
+def _claim(db: Database, *, send_id: int) -> dict | None:
+    cur = db.execute("UPDATE sends SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'", [send_id])
+    if not cur.rowcount:
+        return None
+    row = dict(
+        next(
+            db.query(
+                """SELECT s.request_id, s.deadline, c.text, c.type, c.purpose, c.sender, c.send_at,
+                          c.with_replies, c.simulation
+                   FROM sends s JOIN campaigns c ON c.id = s.campaign_id WHERE s.id = ?""",
+                [send_id],
+            )
+        )
+    )
+    row["recipients"] = [
+        dict(r)
+        for r in db.query(
+            "SELECT number, first_name, last_name, params FROM recipients WHERE send_id = ? ORDER BY id", [send_id]
+        )
+    ]
+    return row
+
+
+def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> dict | None:
+    """Store one call's answer; when it was the campaign's last, settle the campaign and return it."""
+    now = clock.iso()
+    if result is not None:
+        db.execute(
+            """UPDATE sends SET status = 'sent', ticket = ?, already_sent = ?, sms_needed = ?, cost = ?,
+                                residual_credit = ?, sent_at = ? WHERE id = ?""",
+            [result.ticket, int(result.already_sent), result.sms_needed, result.total_cost, result.residual_credit, now, send_id],
+        )
+        if result.ticket:
+            queries.apply_receipts(db, ticket=result.ticket)
+        if result.residual_credit is not None:
+            queries.meta_set(db, "residual_credit", str(result.residual_credit))
+    else:
+        db.execute(
+            "UPDATE sends SET status = 'failed', error_code = ?, error = ? WHERE id = ?",
+            [getattr(error, "code", None), str(error), send_id],
+        )
+    campaign_id = db.execute("SELECT campaign_id FROM sends WHERE id = ?", [send_id]).fetchone()[0]
+    states = [r[0] for r in db.execute("SELECT status FROM sends WHERE campaign_id = ?", [campaign_id])]
+    if any(s in ("pending", "sending") for s in states):
+        return None
+    totals = db.execute(
+        "SELECT sum(sms_needed), sum(cost), min(residual_credit) FROM sends WHERE campaign_id = ? AND status = 'sent'",
+        [campaign_id],
+    ).fetchone()
+    failed = db.execute(
+        "SELECT error_code, error FROM sends WHERE campaign_id = ? AND status = 'failed' ORDER BY id LIMIT 1",
+        [campaign_id],
+    ).fetchone()
+    db.execute(
+        """UPDATE campaigns SET status = ?, sms_needed = ?, cost = ?, residual_credit = ?, error_code = ?,
+                                error = ?, finished_at = ? WHERE id = ?""",
+        ["failed" if failed else "sent", totals[0], totals[1], totals[2], failed[0] if failed else None,
+         failed[1] if failed else None, now, campaign_id],
+    )
+    return queries.campaign(db, campaign_id=campaign_id)
+
+
+def needs_alert(error) -> bool:
+    return isinstance(error, OctopushError) and error.code in ALERT_CODES

@@ -1,0 +1,251 @@
+"""The SQL octorelay runs: write functions (run inside `Store.write`) and read functions.
+
+Each function takes a sqlite-utils `Database`, so the same code serves the
+daemon's writer thread, its readers and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from sqlite_utils import Database
+
+from relay import clock
+from relay.octopush.callbacks import Callback
+
+LINK_WINDOW_DAYS = 30
+
+
+# ------------------------------------------------------------------ meta
+
+
+def meta_get(db: Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def meta_set(db: Database, key: str, value: str) -> None:
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+
+
+def ensure_callback_token(db: Database) -> str:
+    """The stored callback token, made once at first start."""
+    token = meta_get(db, "callback_token")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        meta_set(db, "callback_token", token)
+    return token
+
+
+# ------------------------------------------------------------------ callbacks
+
+
+def store_callback(db: Database, cb: Callback) -> tuple[int, bool]:
+    """Insert a callback once (dedup key) and link it; returns (id, newly stored)."""
+    now = clock.iso()
+    row = cb.row(now)
+    cur = db.execute(
+        f"INSERT OR IGNORE INTO callbacks ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+        list(row.values()),
+    )
+    if not cur.rowcount:
+        existing = db.execute("SELECT id FROM callbacks WHERE dedup_key = ?", [row["dedup_key"]]).fetchone()
+        return existing[0], False
+    callback_id = cur.lastrowid
+    if cb.kind in ("reply", "stop"):
+        campaign_id = find_campaign(db, cb.ticket, cb.number)
+        if campaign_id:
+            db.execute("UPDATE callbacks SET campaign_id = ? WHERE id = ?", [campaign_id, callback_id])
+        if cb.kind == "stop":
+            db.execute(
+                "INSERT OR IGNORE INTO optouts (number, at, callback_id) VALUES (?, ?, ?)",
+                [cb.number, row["occurred_at"], callback_id],
+            )
+    elif cb.kind == "delivery":
+        apply_receipts(db, ticket=cb.ticket, callback_id=callback_id)
+    else:
+        # Nothing to route: an operator reads these in the UI.
+        db.execute("UPDATE callbacks SET routed = 1 WHERE id = ?", [callback_id])
+    return callback_id, True
+
+
+def find_campaign(db: Database, ticket: str, number: str) -> int | None:
+    """The campaign a reply answers: by ticket, else the latest to that number in the last 30 days."""
+    if ticket:
+        row = db.execute("SELECT campaign_id FROM sends WHERE ticket = ? LIMIT 1", [ticket]).fetchone()
+        if row:
+            return row[0]
+    row = db.execute(
+        """SELECT r.campaign_id FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
+           WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
+           ORDER BY c.id DESC LIMIT 1""",
+        [number, clock.ago(days=LINK_WINDOW_DAYS)],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def apply_receipts(db: Database, *, ticket: str, callback_id: int | None = None) -> int:
+    """Apply unapplied receipts of `ticket` to their recipients, in date order; safe out of order."""
+    where = "kind = 'delivery' AND applied = 0 AND ticket = ?"
+    params: list[Any] = [ticket]
+    if callback_id is not None:
+        where += " AND id = ?"
+        params.append(callback_id)
+    applied = 0
+    rows = db.execute(f"SELECT id, number, status, occurred_at FROM callbacks WHERE {where} ORDER BY occurred_at", params)
+    for cid, number, status, at in rows.fetchall():
+        cur = db.execute(
+            """UPDATE recipients SET status = ?, status_at = ?
+               WHERE number = ? AND send_id IN (SELECT id FROM sends WHERE ticket = ?)
+                 AND (status_at IS NULL OR status_at <= ?)""",
+            [status, at, number, ticket, at],
+        )
+        matched = cur.rowcount or db.execute(
+            "SELECT 1 FROM recipients WHERE number = ? AND send_id IN (SELECT id FROM sends WHERE ticket = ?)",
+            [number, ticket],
+        ).fetchone()
+        if matched:
+            campaign = db.execute("SELECT campaign_id FROM sends WHERE ticket = ?", [ticket]).fetchone()
+            db.execute("UPDATE callbacks SET applied = 1, campaign_id = ? WHERE id = ?", [campaign[0], cid])
+            applied += 1
+    return applied
+
+
+# ------------------------------------------------------------------ reads
+
+
+def replies(
+    db: Database,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    country: str | None = None,
+    number: str | None = None,
+    text: str | None = None,
+    kinds: tuple[str, ...] = ("reply",),
+    limit: int | None = 100,
+    offset: int = 0,
+) -> list[dict]:
+    """Stored replies, newest first, with the text of the SMS they answer."""
+    where, params = _reply_filter(since=since, until=until, country=country, number=number, text=text, kinds=kinds)
+    sql = f"""SELECT cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status,
+                     cb.sim_card_number, cb.date_raw, cb.occurred_at, cb.received_at, cb.campaign_id,
+                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label
+              FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
+              WHERE {where} ORDER BY cb.occurred_at DESC, cb.id DESC"""
+    if limit is not None:
+        sql += " LIMIT ? OFFSET ?"
+        params += [limit, offset]
+    return [dict(r) for r in db.query(sql, params)]
+
+
+def count_replies(db: Database, **filters: Any) -> int:
+    where, params = _reply_filter(**filters)
+    return db.execute(f"SELECT count(*) FROM callbacks cb WHERE {where}", params).fetchone()[0]
+
+
+def _reply_filter(
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    country: str | None = None,
+    number: str | None = None,
+    text: str | None = None,
+    kinds: tuple[str, ...] = ("reply",),
+) -> tuple[str, list]:
+    clauses = [f"cb.kind IN ({', '.join('?' * len(kinds))})"]
+    params: list[Any] = list(kinds)
+    if since:
+        clauses.append("cb.occurred_at >= ?")
+        params.append(since)
+    if until:
+        clauses.append("cb.occurred_at < ?")
+        params.append(until)
+    if country:
+        clauses.append("cb.country = ?")
+        params.append(country.upper())
+    if number:
+        clauses.append("cb.number LIKE ?")
+        params.append(f"%{number.strip()}%")
+    if text:
+        clauses.append("cb.text LIKE ?")
+        params.append(f"%{text}%")
+    return " AND ".join(clauses), params
+
+
+def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None = None) -> dict | None:
+    """One campaign with its calls, recipients (delivery states) and replies."""
+    if ticket is not None:
+        row = db.execute("SELECT campaign_id FROM sends WHERE ticket = ?", [ticket]).fetchone()
+        if not row:
+            return None
+        campaign_id = row[0]
+    rows = list(db.query("SELECT * FROM campaigns WHERE id = ?", [campaign_id]))
+    if not rows:
+        return None
+    result = dict(rows[0])
+    result["removed_optouts"] = json.loads(result.get("removed_optouts") or "[]")
+    result["sends"] = [dict(r) for r in db.query("SELECT * FROM sends WHERE campaign_id = ? ORDER BY chunk", [campaign_id])]
+    result["tickets"] = [s["ticket"] for s in result["sends"] if s["ticket"]]
+    result["recipients"] = [
+        dict(r)
+        for r in db.query(
+            "SELECT number, country, first_name, last_name, status, status_at FROM recipients WHERE campaign_id = ? ORDER BY id",
+            [campaign_id],
+        )
+    ]
+    result["replies"] = [
+        dict(r)
+        for r in db.query(
+            """SELECT id, kind, number, country, text, status, date_raw, occurred_at FROM callbacks
+               WHERE campaign_id = ? ORDER BY occurred_at, id""",
+            [campaign_id],
+        )
+    ]
+    return result
+
+
+def depths(db: Database) -> dict:
+    outbox = dict(db.execute("SELECT status, count(*) FROM outbox WHERE status != 'sent' GROUP BY status").fetchall())
+    sends = dict(db.execute("SELECT status, count(*) FROM sends WHERE status != 'sent' GROUP BY status").fetchall())
+    oldest = db.execute("SELECT min(created_at) FROM outbox WHERE status = 'pending'").fetchone()[0]
+    return {
+        "outbox_pending": outbox.get("pending", 0),
+        "outbox_failed": outbox.get("failed", 0),
+        "outbox_oldest_pending": oldest,
+        "send_queue_pending": sends.get("pending", 0),
+        "send_queue_failed": sends.get("failed", 0),
+        "unrecognised_callbacks": db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[0],
+    }
+
+
+def is_opted_out(db: Database, number: str) -> bool:
+    return db.execute("SELECT 1 FROM optouts WHERE number = ?", [number]).fetchone() is not None
+
+
+def purge(db: Database, *, days: int) -> dict:
+    """Delete replies, receipts, STOP events and sent mail older than `days` (opt-outs stay: they are law).
+
+    The newest callback is always kept so ids never restart below a digest's watermark.
+    """
+    cutoff = clock.ago(days=days)
+    callbacks = db.execute(
+        "DELETE FROM callbacks WHERE received_at < ? AND routed = 1 AND id < (SELECT max(id) FROM callbacks)",
+        [cutoff],
+    ).rowcount
+    outbox = db.execute("DELETE FROM outbox WHERE status = 'sent' AND created_at < ?", [cutoff]).rowcount
+    messages = db.execute("DELETE FROM messages WHERE created_at < ?", [cutoff]).rowcount
+    return {"callbacks": callbacks, "outbox": outbox, "messages": messages}
+
+
+def backup(db: Database, target: str) -> None:
+    """SQLite's online backup: a consistent copy while the daemon keeps writing."""
+    import sqlite3
+
+    dest = sqlite3.connect(target)
+    try:
+        db.conn.backup(dest)
+    finally:
+        dest.close()

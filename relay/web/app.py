@@ -1,0 +1,26 @@
+"""The one aiohttp application factory: callbacks, API, health, metrics and the web interface."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from relay.web import api, callbacks
+from relay.web.keys import RELAY
+from relay.web.middlewares import security_headers
+
+if TYPE_CHECKING:
+    from relay.daemon import Daemon
+
+
+def create_app(relay: Daemon) -> web.Application:
+    app = web.Application(middlewares=[security_headers], client_max_size=callbacks.MAX_BODY)
+    app[RELAY] = relay
+    app.router.add_get("/octopush/{token}", callbacks.check)
+    app.router.add_post("/octopush/{token}", callbacks.receive)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/metrics", api.metrics)
+    app.router.add_get("/api/replies", api.api_replies)
+    app.router.add_get("/api/campaigns/{ticket}", api.api_campaign)
+    return app

@@ -1,0 +1,89 @@
+"""`/octopush/{token}`: Octopush's callbacks, stored before the empty 200 (SPEC §3)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from functools import partial
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from relay.octopush.callbacks import classify
+from relay.storage import queries
+from relay.storage.database import StoreError
+from relay.web.keys import RELAY
+
+log = logging.getLogger("relay.callbacks")
+MAX_BODY = 64 * 1024
+
+
+class BadBody(Exception):
+    """The body is neither JSON nor a form."""
+
+
+def parse_body(body: bytes, content_type: str) -> dict | list | str | int | float | None:
+    """JSON or form fields; raises BadBody for anything else."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadBody("the body is not UTF-8 text") from None
+    if "json" in content_type or (not content_type.startswith("application/x-www-form") and text.lstrip()[:1] in "{["):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if "json" in content_type:
+                raise BadBody("the body is not valid JSON") from None
+    if "=" in text or content_type.startswith("application/x-www-form-urlencoded"):
+        try:
+            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True))
+        except ValueError:
+            pass
+    raise BadBody("expected a JSON object or form fields (application/json or application/x-www-form-urlencoded)")
+
+
+def _token_ok(request: web.Request) -> bool:
+    given = request.match_info["token"].encode()
+    return hmac.compare_digest(given, request.app[RELAY].callback_token.encode())
+
+
+async def check(request: web.Request) -> web.Response:
+    """Octopush checks a callback URL with GET before using it."""
+    if not _token_ok(request):
+        raise web.HTTPNotFound()
+    return web.Response(status=200)
+
+
+async def receive(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    started = time.perf_counter()
+    if not _token_ok(request):
+        relay.metrics.callbacks.labels("unknown", "bad_token").inc()
+        raise web.HTTPNotFound()
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    body = await request.read()  # client_max_size answers 413 for longer chunked bodies
+    try:
+        fields = parse_body(body, request.content_type or "")
+    except BadBody as exc:
+        relay.metrics.callbacks.labels("unknown", "bad_body").inc()
+        return web.Response(status=400, text=f"{exc}\n")
+    callback = classify(
+        fields if isinstance(fields, dict) else {},
+        raw=body.decode("utf-8"),
+        content_type=request.content_type or "",
+    )
+    try:
+        callback_id, new = await relay.store.write(partial(queries.store_callback, cb=callback))
+    except StoreError as exc:
+        relay.metrics.callbacks.labels(callback.kind, "not_stored").inc()
+        log.error("callback not stored, answered 503 so Octopush retries: %s", exc)
+        return web.Response(status=503, text="the relay cannot store this callback now; retry later\n")
+    relay.metrics.callbacks.labels(callback.kind, "stored" if new else "duplicate").inc()
+    relay.metrics.callback_seconds.observe(time.perf_counter() - started)
+    if new:
+        log.info("callback %s #%d from %s", callback.kind, callback_id, callback.number or "?")
+        relay.callback_stored(callback_id, callback)
+    return web.Response(status=200)

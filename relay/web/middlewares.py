@@ -1,0 +1,92 @@
+"""Middlewares and the access logger: security headers, loopback/bearer/user access, no token in logs."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import logging
+import re
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from relay import passwords
+
+_TOKEN_PATH = re.compile(r"^/octopush/[^/?]+")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def mask(path: str) -> str:
+    """The request path with the callback token replaced: the token is a secret."""
+    return _TOKEN_PATH.sub("/octopush/***", path)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request; the callback token never reaches the log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        self.logger.info(
+            "%s %s %s %d %.1fms",
+            request.remote,
+            request.method,
+            mask(request.path),
+            response.status,
+            time * 1000,
+        )
+
+
+def is_loopback(request: web.BaseRequest) -> bool:
+    try:
+        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return request.remote in ("", None) or request.transport is None
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler):
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404 and request.path.startswith("/octopush/"):
+            # Never echo the route (with its token) in an error page.
+            exc = web.HTTPNotFound(text="404: Not Found")
+        exc.headers.update(SECURITY_HEADERS)
+        raise exc from None
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def api_allowed(request: web.Request, api_token: str) -> bool:
+    """Bearer `api_token`, or any request from loopback."""
+    header = request.headers.get("Authorization", "")
+    if api_token and header.startswith("Bearer "):
+        return hmac.compare_digest(header[7:].strip().encode(), api_token.encode())
+    return is_loopback(request)
+
+
+def ui_user(request: web.Request, users: dict[str, str]) -> str | None:
+    """The authenticated UI user (HTTP basic), "" for an open loopback UI, None when refused."""
+    if not users:
+        return "" if is_loopback(request) else None
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    hashed = users.get(user)
+    if hashed is None:
+        passwords.verify(password, passwords.make_hash("x"))  # same work for unknown users
+        return None
+    return user if passwords.verify(password, hashed) else None

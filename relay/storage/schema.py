@@ -161,3 +161,10 @@ def m001_initial(db: Database) -> None:
         pk="message_id",
     )
     db["digests"].create({"name": str, "last_callback_id": int, "last_run_at": str}, pk="name")
+
+
+@migrations()
+def m002_browse_indexes(db: Database) -> None:
+    """The web interface browses replies by country and campaigns by sender."""
+    db["callbacks"].create_index(["country", "occurred_at"], if_not_exists=True)
+    db["campaigns"].create_index(["sender_email", "created_at"], if_not_exists=True)

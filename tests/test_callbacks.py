@@ -1,0 +1,180 @@
+"""Octopush callbacks over real HTTP against the running daemon (SPEC §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import aiohttp
+
+from relay.storage import queries
+from tests.conftest import wait_for
+
+REPLY = {
+    "message_id": "sms_5fa275dbf21dc",
+    "number": "+33600000001",
+    "text": "some reply",
+    "sim_card_number": "30101",
+    "reception_date": "2026-11-04 11:11:45",
+}
+
+
+def url(daemon, token: str | None = None) -> str:
+    return f"{daemon.http_url}/octopush/{token or daemon.callback_token}"
+
+
+async def count(daemon, kind: str | None = None) -> int:
+    where = "WHERE kind = ?" if kind else ""
+    return await daemon.store.read(
+        lambda db: db.execute(f"SELECT count(*) FROM callbacks {where}", [kind] if kind else []).fetchone()[0]
+    )
+
+
+async def test_reply_json_is_stored_before_an_empty_200(daemon):
+    async with aiohttp.ClientSession() as http, http.post(url(daemon), json=REPLY) as resp:
+        assert resp.status == 200
+        assert await resp.read() == b""
+    rows = await daemon.store.read(lambda db: queries.replies(db))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["number"] == "+33600000001" and row["country"] == "FR" and row["text"] == "some reply"
+    assert row["date_raw"] == "2026-11-04 11:11:45"
+    assert row["occurred_at"] == "2026-11-04T10:11:45.000000+00:00"  # Paris is UTC+1 in November
+
+
+async def test_form_body_and_answer_date_are_accepted(daemon):
+    form = {**REPLY, "answer_date": REPLY["reception_date"]}
+    del form["reception_date"]
+    async with aiohttp.ClientSession() as http, http.post(url(daemon), data=form) as resp:
+        assert resp.status == 200
+    assert await count(daemon, "reply") == 1
+
+
+async def test_kinds_are_told_apart(daemon):
+    receipt = {"channel": "sms", "message_id": "sms_x", "number": "+33600000001", "status": "DELIVERED",
+               "delivery_date": "2026-11-04 11:11:45"}
+    stop = {"message_id": "sms_x", "number": "+33600000002", "text": "stop", "stop_date": "2026-11-04 11:12:00"}
+    async with aiohttp.ClientSession() as http:
+        for body in (REPLY, receipt, stop, {"hello": "world"}):
+            async with http.post(url(daemon), json=body) as resp:
+                assert resp.status == 200
+    assert [await count(daemon, k) for k in ("reply", "delivery", "stop", "unrecognised")] == [1, 1, 1, 1]
+    assert await daemon.store.read(lambda db: queries.is_opted_out(db, "+33600000002"))
+
+
+async def test_repeated_callback_is_stored_once(daemon):
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.post(url(daemon), json=REPLY) as resp:
+                assert resp.status == 200
+    assert await count(daemon) == 1
+
+
+async def test_bad_requests(daemon):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url(daemon, "wrong-token"), json=REPLY) as resp:
+            assert resp.status == 404
+            assert "wrong-token" not in await resp.text()
+        async with http.post(url(daemon), data=b"\x00\x01binary", headers={"Content-Type": "application/octet-stream"}) as resp:
+            assert resp.status == 400
+            assert len((await resp.text()).strip().splitlines()) == 1
+        async with http.post(url(daemon), data=b"{not json", headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+        async with http.post(url(daemon), json={"text": "x" * 70000}) as resp:
+            assert resp.status == 413
+        async with http.get(url(daemon)) as resp:
+            assert resp.status == 200 and await resp.read() == b""
+        async with http.get(url(daemon, "nope")) as resp:
+            assert resp.status == 404
+    assert await count(daemon) == 0
+
+
+async def test_token_is_made_once_and_kept(make_daemon):
+    first = await make_daemon()
+    token = first.callback_token
+    assert len(token) >= 24
+    await first.stop()
+    second = await make_daemon()
+    assert second.callback_token == token
+
+
+async def test_token_never_logged_nor_in_metrics(daemon, caplog):
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url(daemon), json=REPLY) as resp:
+            assert resp.status == 200
+        async with http.get(f"{daemon.http_url}/metrics") as resp:
+            metrics = await resp.text()
+    assert daemon.callback_token not in caplog.text
+    assert "/octopush/***" in caplog.text
+    assert daemon.callback_token not in metrics
+    assert 'octorelay_callbacks_total{kind="reply",outcome="stored"} 1.0' in metrics
+
+
+async def test_reply_links_to_campaign_and_receipt_out_of_order(daemon):
+    """A receipt for a ticket not yet known is kept and applied when the ticket arrives."""
+    from relay.octopush.client import Recipient
+    from relay.sending import SendRequest, queue_campaign
+
+    early = {"channel": "sms", "message_id": "sms_future", "number": "+33600000003", "status": "DELIVERED",
+             "delivery_date": "2026-11-04 11:11:45"}
+    async with aiohttp.ClientSession() as http, http.post(url(daemon), json=early) as resp:
+        assert resp.status == 200
+    request = SendRequest(text="hello", recipients=(Recipient("+33600000003"),), type="sms_premium", purpose="alert")
+
+    def queue_and_fake_send(db):
+        campaign_id, _ = queue_campaign(db, request, retry_for=10)
+        db.execute("UPDATE sends SET status = 'sent', ticket = 'sms_future' WHERE campaign_id = ?", [campaign_id])
+        db.execute("UPDATE campaigns SET status = 'sent' WHERE id = ?", [campaign_id])
+        queries.apply_receipts(db, ticket="sms_future")
+        return campaign_id
+
+    campaign_id = await daemon.store.write(queue_and_fake_send)
+    status = await daemon.store.read(
+        lambda db: db.execute("SELECT status FROM recipients WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
+    )
+    assert status == "DELIVERED"
+    # A reply without a ticket joins the latest campaign to that number.
+    reply = {**REPLY, "message_id": "", "number": "+33600000003"}
+    async with aiohttp.ClientSession() as http, http.post(url(daemon), json=reply) as resp:
+        assert resp.status == 200
+    rows = await daemon.store.read(lambda db: queries.replies(db, number="+33600000003"))
+    assert rows[0]["campaign_id"] == campaign_id and rows[0]["answered"] == "hello"
+
+
+async def test_api_replies_and_campaign(daemon):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url(daemon), json=REPLY) as resp:
+            assert resp.status == 200
+        async with http.get(f"{daemon.http_url}/api/replies?country=FR&limit=5") as resp:
+            data = await resp.json()
+        assert data["count"] == 1 and data["replies"][0]["text"] == "some reply"
+        async with http.get(f"{daemon.http_url}/api/replies?country=DE") as resp:
+            assert (await resp.json())["count"] == 0
+        async with http.get(f"{daemon.http_url}/api/replies?since=yesterday") as resp:
+            assert resp.status == 400
+        async with http.get(f"{daemon.http_url}/api/campaigns/sms_unknown") as resp:
+            assert resp.status == 404
+
+
+async def test_healthz_ok(daemon):
+    async with aiohttp.ClientSession() as http, http.get(f"{daemon.http_url}/healthz") as resp:
+        body = await resp.json()
+    assert resp.status == 200 and body["status"] == "ok" and body["database"] == "ok"
+    assert "outbox_pending" in body and "send_queue_pending" in body
+
+
+async def test_concurrent_callbacks_share_commits(daemon):
+    bodies = [{**REPLY, "text": f"reply {i}"} for i in range(200)]
+    before = daemon.store.commits
+    async with aiohttp.ClientSession() as http:
+
+        async def post(body):
+            async with http.post(url(daemon), json=body) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(post(b) for b in bodies))
+    assert statuses == [200] * 200
+    assert await count(daemon, "reply") == 200
+    assert daemon.store.commits - before < 200
+    await wait_for(lambda: daemon.store.read(lambda db: db.execute(
+        "SELECT count(*) = 0 FROM callbacks WHERE routed = 0").fetchone()[0]))

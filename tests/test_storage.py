@@ -1,0 +1,87 @@
+"""The store: group commit, resumption only after commit, migrations from empty and older versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from sqlite_utils import Database
+
+from relay.storage.database import Store, StoreError, connect, migrate
+from relay.storage.schema import migrations
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(tmp_path / "t.db")
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def test_group_commit_resumes_callers_after_their_commit(store):
+    seen_committed = []
+
+    def write(i):
+        def fn(db):
+            db.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", [f"k{i}"])
+            return i
+
+        return fn
+
+    async def one(i):
+        result = await store.write(write(i))
+        # A fresh connection sees the row: the caller resumed after COMMIT.
+        conn = sqlite3.connect(store.path)
+        seen_committed.append(conn.execute("SELECT 1 FROM meta WHERE key = ?", [f"k{i}"]).fetchone() is not None)
+        conn.close()
+        return result
+
+    results = await asyncio.gather(*(one(i) for i in range(300)))
+    assert results == list(range(300))
+    assert all(seen_committed)
+    assert store.writes == 300 and store.commits < 300
+
+
+async def test_one_failing_write_does_not_spoil_its_batch(store):
+    await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('dup', 'x')"))
+    good = store.write(lambda db: db.execute("INSERT INTO meta VALUES ('a', 'x')"))
+    bad = store.write(lambda db: db.execute("INSERT INTO meta VALUES ('dup', 'y')"))
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert await store.read(lambda db: db.execute("SELECT count(*) FROM meta").fetchone()[0]) == 2
+
+
+async def test_commit_failure_is_a_store_error(store):
+    await store.write(lambda db: db.execute("PRAGMA query_only = ON"))
+    with pytest.raises(StoreError):
+        await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('x', 'y')"))
+    await store.write(lambda db: db.execute("PRAGMA query_only = OFF"))
+
+
+def test_wal_mode_and_migrations_from_empty(tmp_path):
+    path = tmp_path / "new.db"
+    applied = migrate(path)
+    assert applied == [m.name for m in migrations._migrations]
+    db = connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for table in ("campaigns", "sends", "recipients", "callbacks", "optouts", "outbox", "messages", "digests"):
+        assert db[table].exists(), table
+    for view in ("replies", "receipts", "stops", "unrecognised"):
+        assert view in db.view_names()
+    assert migrate(path) == []
+
+
+@pytest.mark.parametrize("stop_index", range(1, len(migrations._migrations)))
+def test_every_older_version_migrates(tmp_path, stop_index):
+    """A database left at any older version reaches the current schema and keeps its data."""
+    path = tmp_path / "old.db"
+    names = [m.name for m in migrations._migrations]
+    db = Database(path)
+    migrations.apply(db, stop_before=names[stop_index])
+    db.execute("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")
+    db.conn.commit()
+    db.close()
+    assert migrate(path) == names[stop_index:]
+    assert connect(path).execute("SELECT value FROM meta WHERE key = 'kept'").fetchone()[0] == "yes"

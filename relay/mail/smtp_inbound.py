@@ -28,7 +28,6 @@ from relay.errors import RelayError
 from relay.mail.parsing import (
     NotOurDomain,
     Rejected,
-    UnknownRecipient,
     extract_text,
     is_automatic,
     parse_recipient,
@@ -50,8 +49,8 @@ TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 DUPLICATE_WINDOW = timedelta(hours=24)
 
 
-def bad_recipient(local: str, reason: str) -> str:
-    return f"550 5.1.1 {local}: {reason}"
+def bad_recipient(reason: str) -> str:
+    return f"550 5.1.1 {' '.join(reason.split())}"
 
 
 def refused(reason: str) -> str:
@@ -108,11 +107,8 @@ class Handler:
             target = parse_recipient(address, domain=cfg.domain, region=cfg.region, groups=groups)
         except NotOurDomain:
             return RELAY_DENIED
-        except UnknownRecipient as exc:
-            local = address.rpartition("@")[0] or address
-            return bad_recipient(local, getattr(exc, "reason", str(exc)))
-        except Rejected as exc:
-            return bad_recipient(address, getattr(exc, "reason", str(exc)))
+        except Rejected as exc:  # UnknownRecipient: the reason names the local part
+            return bad_recipient(exc.reason)
         members = groups[target.value] if target.kind == "group" else (Recipient(target.value),)
         new = [r for r in members if r.phone_number not in pending.recipients]
         if len(pending.recipients) + len(new) > cfg.max_recipients:

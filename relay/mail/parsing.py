@@ -1,0 +1,336 @@
+"""Pure e-mail parsing for the SMTP listener: recipients, subject tags, loop protection, the SMS text (SPEC §5).
+
+Nothing here does I/O. Every refusal is a `Rejected` whose `.reason` is one
+line a person can act on; the listener turns it into the SMTP answer. The
+body rules (which part, quote and signature removal) live in
+`relay.mail.body`; `extract_text` and `new_words_only` here call into it so
+that callers import one module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+
+import phonenumbers
+
+from relay.clock import region_timezone
+from relay.errors import RelayError
+
+
+class Rejected(RelayError):
+    """Input the relay refuses; .reason is one line a person can act on (SMTP 550 5.6.0 / 5.1.1 text)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotOurDomain(Rejected):
+    """The recipient's domain is not the relay's: relaying denied (550 5.7.1)."""
+
+
+class UnknownRecipient(Rejected):
+    """The local part is neither a valid phone number nor a known group (550 5.1.1)."""
+
+    def __init__(self, reason: str, local: str):
+        super().__init__(reason)
+        self.local = local
+
+
+# ---------------------------------------------------------------------------
+# Recipients
+
+
+@dataclass(frozen=True)
+class Address:
+    """One envelope recipient's local part, resolved."""
+
+    kind: str  # "number" | "group"
+    value: str  # E.164 "+33612345678", or the group's name as the groups mapping spells it (lower-case)
+    country: str  # ISO code for numbers ("FR"), "" for groups
+
+
+_SEPARATORS = re.compile(r"[\s.\-()/]+")
+
+
+def parse_recipient(address: str, *, domain: str, region: str, groups: Collection[str]) -> Address:
+    """Resolve `local@domain` to a number or a group; any other domain is relaying, refused."""
+    address = address.strip().strip("<>").strip()
+    local, at, rcpt_domain = address.rpartition("@")
+    if not at or rcpt_domain.strip().rstrip(".").lower() != domain.strip().rstrip(".").lower():
+        raise NotOurDomain(f"relaying denied: this relay only takes mail for @{domain}")
+    local = local.strip()
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = local[1:-1].strip()  # a quoted local part: "+33 6 12 34 56 78"@domain
+    by_name = {name.lower(): name for name in groups}
+    if local.lower() in by_name:
+        return Address("group", by_name[local.lower()], "")
+    number = _phone_number(local, region)
+    if number is None:
+        raise UnknownRecipient(
+            f"{local!r} is neither a valid phone number (+33612345678, 0033612345678 or national "
+            f"for {region}) nor a known group",
+            local,
+        )
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return Address("number", e164, phonenumbers.region_code_for_number(number) or "")
+
+
+def _phone_number(local: str, region: str) -> phonenumbers.PhoneNumber | None:
+    """The number forms SPEC §5 lists, most specific first; None when none is valid."""
+    digits = _SEPARATORS.sub("", local)
+    if not re.fullmatch(r"\+?[0-9]{3,20}", digits):
+        return None
+    if digits.startswith("+"):
+        candidates = [(digits, None)]
+    elif digits.startswith("00"):
+        candidates = [("+" + digits[2:], None), (digits, region)]
+    elif digits.startswith("0"):
+        candidates = [(digits, region)]
+    else:
+        # "33612345678": international without the "+" is the common case; national numbers
+        # without a trunk prefix (US "2015550123") come second.
+        candidates = [("+" + digits, None), (digits, region)]
+    for text, where in candidates:
+        try:
+            number = phonenumbers.parse(text, where)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return number
+    return None
+
+
+def sender_glob_allows(patterns: Sequence[str], mail_from: str) -> bool:
+    """True when the envelope sender matches one of the `allowed_senders` globs (any case)."""
+    sender = mail_from.strip().strip("<>").strip().lower()
+    if not sender:
+        return False
+    return any(fnmatch.fnmatchcase(sender, pattern.strip().lower()) for pattern in patterns)
+
+
+# ---------------------------------------------------------------------------
+# Subject tags
+
+
+@dataclass(frozen=True)
+class Tags:
+    """What the subject's tags set; None means "the configured default"."""
+
+    label: str  # the subject minus tags and Re:/Fwd: prefixes, whitespace collapsed
+    type: str | None = None  # "sms_premium" | "sms_low_cost"
+    purpose: str | None = None  # "alert" | "wholesale"
+    with_replies: bool | None = None
+    simulate: bool = False
+    sender: str | None = None
+    send_at: datetime | None = None  # aware, UTC
+
+
+# tag → (field, value)
+_FLAGS: dict[str, tuple[str, object]] = {
+    "premium": ("type", "sms_premium"),
+    "low-cost": ("type", "sms_low_cost"),
+    "alert": ("purpose", "alert"),
+    "marketing": ("purpose", "wholesale"),
+    "replies": ("with_replies", True),
+    "no-replies": ("with_replies", False),
+    "simulate": ("simulate", True),
+}
+_VALUED = {"sender": "[sender:NAME]", "at": "[at:WHEN]"}
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+_TAG_NAME = re.compile(r"[a-z][a-z_-]{0,30}")
+_WORDISH = re.compile(r"[a-z][a-z _-]*[a-z]")
+_PREFIX = re.compile(r"^(?:(?:re|fwd?|tr|aw|wg|sv|rif|ref|réf)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*)+", re.IGNORECASE)
+_SENDER = re.compile(r"[a-zA-Z0-9 ]{3,11}")
+_SHORT_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{1,2}:\d{2})")
+
+
+def parse_subject(subject: str, *, region: str, now: datetime | None = None) -> Tags:
+    """Read the SPEC §5 tags; a near-miss tag is refused so that a typo never sends the wrong kind of SMS."""
+    now = now or datetime.now(UTC)
+    found: dict[str, object] = {}
+    spelled: dict[str, str] = {}
+
+    def put(field: str, value: object, tag: str) -> None:
+        if field in found and found[field] != value:
+            raise Rejected(f"conflicting tags {spelled[field]} and {tag} in the subject: keep only one")
+        found[field], spelled[field] = value, tag
+
+    def take(match: re.Match[str]) -> str:
+        raw = " ".join(match.group(0).split())
+        inner = " ".join(match.group(1).split())
+        name, colon, value = inner.partition(":")
+        key = name.strip().lower()
+        if colon and _TAG_NAME.fullmatch(key) and not value.startswith("//"):
+            value = value.strip()
+            if key == "sender":
+                put("sender", _sender(value, raw), raw)
+            elif key == "at":
+                put("send_at", _send_at(value, raw, region, now), raw)
+            else:
+                hint = _closest(key, _VALUED)
+                tip = f"did you mean [{hint}:{value}]?" if hint else "tags with a value are [sender:NAME] and [at:WHEN]"
+                raise Rejected(f"unknown tag {raw} in the subject — {tip}")
+            return " "
+        word = re.sub(r"[\s_]+", "-", key)
+        if not colon and word in _FLAGS:
+            put(*_FLAGS[word], raw)
+            return " "
+        if not colon and word in _VALUED:
+            raise Rejected(f"the tag {raw} needs a value: write {_VALUED[word]}")
+        if not colon and _WORDISH.fullmatch(key):
+            hint = _closest(word, [*_FLAGS, *_VALUED])
+            if hint:
+                shown = f"[{hint}]" if hint in _FLAGS else _VALUED[hint]
+                raise Rejected(f"unknown tag {raw} in the subject — did you mean {shown}?")
+        return raw  # [EXTERNAL], [list-name], [Ticket #42]: part of the label
+
+    rest = _BRACKETED.sub(take, subject)
+    label = " ".join(rest.split())
+    label = _PREFIX.sub("", label).strip()
+    return Tags(label=label, **found)  # type: ignore[arg-type]
+
+
+def _sender(value: str, raw: str) -> str:
+    if not _SENDER.fullmatch(value):
+        raise Rejected(
+            f"bad sender in {raw}: it must be 3 to 11 letters, digits or spaces (a-z A-Z 0-9), e.g. [sender:ACME]"
+        )
+    return value
+
+
+def _send_at(value: str, raw: str, region: str, now: datetime) -> datetime:
+    """ISO 8601, or "YYYY-MM-DD HH:MM"; a time without an offset is read in the region's timezone."""
+    text = value.strip()
+    short = _SHORT_TIME.fullmatch(text)
+    if short:
+        text = f"{short.group(1)}T{short.group(2).zfill(5)}"
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=region_timezone(region))
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise Rejected(
+            f"cannot read the time in {raw}: write it as ISO 8601 (2026-12-01T09:00+01:00) "
+            f"or YYYY-MM-DD HH:MM in {region} local time"
+        ) from None
+    if moment <= now:
+        raise Rejected(f"the time in {raw} is in the past ({moment:%Y-%m-%d %H:%M} UTC): give a future time")
+    return moment
+
+
+def _closest(word: str, known: Collection[str]) -> str | None:
+    """The known tag within two edits of `word` (nearest first), or None."""
+    best: tuple[int, str] | None = None
+    for candidate in known:
+        if abs(len(candidate) - len(word)) > 2:
+            continue
+        distance = edit_distance(word, candidate)
+        if distance <= 2 and (best is None or distance < best[0]):
+            best = (distance, candidate)
+    return best[1] if best else None
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Damerau–Levenshtein (optimal string alignment): an adjacent swap ("low-cots") counts as one edit."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            row[j] = min(rows[i - 1][j] + 1, row[j - 1] + 1, rows[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[i - 2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+# ---------------------------------------------------------------------------
+# Loop and list protection
+
+_PRECEDENCE = {"bulk", "junk", "list", "auto_reply"}
+_AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress")
+MAX_RECEIVED = 30
+
+
+def is_automatic(msg: Message, mail_from: str) -> str | None:
+    """Why this message must be accepted and dropped (bounce, auto-reply, list traffic, loop), else None.
+
+    Reads raw header values so that a malformed header can never make the
+    check itself fail.
+    """
+    if mail_from.strip() in ("", "<>"):
+        return "null envelope sender (bounce)"
+    try:
+        headers = [(str(name).strip().lower(), _raw_value(value)) for name, value in msg.raw_items()]
+    except Exception:  # noqa: BLE001 - a header we cannot read at all: judge on what we could
+        headers = []
+    received = 0
+    for name, value in headers:
+        word = value.split(";", 1)[0].strip().lower()
+        if name == "auto-submitted" and word and word != "no":
+            return f"Auto-Submitted: {word}"
+        if name == "precedence" and word in _PRECEDENCE:
+            return f"Precedence: {word}"
+        if name in _AUTO_HEADERS:
+            return f"{name} header"
+        if name.startswith("list-"):
+            return f"mailing list ({name} header)"
+        if name == "received":
+            received += 1
+    if received >= MAX_RECEIVED:
+        return f"mail loop ({received} Received headers)"
+    if _is_delivery_report(msg):
+        return "delivery-status report"
+    return None
+
+
+def _raw_value(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def _is_delivery_report(msg: Message) -> bool:
+    try:
+        for part in msg.walk():
+            kind = part.get_content_type()
+            if kind in ("multipart/report", "message/delivery-status", "message/global-delivery-status"):
+                return True
+    except Exception:  # noqa: BLE001 - an unreadable structure is not a report
+        return False
+    return False
+
+
+# ---------------------------------------------------------------------------
+# The SMS text (implemented in relay.mail.body, which imports this module's errors)
+
+MAX_TEXT = 1224  # Octopush's longest SMS text, in characters
+
+
+@dataclass(frozen=True)
+class Body:
+    """The SMS text taken from an e-mail, and which part it came from."""
+
+    text: str  # the new words only, ready to send
+    source: str  # "text/plain" or "text/html"
+
+
+def extract_text(msg: Message) -> Body:
+    """SPEC §5 steps 1-5: the first text part's new words; Rejected when empty or too long."""
+    from relay.mail import body
+
+    return body.extract_text(msg)
+
+
+def new_words_only(text: str) -> str:
+    """SPEC §5 steps 3-5 on plain text: cut signatures and forwarded originals, drop quotes, tidy blank lines."""
+    from relay.mail import body
+
+    return body.new_words_only(text)

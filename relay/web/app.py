@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from relay.web import api, callbacks
+from relay.web import api, callbacks, ui
 from relay.web.keys import RELAY
 from relay.web.middlewares import security_headers
 
@@ -23,4 +23,5 @@ def create_app(relay: Daemon) -> web.Application:
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/api/replies", api.api_replies)
     app.router.add_get("/api/campaigns/{ticket}", api.api_campaign)
+    ui.setup(app)
     return app

@@ -1,0 +1,650 @@
+"""The web interface: replies by date or by country, conversations with an answer form, campaigns, attention.
+
+Server-rendered Jinja2 pages that work without JavaScript (the CSP forbids any
+script and any inline style). Every route applies one access rule: open on
+loopback when `http.ui_users` is empty, HTTP basic auth otherwise. The one
+form that changes something (an SMS answer) carries a CSRF token, because a
+browser sends basic-auth credentials with cross-site requests too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import hashlib
+import hmac
+import importlib.resources
+import io
+import json
+import re
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+import phonenumbers
+from aiohttp import web
+from sqlite_utils import Database
+
+import relay
+from relay import clock
+from relay.config import Config
+from relay.notify import country_name, phonenumbers_intl
+from relay.octopush.callbacks import normalise_number
+from relay.octopush.client import Recipient
+from relay.octopush.errors import ValidationError
+from relay.sending import NothingToSend, SendRequest, queue_campaign
+from relay.storage import queries
+from relay.web.keys import RELAY
+from relay.web.middlewares import ui_user
+
+PAGE_SIZE = 50
+CONVERSATION_LIMIT = 500  # items of each direction shown on a conversation page
+ATTENTION_LIMIT = 200
+DEFAULT_TIMEZONE = "Europe/Paris"
+SESSION_COOKIE = "octorelay_session"
+REALM = 'Basic realm="octorelay", charset="UTF-8"'
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORM_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_NUMBER_NOISE = re.compile(r"[\s.\-()/]")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# ------------------------------------------------------------------ setup
+
+
+class Ui:
+    """What the pages share: this process's CSRF secret and one Jinja2 environment per template override."""
+
+    def __init__(self) -> None:
+        # Per process: a restart invalidates open forms, which then answer 403 and a reload fixes it.
+        self.secret = secrets.token_bytes(32)
+        self._envs: dict[Path | None, jinja2.Environment] = {}
+
+    def env(self, config: Config) -> jinja2.Environment:
+        """The environment for the current config, so a reload that changes `templates.dir` takes effect."""
+        env = self._envs.get(config.templates_dir)
+        if env is None:
+            env = self._envs[config.templates_dir] = make_env(config.templates_dir)
+        return env
+
+    def csrf_token(self, nonce: str, user: str) -> str:
+        return hmac.new(self.secret, f"{user}\x1f{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+UI: web.AppKey[Ui] = web.AppKey("ui", Ui)
+
+
+def setup(app: web.Application) -> None:
+    """Add the web interface's routes to the daemon's application."""
+    app[UI] = Ui()
+    app.router.add_get("/", index)
+    app.router.add_get("/replies", replies_page)
+    app.router.add_get("/replies.csv", replies_csv)
+    app.router.add_get("/conversations/{number}", conversation_page)
+    app.router.add_post("/conversations/{number}", conversation_answer)
+    app.router.add_get("/campaigns", campaigns_page)
+    app.router.add_get(r"/campaigns/{id:\d+}", campaign_page)
+    app.router.add_get("/attention", attention_page)
+    app.router.add_get("/static/style.css", stylesheet)
+
+
+def packaged_templates() -> Path:
+    """`relay/templates` in an installed wheel, else the repository's top-level `templates/`."""
+    packaged = importlib.resources.files("relay") / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(relay.__file__).resolve().parent.parent / "templates"
+
+
+def make_env(override: Path | None = None) -> jinja2.Environment:
+    """Templates are looked up as `web/<name>`: first in the override directory, then the packaged ones."""
+    dirs = [str(d) for d in (override, packaged_templates()) if d]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(dirs),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        intl=phonenumbers_intl, country_name=country_name, conversation_url=conversation_url, amount=amount
+    )
+    return env
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def ui_timezone(config: Config) -> ZoneInfo:
+    """Pages show local time: the first subscription's timezone, else Octopush's own (Europe/Paris)."""
+    return ZoneInfo(config.subscriptions[0].timezone if config.subscriptions else DEFAULT_TIMEZONE)
+
+
+def local_time(iso_text: str | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    if not iso_text:
+        return ""
+    return clock.parse_iso(iso_text).astimezone(tz).strftime(fmt)
+
+
+def conversation_url(number: str) -> str:
+    return "/conversations/" + urllib.parse.quote(number or "", safe="+")
+
+
+def amount(value: float | None) -> str:
+    """A cost or credit with at most three decimals (Octopush prices are fractions of a cent)."""
+    if value is None:
+        return ""
+    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+def neutralise(value: object) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading formula character gets a quote in front."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def ui(handler: Handler) -> Handler:
+    """Apply the UI access rule before the handler runs."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        users = request.app[RELAY].config.http.ui_users
+        # Verifying a password hash costs tens of milliseconds by design: keep it off the event loop.
+        user = await asyncio.to_thread(ui_user, request, users) if users else ui_user(request, users)
+        if user is None:
+            raise web.HTTPUnauthorized(
+                text="401: the web interface needs a user name and password\n",
+                headers={"WWW-Authenticate": REALM},
+            )
+        request["ui_user"] = user
+        return await handler(request)
+
+    return wrapped
+
+
+def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
+    relay_ = request.app[RELAY]
+    tz = ui_timezone(relay_.config)
+    template = request.app[UI].env(relay_.config).get_template(f"web/{name}")
+    body = template.render(
+        user=request.get("ui_user", ""),
+        path=request.path,
+        tz=tz.key,
+        local=lambda iso_text, fmt="%Y-%m-%d %H:%M": local_time(iso_text, tz, fmt),
+        **context,
+    )
+    # Pages hold phone numbers and messages: keep them out of shared caches and the back-forward cache.
+    return web.Response(text=body, status=status, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def _region(config: Config) -> str:
+    return config.smtp_in.region
+
+
+def read_number(value: str, region: str) -> str:
+    """A number typed by a person: E.164 when phonenumbers reads it as valid, else the digits as typed."""
+    text = _NUMBER_NOISE.sub("", value or "")[:32]
+    if not text:
+        return ""
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return text
+    if phonenumbers.is_valid_number(parsed):
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return text
+
+
+# ------------------------------------------------------------------ replies
+
+
+@dataclass(frozen=True)
+class ReplyFilter:
+    """The replies page's query string, read leniently: a page in a browser should not answer 400."""
+
+    view: str = "date"
+    country: str = ""
+    number: str = ""
+    q: str = ""
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, query: Any, region: str) -> ReplyFilter:
+        view = query.get("view", "date")
+        country = query.get("country", "").strip().upper()
+        try:
+            page = max(1, int(query.get("page", "1")))
+        except ValueError:
+            page = 1
+        return cls(
+            view=view if view in ("date", "country") else "date",
+            country=country if len(country) == 2 and country.isalpha() else "",
+            number=read_number(query.get("number", ""), region),
+            q=query.get("q", "").strip()[:200],
+            page=page,
+        )
+
+    def filters(self) -> dict[str, Any]:
+        """Keyword arguments for `queries.replies` / `queries.count_replies`."""
+        return {"country": self.country or None, "number": self.number or None, "text": self.q or None}
+
+    def url(self, path: str = "/replies", **changes: Any) -> str:
+        f = replace(self, **changes)
+        args = {"view": f.view, "country": f.country, "number": f.number, "q": f.q, "page": f.page}
+        if path.endswith(".csv"):
+            args.pop("view")
+            args.pop("page")
+        pairs = {
+            k: v for k, v in args.items() if v and not (k == "page" and v == 1) and not (k == "view" and v == "date")
+        }
+        return path + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+
+
+@dataclass
+class Section:
+    """One heading of the replies page (a day or a country) with its total under the current filter."""
+
+    key: str
+    title: str
+    count: int
+    rows: list[dict]
+
+
+def country_counts(db: Database, **filters: Any) -> list[tuple[str, int]]:
+    """(ISO code, replies) for every country under the filters, most replies first."""
+    where, params = queries._reply_filter(**filters)
+    sql = f"""SELECT coalesce(cb.country, '') AS cc, count(*) AS n FROM callbacks cb
+              WHERE {where} GROUP BY cc ORDER BY n DESC, cc"""
+    return [(row[0], row[1]) for row in db.execute(sql, params).fetchall()]
+
+
+def replies_by_country(db: Database, *, limit: int, offset: int, **filters: Any) -> list[dict]:
+    """Replies ordered like the country view (largest country first, newest first within it)."""
+    where, params = queries._reply_filter(**filters)
+    sql = f"""WITH counts AS (
+                  SELECT coalesce(cb.country, '') AS cc, count(*) AS n FROM callbacks cb WHERE {where} GROUP BY cc)
+              SELECT cb.id, cb.kind, cb.ticket, cb.number, coalesce(cb.country, '') AS country, cb.text,
+                     cb.date_raw, cb.occurred_at, cb.campaign_id, c.text AS answered, c.label AS campaign_label
+              FROM callbacks cb
+              JOIN counts ON counts.cc = coalesce(cb.country, '')
+              LEFT JOIN campaigns c ON c.id = cb.campaign_id
+              WHERE {where}
+              ORDER BY counts.n DESC, counts.cc, cb.occurred_at DESC, cb.id DESC LIMIT ? OFFSET ?"""
+    return [dict(r) for r in db.query(sql, params + params + [limit, offset])]
+
+
+def _day_bounds(day: date, tz: ZoneInfo) -> tuple[str, str]:
+    start = datetime.combine(day, time(), tz)
+    end = datetime.combine(day + timedelta(days=1), time(), tz)
+    return clock.iso(start.astimezone(UTC)), clock.iso(end.astimezone(UTC))
+
+
+def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
+    """Everything the replies page shows, read on one reader connection."""
+    filters = f.filters()
+    total = queries.count_replies(db, **filters)
+    offset = (f.page - 1) * PAGE_SIZE
+    sections: list[Section] = []
+    if f.view == "country":
+        counts = dict(country_counts(db, **filters))
+        for row in replies_by_country(db, limit=PAGE_SIZE, offset=offset, **filters):
+            if not sections or sections[-1].key != row["country"]:
+                code = row["country"]
+                title = f"{country_name(code)} ({code})" if code else country_name(code)
+                sections.append(Section(code, title, counts.get(code, 0), []))
+            sections[-1].rows.append(row)
+    else:
+        for row in queries.replies(db, limit=PAGE_SIZE, offset=offset, **filters):
+            day = clock.parse_iso(row["occurred_at"]).astimezone(tz).date()
+            if not sections or sections[-1].key != day.isoformat():
+                since, until = _day_bounds(day, tz)
+                count = queries.count_replies(db, since=since, until=until, **filters)
+                sections.append(Section(day.isoformat(), day.strftime("%A %d %B %Y"), count, []))
+            sections[-1].rows.append(row)
+    # The country menu lists every country that has replies under the other filters.
+    menu = country_counts(db, **{**filters, "country": None})
+    return {"total": total, "sections": sections, "countries": menu}
+
+
+@ui
+async def index(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/replies")
+
+
+@ui
+async def replies_page(request: web.Request) -> web.StreamResponse:
+    relay_ = request.app[RELAY]
+    f = ReplyFilter.from_query(request.query, _region(relay_.config))
+    tz = ui_timezone(relay_.config)
+    data = await relay_.store.read(partial(load_replies, f=f, tz=tz))
+    pages = max(1, -(-data["total"] // PAGE_SIZE))
+    return render(
+        request,
+        "replies.html",
+        f=f,
+        pages=pages,
+        prev_url=f.url(page=f.page - 1) if f.page > 1 else "",
+        next_url=f.url(page=f.page + 1) if f.page < pages else "",
+        csv_url=f.url("/replies.csv"),
+        view_urls={"date": f.url(view="date", page=1), "country": f.url(view="country", page=1)},
+        **data,
+    )
+
+
+CSV_HEADER = ("time", "time_utc", "number", "country", "country_name", "text", "answered_sms", "ticket", "campaign_id")
+
+
+def build_csv(db: Database, *, filters: dict[str, Any], tz: ZoneInfo) -> bytes:
+    """Every reply under the filters (all pages), newest first, as spreadsheet-safe UTF-8 CSV."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_HEADER)
+    for row in queries.replies(db, limit=None, **filters):
+        cells: Iterable[object] = (
+            local_time(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
+            row["occurred_at"],
+            row["number"],
+            row["country"],
+            country_name(row["country"]) if row["country"] else "",
+            row["text"],
+            row["answered"],
+            row["ticket"],
+            row["campaign_id"],
+        )
+        writer.writerow([neutralise(cell) for cell in cells])
+    # The byte-order mark makes Excel read the file as UTF-8 rather than the local code page.
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+@ui
+async def replies_csv(request: web.Request) -> web.StreamResponse:
+    relay_ = request.app[RELAY]
+    f = ReplyFilter.from_query(request.query, _region(relay_.config))
+    tz = ui_timezone(relay_.config)
+    body = await relay_.store.read(partial(build_csv, filters=f.filters(), tz=tz))
+    name = f"octorelay-replies-{clock.now().astimezone(tz):%Y%m%d-%H%M}.csv"
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# ------------------------------------------------------------------ conversations
+
+
+def load_conversation(db: Database, *, number: str) -> dict:
+    """SMS sent to `number` and its replies and STOPs, merged oldest first (the order of a chat)."""
+    sent = [
+        dict(r)
+        for r in db.query(
+            """SELECT c.id AS campaign_id, c.text, c.label, c.origin, c.sender_email, c.status AS campaign_status,
+                      c.error, c.created_at, c.send_at, s.sent_at, s.ticket, r.status, r.status_at,
+                      r.first_name, r.last_name
+               FROM recipients r JOIN campaigns c ON c.id = r.campaign_id LEFT JOIN sends s ON s.id = r.send_id
+               WHERE r.number = ? ORDER BY r.id DESC LIMIT ?""",
+            [number, CONVERSATION_LIMIT],
+        )
+    ]
+    received = [
+        dict(r)
+        for r in db.query(
+            """SELECT id, kind, text, date_raw, occurred_at, campaign_id FROM callbacks
+               WHERE number = ? AND kind IN ('reply', 'stop') ORDER BY occurred_at DESC, id DESC LIMIT ?""",
+            [number, CONVERSATION_LIMIT],
+        )
+    ]
+    for item in sent:
+        item["direction"] = "out"
+        # A scheduled SMS belongs where it goes out, not where it was asked for.
+        item["at"] = item["send_at"] or item["sent_at"] or item["created_at"]
+    for item in received:
+        item["direction"] = "in"
+        item["at"] = item["occurred_at"]
+    # Octopush dates have whole seconds while ours have microseconds: compare by the second, SMS
+    # before replies on a tie, and never put a reply before the SMS it answers.
+    sent_at = {item["campaign_id"]: (item["at"] or "")[:19] for item in sent}
+    for item in sent + received:
+        item["order"] = (item["at"] or "")[:19]
+        if item["direction"] == "in" and item["campaign_id"] in sent_at:
+            item["order"] = max(item["order"], sent_at[item["campaign_id"]])
+    items = sorted(sent + received, key=lambda i: (i["order"], i["direction"] == "in"))
+    name = next(
+        (f"{s['first_name'] or ''} {s['last_name'] or ''}".strip() for s in sent if s["first_name"] or s["last_name"]),
+        "",
+    )
+    optout = db.execute("SELECT at FROM optouts WHERE number = ?", [number]).fetchone()
+    return {"items": items, "contact": name, "opted_out_at": optout[0] if optout else None}
+
+
+def _session(request: web.Request) -> tuple[str, bool]:
+    """The session nonce from the cookie, or a new one (True when it must be set)."""
+    nonce = request.cookies.get(SESSION_COOKIE, "")
+    if _FORM_KEY.fullmatch(nonce):
+        return nonce, False
+    return secrets.token_urlsafe(24), True
+
+
+def _set_session(request: web.Request, response: web.Response, nonce: str) -> None:
+    # SameSite=Strict: another site's form never carries it, a second wall behind the token.
+    response.set_cookie(SESSION_COOKIE, nonce, path="/", httponly=True, samesite="Strict", secure=request.secure)
+
+
+def _canonical(number: str) -> str:
+    e164, _ = normalise_number(number)
+    return e164
+
+
+async def _show_conversation(
+    request: web.Request, number: str, *, text: str = "", error: str = "", form_key: str = "", status: int = 200
+) -> web.Response:
+    relay_ = request.app[RELAY]
+    data = await relay_.store.read(partial(load_conversation, number=number))
+    nonce, new = _session(request)
+    queued = request.query.get("queued", "")
+    response = render(
+        request,
+        "conversation.html",
+        number=number,
+        country=normalise_number(number)[1],
+        csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
+        form_key=form_key or secrets.token_urlsafe(18),
+        text=text,
+        error=error,
+        queued=queued if queued.isdigit() else "",
+        again=request.query.get("again") == "1",
+        octopush=relay_.config.octopush,
+        **data,
+        status=status,
+    )
+    if new:
+        _set_session(request, response, nonce)
+    return response
+
+
+@ui
+async def conversation_page(request: web.Request) -> web.StreamResponse:
+    given = request.match_info["number"]
+    number = _canonical(given)
+    if number != given:
+        raise web.HTTPMovedPermanently(conversation_url(number))
+    return await _show_conversation(request, number)
+
+
+@ui
+async def conversation_answer(request: web.Request) -> web.StreamResponse:
+    relay_ = request.app[RELAY]
+    config = relay_.config
+    number = _canonical(request.match_info["number"])
+    form = await request.post()
+    nonce = request.cookies.get(SESSION_COOKIE, "")
+    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
+    token = str(form.get("csrf", ""))
+    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise web.HTTPForbidden(
+            text="403: this form expired or came from another site; reload the conversation and send again\n"
+        )
+    text = str(form.get("text", "")).replace("\r\n", "\n").strip()
+    form_key = str(form.get("key", ""))
+    if not _FORM_KEY.fullmatch(form_key):
+        form_key = secrets.token_urlsafe(18)
+    req = SendRequest(
+        text=text,
+        recipients=(Recipient(number),),
+        type=config.octopush.type,
+        purpose=config.octopush.purpose,
+        sender=config.octopush.sender,
+        with_replies=config.octopush.with_replies,
+        auto_optimize_text=config.octopush.auto_optimize_text,
+        origin="web",
+        label=f"web answer to {number}",
+        sender_email="",
+        confirm="none",
+        # One key per rendered form: a double click or a resubmitted POST queues the answer once.
+        request_key=hashlib.sha256(f"web\x1f{number}\x1f{form_key}".encode()).hexdigest()[:32],
+    )
+    try:
+        req.validate()
+        campaign_id, new = await relay_.store.write(
+            partial(queue_campaign, req=req, retry_for=config.octopush.retry_for)
+        )
+    except (ValidationError, NothingToSend) as exc:
+        return await _show_conversation(request, number, text=text, error=str(exc), form_key=form_key, status=400)
+    relay_.sender.wake()
+    location = f"{conversation_url(number)}?queued={campaign_id}" + ("" if new else "&again=1")
+    raise web.HTTPSeeOther(location + "#answer")
+
+
+# ------------------------------------------------------------------ campaigns
+
+
+def load_campaigns(db: Database, *, page: int) -> dict:
+    total = db.execute("SELECT count(*) FROM campaigns").fetchone()[0]
+    rows = [
+        dict(r)
+        for r in db.query(
+            """SELECT c.*, (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipient_count
+               FROM campaigns c ORDER BY c.id DESC LIMIT ? OFFSET ?""",
+            [PAGE_SIZE, (page - 1) * PAGE_SIZE],
+        )
+    ]
+    by_id = {row["id"]: row for row in rows}
+    for row in rows:
+        row["deliveries"] = []
+    if by_id:
+        marks = ", ".join("?" * len(by_id))
+        states = db.execute(
+            f"""SELECT campaign_id, coalesce(status, ''), count(*) FROM recipients
+                WHERE campaign_id IN ({marks}) GROUP BY 1, 2 ORDER BY 1, 3 DESC""",
+            list(by_id),
+        )
+        for campaign_id, status, count in states.fetchall():
+            by_id[campaign_id]["deliveries"].append((status, count))
+    return {"total": total, "campaigns": rows}
+
+
+@ui
+async def campaigns_page(request: web.Request) -> web.StreamResponse:
+    try:
+        page = max(1, int(request.query.get("page", "1")))
+    except ValueError:
+        page = 1
+    data = await request.app[RELAY].store.read(partial(load_campaigns, page=page))
+    pages = max(1, -(-data["total"] // PAGE_SIZE))
+    return render(
+        request,
+        "campaigns.html",
+        page=page,
+        pages=pages,
+        prev_url=f"/campaigns?page={page - 1}" if page > 1 else "",
+        next_url=f"/campaigns?page={page + 1}" if page < pages else "",
+        **data,
+    )
+
+
+@ui
+async def campaign_page(request: web.Request) -> web.StreamResponse:
+    campaign_id = int(request.match_info["id"])
+    row = await request.app[RELAY].store.read(partial(queries.campaign, campaign_id=campaign_id))
+    if row is None:
+        return render(
+            request, "error.html", status=404, title="No such campaign", message=f"There is no campaign #{campaign_id}."
+        )
+    # Receipts are linked to the campaign too; they show as the recipients' states, not as replies.
+    row["replies"] = [r for r in row["replies"] if r["kind"] in ("reply", "stop")]
+    deliveries: dict[str, int] = {}
+    for r in row["recipients"]:
+        deliveries[r["status"] or ""] = deliveries.get(r["status"] or "", 0) + 1
+    return render(request, "campaign.html", c=row, deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]))
+
+
+# ------------------------------------------------------------------ attention
+
+
+def load_attention(db: Database) -> dict:
+    """What an operator must look at: callbacks the relay could not read, e-mails and SMS that failed."""
+    unrecognised = [
+        dict(r)
+        for r in db.query(
+            """SELECT id, received_at, content_type, raw FROM callbacks WHERE kind = 'unrecognised'
+               ORDER BY id DESC LIMIT ?""",
+            [ATTENTION_LIMIT],
+        )
+    ]
+    mails = [
+        dict(r)
+        for r in db.query(
+            """SELECT id, kind, subject, recipients, attempts, last_error, created_at FROM outbox
+               WHERE status = 'failed' ORDER BY id DESC LIMIT ?""",
+            [ATTENTION_LIMIT],
+        )
+    ]
+    for mail in mails:
+        mail["recipients"] = ", ".join(_json_list(mail["recipients"]))
+    sends = [
+        dict(r)
+        for r in db.query(
+            """SELECT id, label, origin, sender_email, error_code, error, created_at, finished_at FROM campaigns
+               WHERE status = 'failed' ORDER BY id DESC LIMIT ?""",
+            [ATTENTION_LIMIT],
+        )
+    ]
+    return {"unrecognised": unrecognised, "mails": mails, "sends": sends}
+
+
+def _json_list(text: str | None) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return [text or ""]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+@ui
+async def attention_page(request: web.Request) -> web.StreamResponse:
+    data = await request.app[RELAY].store.read(load_attention)
+    return render(request, "attention.html", **data)
+
+
+# ------------------------------------------------------------------ static
+
+
+@ui
+async def stylesheet(request: web.Request) -> web.StreamResponse:
+    relay_ = request.app[RELAY]
+    env = request.app[UI].env(relay_.config)
+    source, _, _ = env.loader.get_source(env, "web/style.css")
+    return web.Response(text=source, content_type="text/css", headers={"Cache-Control": "no-cache"})

@@ -7,9 +7,11 @@ import email
 import email.policy
 import textwrap
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from aiosmtpd.smtp import SMTP
 
 from relay import config as config_mod
@@ -66,35 +68,25 @@ async def sink():
     await s.stop()
 
 
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def write_config(path: Path, tmp: Path, *, smtp_port: int | None = None, extra: str = "") -> Path:
-    """A config file for tests: port 0 everywhere, state in `tmp`, mail to the sink (or a Maildir)."""
-    transport = (
-        f'transport = "smtp"\nhost = "127.0.0.1"\nport = {smtp_port}\n' if smtp_port else 'transport = "maildir"\n'
-    )
-    text = textwrap.dedent(
-        f"""
-        [octopush]
-        retry_for = 30
-        timeout = 2
-
-        [octopush.emulator]
-        reply_after = 0.2
-
-        [http]
-        listen = "127.0.0.1:0"
-
-        [smtp_in]
-        listen = "127.0.0.1:0"
-        domain = "sms.example.org"
-
-        [smtp_out]
-        from = "octorelay <relay@sms.example.org>"
-        maildir = "{tmp / 'mail'}"
-        """
-    )
-    text = text.replace("[smtp_out]\n", "[smtp_out]\n" + transport)
-    text += f'\n[storage]\npath = "{tmp / "octorelay.db"}"\n'
-    path.write_text(text + "\n" + textwrap.dedent(extra))
+    """A config file for tests: port 0 everywhere, state in `tmp`, mail to the sink (or a Maildir); `extra` merges in."""
+    smtp_out = {"from": "octorelay <relay@sms.example.org>", "maildir": str(tmp / "mail")}
+    smtp_out.update({"transport": "smtp", "host": "127.0.0.1", "port": smtp_port} if smtp_port else {"transport": "maildir"})
+    base = {
+        "octopush": {"retry_for": 30, "timeout": 2, "emulator": {"reply_after": 0.2}},
+        "http": {"listen": "127.0.0.1:0"},
+        "smtp_in": {"listen": "127.0.0.1:0", "domain": "sms.example.org"},
+        "smtp_out": smtp_out,
+        "storage": {"path": str(tmp / "octorelay.db")},
+    }
+    path.write_text(tomli_w.dumps(merge(base, tomllib.loads(textwrap.dedent(extra)))))
     return path
 
 
@@ -119,3 +111,96 @@ async def make_daemon(tmp_path):
 async def daemon(make_daemon, sink):
     """The whole daemon with the Octopush emulator, e-mail going to a real SMTP sink."""
     return await make_daemon(smtp_port=sink.port)
+
+
+class DaemonProcess:
+    """`octorelay run` as a real subprocess, with a real notify socket to learn when it is READY and where."""
+
+    def __init__(self, tmp: Path, config_path: Path | None, *, env: dict | None = None, cwd: Path | None = None):
+        import socket
+
+        self.tmp, self.config_path = tmp, config_path
+        self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
+        self.datagrams: list[str] = []
+        self.env = env or {}
+        self.cwd = cwd or tmp
+        self.proc: asyncio.subprocess.Process | None = None
+        self.http_url = ""
+        self.smtp: tuple[str, int] | None = None
+
+    async def start(self, timeout: float = 20.0) -> DaemonProcess:
+        import os
+        import sys
+
+        root = str(Path(__file__).resolve().parent.parent)  # the checked-out code, installed or not
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONPATH": path, **self.env}
+        env.pop("OCTORELAY_CONFIG", None)
+        args = [sys.executable, "-m", "relay", "run"] + (["-c", str(self.config_path)] if self.config_path else [])
+        self.log = open(self.tmp / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - closed in stop
+        self.proc = await asyncio.create_subprocess_exec(*args, env=env, cwd=self.cwd, stdout=self.log, stderr=self.log)
+        ready = await self.wait_datagram("READY=1", timeout)
+        status = next(line for line in ready.splitlines() if line.startswith("STATUS="))
+        # STATUS=HTTP http://127.0.0.1:PORT, SMTP 127.0.0.1:PORT
+        http_part, smtp_part = status[len("STATUS=HTTP ") :].split(", SMTP ")
+        self.http_url = http_part
+        host, _, port = smtp_part.rpartition(":")
+        self.smtp = (host.strip("[]"), int(port))
+        return self
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.datagrams.append(self.notify.recv(4096).decode())
+            except BlockingIOError:
+                return
+
+    async def wait_datagram(self, needle: str, timeout: float = 10.0, after: int = 0) -> str:
+        def find():
+            self.drain()
+            if self.proc and self.proc.returncode is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.output()[-2000:]}")
+            return next((d for d in self.datagrams[after:] if needle in d), None)
+
+        return await wait_for(find, timeout)
+
+    def output(self) -> str:
+        self.log.flush()
+        return (Path(self.log.name)).read_text(errors="replace")
+
+    async def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def stop(self) -> None:
+        import signal as _signal
+
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(_signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self.notify.close()
+        self.log.close()
+
+
+@pytest.fixture
+async def spawn(tmp_path):
+    """Factory: `await spawn(config_path)` runs the daemon as a subprocess; all are stopped after."""
+    procs: list[DaemonProcess] = []
+
+    async def factory(config_path: Path | None, **kwargs) -> DaemonProcess:
+        proc = DaemonProcess(tmp_path, config_path, **kwargs)
+        procs.append(proc)
+        return await proc.start()
+
+    yield factory
+    for proc in procs:
+        await proc.stop()

@@ -6,6 +6,7 @@ import asyncio
 import smtplib
 import ssl
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
 
 import aiosmtplib
@@ -43,7 +44,9 @@ async def smtp_send(daemon, msg: EmailMessage, recipients: list[str], sender: st
 
 def sync_session(daemon):
     host, port = daemon.smtp.address
-    return smtplib.SMTP(host, port, timeout=10)
+    session = smtplib.SMTP(host, port, timeout=10)
+    session.ehlo()
+    return session
 
 
 def sent(daemon) -> list[dict]:
@@ -66,10 +69,12 @@ async def test_e_mail_becomes_one_campaign(daemon, sink):
     ["+33612345678", "0033612345678", "33612345678", "0612345678", "06.12.34.56.78"],
 )
 async def test_every_number_form(daemon, local):
-    with sync_session(daemon) as s:
-        s.mail(FROM)
-        code, _ = s.rcpt(f"{local}@SMS.Example.org")
-        assert code == 250
+    def session():
+        with sync_session(daemon) as s:
+            s.mail(FROM)
+            return s.rcpt(f"{local}@SMS.Example.org")[0]
+
+    assert await asyncio.to_thread(session) == 250
 
 
 async def test_smtp_time_answers(make_daemon, sink):
@@ -77,26 +82,29 @@ async def test_smtp_time_answers(make_daemon, sink):
         '[smtp_in]\nallowed_senders = ["*@example.org"]\nmax_recipients = 2\nmax_size = 2000\n',
         smtp_port=sink.port,
     )
-    with sync_session(daemon) as s:
-        assert s.mail("mallory@evil.test")[0] == 550
-        assert s.mail("Alice@EXAMPLE.org")[0] == 250
-        code, text = s.rcpt("+33612345678@other.example")
-        assert (code, b"5.7.1" in text and b"relaying denied" in text) == (550, True)
-        code, text = s.rcpt("hello@sms.example.org")
-        assert code == 550 and b"5.1.1" in text and b"hello" in text
-        assert s.rcpt("+33612345678@sms.example.org")[0] == 250
-        assert s.rcpt("+33612345679@sms.example.org")[0] == 250
-        code, text = s.rcpt("+33612345670@sms.example.org")
-        assert code == 452 and b"4.5.3" in text
-        code, text = s.data(("Subject: big\r\n\r\n" + "x" * 3000).encode())
-        assert code == 552 and b"5.3.4" in text
+    def session():
+        with sync_session(daemon) as s:
+            assert s.mail("mallory@evil.test")[0] == 550
+            assert s.mail("Alice@EXAMPLE.org")[0] == 250
+            code, text = s.rcpt("+33612345678@other.example")
+            assert (code, b"5.7.1" in text and b"relaying denied" in text) == (550, True)
+            code, text = s.rcpt("hello@sms.example.org")
+            assert code == 550 and b"5.1.1" in text and b"hello" in text
+            assert s.rcpt("+33612345678@sms.example.org")[0] == 250
+            assert s.rcpt("+33612345679@sms.example.org")[0] == 250
+            code, text = s.rcpt("+33612345670@sms.example.org")
+            assert code == 452 and b"4.5.3" in text
+            code, text = s.data(("Subject: big\r\n\r\n" + ("x" * 70 + "\r\n") * 40).encode())
+            assert code == 552 and b"5.3.4" in text
+
+    await asyncio.to_thread(session)
 
 
 @pytest.mark.parametrize(
     ("subject", "body", "reason"),
     [
         ("Test", "", "no text"),
-        ("Test", "x" * 1300, "1224"),
+        ("Test", "\n".join(["x" * 49] * 26), "1224"),
         ("[simulte] Test", "hi", "simulate"),
         ("[sendr:ACME] Test", "hi", "sendr"),
         ("[sender:A] Test", "hi", "sender"),
@@ -106,17 +114,20 @@ async def test_smtp_time_answers(make_daemon, sink):
 )
 async def test_content_refusals_are_550_5_6_0(daemon, subject, body, reason):
     to = "+33612345678@sms.example.org"
-    with sync_session(daemon) as s:
-        s.mail(FROM)
-        s.rcpt(to)
-        code, text = s.data(message(to, body or "> only quoted text", subject).as_bytes())
+    def session():
+        with sync_session(daemon) as s:
+            s.mail(FROM)
+            s.rcpt(to)
+            return s.data(message(to, body or "> only quoted text", subject).as_bytes(policy=SMTP_POLICY))
+
+    code, text = await asyncio.to_thread(session)
     assert code == 550 and b"5.6.0" in text and reason.lower().encode() in text.lower(), text
     assert sent(daemon) == []
 
 
 async def test_tags_set_campaign_fields(daemon):
     to = "+33612345678@sms.example.org"
-    msg = message(to, "Soldes ce week-end STOP au 30101", "[EXTERNAL] [low-cost] [Marketing] [no-replies] [sender:ACME] Promo")
+    msg = message(to, "Soldes ce week-end, no PUB=STOP", "[EXTERNAL] [low-cost] [Marketing] [no-replies] [sender:ACME] Promo")
     await smtp_send(daemon, msg, [to])
     await wait_for(lambda: sent(daemon))
     payload = sent(daemon)[0]
@@ -219,19 +230,22 @@ async def test_auth_only_after_starttls(make_daemon, sink, tmp_path):
         smtp_port=sink.port,
     )
     to = "+33612345678@sms.example.org"
-    with sync_session(daemon) as s:
-        s.ehlo()
-        assert s.has_extn("starttls") and not s.has_extn("auth")
-        assert s.mail(FROM)[0] == 550  # AUTH required
-        context = ssl.create_default_context()
-        ca.configure_trust(context)
-        s.starttls(context=context)
-        s.ehlo()
-        assert s.has_extn("auth")
-        with pytest.raises(smtplib.SMTPAuthenticationError):
-            s.login("alice", "wrong")
-        s.login("alice", "wonderland")
-        s.sendmail(FROM, [to], message(to, "authenticated").as_bytes())
+    def session():
+        with sync_session(daemon) as s:
+            s.ehlo()
+            assert s.has_extn("starttls") and not s.has_extn("auth")
+            assert s.mail(FROM)[0] == 550  # AUTH required
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            s.starttls(context=context)
+            s.ehlo()
+            assert s.has_extn("auth")
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.login("alice", "wrong")
+            s.login("alice", "wonderland")
+            s.sendmail(FROM, [to], message(to, "authenticated").as_bytes(policy=SMTP_POLICY))
+
+    await asyncio.to_thread(session)
     await wait_for(lambda: sent(daemon))
 
 
@@ -255,11 +269,14 @@ async def test_marketing_to_opted_out_number(daemon, sink):
     await daemon.store.write(lambda db: queries.store_callback(db, stop))
     to1, to2 = "+33612345678@sms.example.org", "+33612345679@sms.example.org"
     body = "Promo STOP au 30101"
-    with sync_session(daemon) as s:
-        s.mail(FROM)
-        s.rcpt(to1)
-        code, text = s.data(message(to1, body, "[marketing] promo").as_bytes())
-        assert code == 550 and b"STOP" in text
+    def session():
+        with sync_session(daemon) as s:
+            s.mail(FROM)
+            s.rcpt(to1)
+            return s.data(message(to1, body, "[marketing] promo").as_bytes(policy=SMTP_POLICY))
+
+    code, text = await asyncio.to_thread(session)
+    assert code == 550 and b"STOP" in text
     await smtp_send(daemon, message([to1, to2], body, "[marketing] promo 2"), [to1, to2])
     await wait_for(lambda: sent(daemon))
     assert [r["phone_number"] for r in sent(daemon)[0]["recipients"]] == ["+33612345679"]

@@ -87,7 +87,8 @@ class Handler:
         cfg = self.config.smtp_in
         if cfg.require_auth and not session.authenticated:
             return AUTH_NEEDED
-        if address and not sender_glob_allows(cfg.allowed_senders, address):
+        null_sender = address.strip("<> ") == ""  # bounces: accepted, then dropped at DATA
+        if not null_sender and not sender_glob_allows(cfg.allowed_senders, address):
             self.listener.count("sender_refused")
             log.info("MAIL FROM refused: %s is not an allowed sender", address)
             return SENDER_REFUSED
@@ -173,7 +174,7 @@ class Handler:
             simulation=tags.simulate or o.mode == "simulation",
             auto_optimize_text=o.auto_optimize_text,
             origin="email",
-            sender_email=envelope.mail_from or "",
+            sender_email=envelope.mail_from.strip("<> "),
             message_id=message_id,
             label=tags.label or await self._thread_label(msg),
             confirm=cfg.confirm,

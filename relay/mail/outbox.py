@@ -1,0 +1,435 @@
+"""The durable e-mail outbox: mail is committed with the state it belongs to, then a worker delivers it.
+
+Delivery is at-least-once with a narrow window: a row is marked sent right
+after the server accepts it, so a message the server accepted is never sent
+again unless the process dies in between. Temporary failures (4xx, connection
+errors, timeouts) are retried with `relay.backoff` until `max_age`; a 5xx
+fails the message at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.policy
+import email.utils
+import json
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from email.message import EmailMessage
+from functools import partial
+from pathlib import Path
+
+import aiosmtplib
+from sqlite_utils import Database
+
+from relay import backoff, clock
+from relay.config import SmtpOut
+from relay.mail.render import POLICY
+from relay.metrics import Metrics
+from relay.storage.database import Store
+
+log = logging.getLogger("relay.outbox")
+
+CONCURRENCY = 4  # messages delivered at once, one SMTP connection each
+IDLE_WAIT = 60.0  # seconds between looks at the table when nothing is due (wake() cuts it short)
+STOP_GRACE = 10.0  # seconds stop() lets deliveries in flight finish
+
+
+def queue_message(db: Database, msg: EmailMessage, *, kind: str, recipients: Sequence[str]) -> int:
+    """Queue `msg` for delivery; returns the outbox id.
+
+    Synchronous on purpose: call it inside a `Store.write` function so the
+    e-mail commits in the same transaction as the state it reports (a routed
+    callback, an advanced digest watermark), never one without the other.
+    """
+    now = clock.iso()
+    policy = msg.policy if isinstance(msg.policy, email.policy.EmailPolicy) else POLICY
+    data = msg.as_bytes(policy=policy.clone(linesep="\r\n"))
+    return (
+        db["outbox"]
+        .insert(
+            {
+                "kind": kind,
+                "recipients": json.dumps(list(recipients)),
+                "message": data,
+                "message_id": str(msg.get("Message-ID", "")),
+                "subject": str(msg.get("Subject", "")),
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "last_error": None,
+                "created_at": now,
+                "sent_at": None,
+            }
+        )
+        .last_pk
+    )
+
+
+# ------------------------------------------------------------------ delivery outcomes
+
+
+@dataclass
+class Outcome:
+    """What one delivery attempt decided about its row."""
+
+    status: str  # "sent" | "retry" | "failed"
+    error: str | None = None
+    retry_recipients: list[str] | None = None  # on partial acceptance: only those still to try
+
+
+class PermanentError(Exception):
+    """The server refused the message for good (5xx)."""
+
+
+def _response_error(code: int, message: str) -> str:
+    return f"{code} {' '.join(str(message).split())}"
+
+
+def _classify_refusals(refused: dict[str, tuple[int, str]], recipients: Sequence[str]) -> Outcome:
+    """Some or all recipients were refused: retry only the 4xx ones, give up the 5xx ones."""
+    temporary = [r for r in recipients if r in refused and 400 <= refused[r][0] < 500]
+    detail = "; ".join(f"{r}: {_response_error(*refused[r])}" for r in recipients if r in refused)
+    accepted = [r for r in recipients if r not in refused]
+    if temporary:
+        return Outcome("retry", detail, temporary)
+    if accepted:
+        return Outcome("sent", f"refused: {detail}")
+    return Outcome("failed", detail)
+
+
+# ------------------------------------------------------------------ the worker
+
+
+class Outbox:
+    """Delivers queued e-mails through SMTP or into a Maildir, with retries, from one worker task."""
+
+    def __init__(
+        self,
+        config: SmtpOut,
+        store: Store,
+        metrics: Metrics | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.tls_context = tls_context
+        self.sent = 0
+        self.failed = 0
+        self.retried = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._inflight: dict[int, asyncio.Task] = {}
+        self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        """Stop taking new work; let deliveries in flight finish for a bounded time."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                # Their rows stay pending and are picked up at the next start.
+                await asyncio.wait(pending)
+        self._inflight.clear()
+
+    def wake(self) -> None:
+        """Look at the table now: after a commit that queued mail, or from the scheduler's sweep."""
+        self._wake.set()
+
+    async def depth(self) -> dict:
+        """{"pending": n, "failed": n, "oldest_pending_at": iso | None}, for /healthz and metrics."""
+        return await self.store.read(_depth)
+
+    # ------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        released = False
+        while True:
+            self._wake.clear()
+            try:
+                if not released:
+                    count = await self.store.write(_release)
+                    released = True
+                    if count:
+                        log.info("outbox: %d e-mails pending at start; delivering them now", count)
+                free = CONCURRENCY - len(self._inflight)
+                rows = []
+                if free > 0:
+                    rows = await self.store.write(partial(_claim, limit=free, lease=self._lease()))
+                for row in rows:
+                    task = asyncio.create_task(self._deliver(row), name=f"outbox-{row['id']}")
+                    self._inflight[row["id"]] = task
+                    task.add_done_callback(partial(self._done, row["id"]))
+                if rows and len(self._inflight) < CONCURRENCY:
+                    continue  # there may be more due right now
+                wait = IDLE_WAIT
+                if len(self._inflight) < CONCURRENCY:
+                    state = await self.store.read(_next_due)
+                    if self.metrics is not None:
+                        self.metrics.outbox_depth.set(state["pending"])
+                    if state["next"] is not None:
+                        wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the worker must outlive a bad moment (disk full, locked database)
+                log.exception("outbox: cannot read the queue; trying again shortly")
+                wait = backoff.FIRST
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    def _done(self, row_id: int, task: asyncio.Task) -> None:
+        self._inflight.pop(row_id, None)
+        self._wake.set()  # a slot is free
+
+    def _lease(self) -> float:
+        """Seconds a claimed row is hidden from other claims while it is being delivered."""
+        return self.config.timeout * 4 + 30
+
+    # ------------------------------------------------------------ one message
+
+    async def _deliver(self, row: dict) -> None:
+        recipients = json.loads(row["recipients"])
+        started = time.monotonic()
+        try:
+            outcome = await self._attempt(row, recipients)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or an odd error must not lose the message
+            log.exception("outbox: e-mail %s: unexpected error; will retry", row["id"])
+            outcome = Outcome("retry", f"{type(exc).__name__}: {exc}")
+        try:
+            final = await self.store.write(
+                partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the row keeps its lease and comes back after it
+            log.exception("outbox: e-mail %s: cannot record the outcome", row["id"])
+            return
+        self._count(row, final, outcome, time.monotonic() - started)
+
+    async def _attempt(self, row: dict, recipients: list[str]) -> Outcome:
+        if self.config.transport == "maildir":
+            try:
+                await asyncio.to_thread(deliver_maildir, Path(self.config.maildir), row["message"])
+            except OSError as exc:  # disk full, permissions: the operator can fix it, so keep the message
+                return Outcome("retry", f"{type(exc).__name__}: {exc}")
+            return Outcome("sent")
+        return await self._send_smtp(row["message"], recipients)
+
+    async def _send_smtp(self, message: bytes, recipients: list[str]) -> Outcome:
+        cfg = self.config
+        security = cfg.security
+        tls_context = None
+        if security in ("tls", "starttls"):
+            tls_context = self.tls_context or ssl.create_default_context()
+        try:
+            refused, _ = await aiosmtplib.send(
+                message,
+                sender=self._envelope_from,
+                recipients=recipients,
+                hostname=cfg.host,
+                port=cfg.port,
+                username=cfg.username or None,
+                password=cfg.password or None,
+                use_tls=security == "tls",
+                # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
+                start_tls=security == "starttls",
+                tls_context=tls_context,
+                timeout=cfg.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return _classify_refusals({e.recipient: (e.code, e.message) for e in exc.recipients}, recipients)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # A configuration problem, not this message's: keep it until the operator fixes the credentials.
+            return Outcome("retry", f"authentication refused: {_response_error(exc.code, exc.message)}")
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                return Outcome("failed", _response_error(exc.code, exc.message))
+            return Outcome("retry", _response_error(exc.code, exc.message))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # Connection refused or lost, timeouts, TLS failures, STARTTLS not offered.
+            return Outcome("retry", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        if refused:
+            return _classify_refusals({r: (resp.code, resp.message) for r, resp in refused.items()}, recipients)
+        return Outcome("sent")
+
+    def _count(self, row: dict, final: dict, outcome: Outcome, seconds: float) -> None:
+        kind = row["kind"] or "other"
+        where = "maildir" if self.config.transport == "maildir" else f"{self.config.host}:{self.config.port}"
+        status = final["status"]
+        if status == "gone":
+            return  # deleted meanwhile (db purge): nothing to count
+        if status == "sent":
+            self.sent += 1
+            log.info(
+                "e-mail %s (%s) sent to %s via %s in %.2fs%s",
+                row["id"],
+                kind,
+                ", ".join(json.loads(row["recipients"])),
+                where,
+                seconds,
+                f" ({outcome.error})" if outcome.error else "",
+            )
+        elif status == "failed":
+            self.failed += 1
+            log.warning(
+                "e-mail %s (%s) failed after %d attempts: %s", row["id"], kind, final["attempts"], final["last_error"]
+            )
+        else:
+            self.retried += 1
+            log.info(
+                "e-mail %s (%s) not delivered (attempt %d): %s; next try at %s",
+                row["id"],
+                kind,
+                final["attempts"],
+                final["last_error"],
+                final["next_attempt_at"],
+            )
+        if self.metrics is None:
+            return
+        if status == "sent":
+            self.metrics.emails_sent.labels(kind=kind).inc()
+        elif status == "failed":
+            self.metrics.emails_failed.labels(kind=kind).inc()
+        else:
+            self.metrics.emails_retried.inc()
+
+
+# ------------------------------------------------------------------ database functions (run in the store's threads)
+
+
+def _release(db: Database) -> int:
+    """At start, make every pending row due now: work pending at a restart (in backoff, or leased by a
+    process that died mid-delivery) is picked up at once, as SPEC §4 asks."""
+    now = clock.iso()
+    db.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?", [now, now])
+    return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+
+
+def _claim(db: Database, *, limit: int, lease: float) -> list[dict]:
+    """Take up to `limit` due rows, oldest first, and hide them for `lease` seconds.
+
+    The lease keeps a row from being claimed twice (by the next pass, or by a
+    second process such as `octorelay digest`) while it is in flight; if the
+    process dies, the row is due again once the lease ends (or at once at the
+    next start, see `_release`).
+    """
+    now = clock.now()
+    rows = [
+        dict(r)
+        for r in db.query(
+            "SELECT id, kind, recipients, message, attempts, created_at FROM outbox"
+            " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
+            [clock.iso(now), limit],
+        )
+    ]
+    if rows:
+        until = clock.iso(now + timedelta(seconds=lease))
+        ids = [r["id"] for r in rows]
+        db.execute(f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ({', '.join('?' * len(ids))})", [until, *ids])
+    return rows
+
+
+def _settle(db: Database, *, row_id: int, outcome: Outcome, max_age: float) -> dict:
+    """Record one attempt's outcome; a retry past `max_age` becomes a failure."""
+    row = db.execute("SELECT attempts, created_at, status FROM outbox WHERE id = ?", [row_id]).fetchone()
+    if row is None:
+        return {"status": "gone", "attempts": 0, "last_error": None, "next_attempt_at": None}
+    attempts = (row[0] or 0) + 1
+    now = clock.now()
+    status, error, next_at = outcome.status, outcome.error, None
+    fields: dict = {"attempts": attempts, "last_error": error}
+    if status == "sent":
+        fields.update(status="sent", sent_at=clock.iso(now))
+    elif status == "retry" and (now - clock.parse_iso(row[1])).total_seconds() > max_age:
+        status = "failed"
+        error = f"gave up after {attempts} attempts over {timedelta(seconds=int(max_age))}: {error}"
+        fields.update(status="failed", last_error=error)
+    elif status == "retry":
+        next_at = clock.iso(now + timedelta(seconds=backoff.delay(attempts)))
+        fields.update(next_attempt_at=next_at)
+        if outcome.retry_recipients is not None:
+            fields["recipients"] = json.dumps(outcome.retry_recipients)
+    else:
+        fields.update(status="failed")
+    db["outbox"].update(row_id, fields)
+    return {"status": status, "attempts": attempts, "last_error": error, "next_attempt_at": next_at}
+
+
+def _next_due(db: Database) -> dict:
+    pending, first = db.execute("SELECT count(*), min(next_attempt_at) FROM outbox WHERE status = 'pending'").fetchone()
+    return {"pending": pending, "next": first}
+
+
+def _depth(db: Database) -> dict:
+    counts = dict(db.execute("SELECT status, count(*) FROM outbox WHERE status != 'sent' GROUP BY status").fetchall())
+    oldest = db.execute("SELECT min(created_at) FROM outbox WHERE status = 'pending'").fetchone()[0]
+    return {"pending": counts.get("pending", 0), "failed": counts.get("failed", 0), "oldest_pending_at": oldest}
+
+
+# ------------------------------------------------------------------ Maildir
+
+
+_counter = 0
+
+
+def deliver_maildir(root: Path, message: bytes) -> Path:
+    """Write `message` into the Maildir `root` atomically: tmp/ first, fsync, then rename into new/.
+
+    Not `mailbox.Maildir.add`: it does not fsync, and a relay that says
+    "delivered" should mean it survives a power cut.
+    """
+    global _counter
+    for sub in ("tmp", "new", "cur"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    _counter += 1
+    moment = time.time()
+    host = socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
+    name = f"{int(moment)}.M{int(moment % 1 * 1e6)}P{os.getpid()}Q{_counter}R{secrets.token_hex(8)}.{host}"
+    tmp, new = root / "tmp" / name, root / "new" / name
+    # Maildir files use the local line ending, not SMTP's CRLF.
+    data = message.replace(b"\r\n", b"\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, new)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dirfd = os.open(root / "new", os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    return new

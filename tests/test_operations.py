@@ -1,0 +1,163 @@
+"""Operations through the real process: sd_notify, SIGHUP, SIGTERM, backup, purge, the offline demo (SPEC §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import smtplib
+import socket
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from relay.cli import main
+from relay.storage import queries
+from tests.conftest import wait_for, write_config
+
+REPLY = {"message_id": "", "number": "+33600000001", "sim_card_number": "30101", "reception_date": "2026-11-04 11:11:45"}
+
+
+async def token_of(proc, db_path: Path) -> str:
+    return sqlite3.connect(db_path).execute("SELECT value FROM meta WHERE key = 'callback_token'").fetchone()[0]
+
+
+async def test_ready_watchdog_and_stopping(spawn, tmp_path):
+    proc = await spawn(write_config(tmp_path / "c.toml", tmp_path), env={"WATCHDOG_USEC": "200000"})
+    assert proc.http_url.startswith("http://127.0.0.1:") and proc.smtp[1] > 0
+    await proc.wait_datagram("WATCHDOG=1")
+    async with aiohttp.ClientSession() as http, http.get(f"{proc.http_url}/healthz") as resp:
+        assert resp.status == 200
+    await proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    proc.drain()
+    assert any("STOPPING=1" in d for d in proc.datagrams)
+
+
+async def test_sighup_applies_a_good_file_and_refuses_a_broken_one(spawn, tmp_path):
+    path = write_config(tmp_path / "c.toml", tmp_path)
+    original = path.read_text()
+    proc = await spawn(path)
+
+    def mail_from(address: str) -> int:
+        with smtplib.SMTP(*proc.smtp, timeout=10) as s:
+            s.ehlo()
+            return s.mail(address)[0]
+
+    assert await asyncio.to_thread(mail_from, "bob@other.test") == 250
+    path.write_text(original.replace('domain = "sms.example.org"', 'domain = "sms.example.org"\nallowed_senders = ["*@example.org"]'))
+    seen = len(proc.datagrams)
+    await proc.signal(signal.SIGHUP)
+    await proc.wait_datagram("RELOADING=1", after=seen)
+    await proc.wait_datagram("configuration reloaded", after=seen)
+    assert await asyncio.to_thread(mail_from, "bob@other.test") == 550
+    assert await asyncio.to_thread(mail_from, "alice@example.org") == 250
+    # A broken file is refused; the running configuration stays and nothing is dropped.
+    path.write_text("[smtp_in]\nmax_size = \"big\"\n")
+    seen = len(proc.datagrams)
+    await proc.signal(signal.SIGHUP)
+    await proc.wait_datagram("reload refused", after=seen)
+    assert "smtp_in.max_size" in proc.output()
+    assert await asyncio.to_thread(mail_from, "bob@other.test") == 550
+    assert proc.proc.returncode is None
+
+
+async def test_sigterm_mid_traffic_loses_nothing(spawn, tmp_path):
+    proc = await spawn(write_config(tmp_path / "c.toml", tmp_path))
+    token = await token_of(proc, tmp_path / "octorelay.db")
+    url = f"{proc.http_url}/octopush/{token}"
+    acknowledged: list[str] = []
+
+    async def client(n: int, http: aiohttp.ClientSession):
+        for i in range(200):
+            text = f"client {n} reply {i}"
+            try:
+                async with http.post(url, json={**REPLY, "text": text}) as resp:
+                    if resp.status == 200:
+                        acknowledged.append(text)
+            except aiohttp.ClientError:
+                return
+
+    async with aiohttp.ClientSession() as http:
+        tasks = [asyncio.create_task(client(n, http)) for n in range(8)]
+        await wait_for(lambda: len(acknowledged) > 100)
+        await proc.signal(signal.SIGTERM)
+        await asyncio.gather(*tasks)
+    assert await proc.wait() == 0
+    stored = {r[0] for r in sqlite3.connect(tmp_path / "octorelay.db").execute("SELECT text FROM callbacks")}
+    assert set(acknowledged) <= stored
+
+
+async def test_backup_during_writes_is_consistent(daemon, tmp_path, capsys):
+    from relay.octopush.callbacks import classify
+
+    stop = asyncio.Event()
+
+    async def writer():
+        i = 0
+        while not stop.is_set():
+            cb = classify({**REPLY, "text": f"r{i}"}, raw="{}", content_type="application/json")
+            await daemon.store.write(lambda db, cb=cb: queries.store_callback(db, cb))
+            i += 1
+
+    task = asyncio.create_task(writer())
+    await asyncio.sleep(0.2)
+    target = tmp_path / "backup.db"
+    config_path = Path(daemon.config_path)
+    code = await asyncio.to_thread(main, ["db", "backup", str(target), "-c", str(config_path)])
+    stop.set()
+    await task
+    assert code == 0
+    conn = sqlite3.connect(target)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM callbacks").fetchone()[0] > 0
+
+
+async def test_purge_deletes_old_events_but_keeps_opt_outs(tmp_path, capsys):
+    path = write_config(tmp_path / "c.toml", tmp_path)
+    assert main(["callback-url", "-c", str(path)]) == 0  # creates the database
+    conn = sqlite3.connect(tmp_path / "octorelay.db")
+    for i, when in enumerate(["2020-01-01T00:00:00.000000+00:00", "2020-01-02T00:00:00.000000+00:00", "2099-01-01T00:00:00.000000+00:00"]):
+        conn.execute(
+            "INSERT INTO callbacks (kind, dedup_key, number, text, received_at, occurred_at, routed) VALUES ('reply', ?, '+33600000001', 'x', ?, ?, 1)",
+            [f"k{i}", when, when],
+        )
+    conn.execute("INSERT INTO optouts (number, at) VALUES ('+33600000009', '2020-01-01')")
+    conn.commit()
+    assert main(["db", "purge", "--older-than", "30", "-c", str(path)]) == 0
+    assert "purged 2 callbacks" in capsys.readouterr().out
+    assert conn.execute("SELECT count(*) FROM callbacks").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM optouts").fetchone()[0] == 1
+    assert main(["db", "purge", "--older-than", "0", "-c", str(path)]) == 1
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not (_port_free(8080) and _port_free(2525)), reason="the demo's default ports are in use")
+async def test_offline_demo_with_no_configuration(spawn, tmp_path):
+    """`octorelay run` with no config: an e-mail to +33612345678@sms.localhost comes back as a reply in ./var/mail."""
+    proc = await spawn(None, cwd=tmp_path, env={"OCTORELAY_CONFIG": ""})
+    assert proc.smtp == ("127.0.0.1", 2525) and proc.http_url == "http://127.0.0.1:8080"
+    assert "Try: python" in proc.output()
+
+    def send():
+        with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as s:
+            s.sendmail("you@localhost", ["+33612345678@sms.localhost"], "Subject: hello\r\nMessage-ID: <demo@localhost>\r\n\r\nHello from octorelay")
+
+    await asyncio.to_thread(send)
+    new = tmp_path / "var" / "mail" / "new"
+
+    def reply_landed():
+        files = list(new.glob("*")) if new.exists() else []
+        return [f for f in files if "OK, thanks!" in f.read_text(errors="replace") and "In-Reply-To: <demo@localhost>" in f.read_text(errors="replace")]
+
+    landed = await wait_for(reply_landed, timeout=15)
+    assert "Re: hello" in landed[0].read_text()

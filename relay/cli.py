@@ -24,8 +24,12 @@ from relay.errors import RelayError
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE", help="configuration file (else $OCTORELAY_CONFIG, else built-in defaults)")
-    parser = argparse.ArgumentParser(prog="octorelay", description="E-mail <-> SMS bridge for Octopush.", parents=[common])
+    common.add_argument(
+        "-c", "--config", metavar="FILE", help="configuration file (else $OCTORELAY_CONFIG, else built-in defaults)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="octorelay", description="E-mail <-> SMS bridge for Octopush.", parents=[common]
+    )
     parser.add_argument("--version", action="version", version=f"octorelay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -72,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(
             config.log.format,
             "warning" if quiet and config.log.level == "info" else config.log.level,
-            secrets=[config.octopush.api_key, config.http.callback_token, config.http.api_token, config.smtp_out.password],
+            secrets=[
+                config.octopush.api_key,
+                config.http.callback_token,
+                config.http.api_token,
+                config.smtp_out.password,
+            ],
         )
         handler = COMMANDS[args.command if args.command != "db" else f"db-{args.db_command}"]
         return handler(config, args)
@@ -114,14 +123,22 @@ def cmd_check_config(config, args) -> int:
     print(f"  api_login {o.api_login or '(not set)'}, api_key {'(set)' if o.api_key else '(not set)'}")
     print(f"  defaults: type {o.type}, purpose {o.purpose}, replies {'on' if o.with_replies else 'off'}")
     print(f"http: listening on {config.http.listen}, public URL {config.http.public_url}")
-    print(f"  API {'bearer token' if config.http.api_token else 'loopback only'}; UI {'users: ' + ', '.join(config.http.ui_users) if config.http.ui_users else 'loopback only'}")
+    api = "bearer token" if config.http.api_token else "loopback only"
+    ui = "users: " + ", ".join(config.http.ui_users) if config.http.ui_users else "loopback only"
+    print(f"  API {api}; UI {ui}")
     s = config.smtp_in
-    print(f"smtp_in: listening on {s.listen} for NUMBER@{s.domain}; senders {', '.join(s.allowed_senders)}; "
-          f"AUTH {'required' if s.require_auth else 'off'}; TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed'}")
+    print(
+        f"smtp_in: listening on {s.listen} for NUMBER@{s.domain}; senders {', '.join(s.allowed_senders)}; "
+        f"AUTH {'required' if s.require_auth else 'off'}; "
+        f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed'}"
+    )
     out = config.smtp_out
     where = f"Maildir {out.maildir}" if out.transport == "maildir" else f"SMTP {out.host}:{out.port} ({out.security})"
     print(f"smtp_out: {where}, from {out.sender}")
-    print(f"storage: {config.storage.path}" + (f", keeps {config.storage.retention_days} days" if config.storage.retention_days else ", keeps everything"))
+    print(
+        f"storage: {config.storage.path}"
+        + (f", keeps {config.storage.retention_days} days" if config.storage.retention_days else ", keeps everything")
+    )
     for name, members in groups.items():
         print(f"group {name}: {len(members)} numbers ({config.groups[name]})")
     runs = next_runs(config)
@@ -193,8 +210,8 @@ def cmd_send(config, args) -> int:
 
 
 async def _send(config, args) -> int:
-    from relay.mail.parsing import Rejected, parse_recipient, parse_subject
     from relay.groups import load_groups
+    from relay.mail.parsing import Rejected, parse_recipient, parse_subject
     from relay.octopush.client import OctopushClient, Recipient
     from relay.octopush.emulator import Emulator
     from relay.sending import SendQueue, SendRequest, queue_campaign
@@ -206,8 +223,12 @@ async def _send(config, args) -> int:
     recipients: list[Recipient] = []
     try:
         for item in args.to:
-            address = parse_recipient(f"{item}@{config.smtp_in.domain}", domain=config.smtp_in.domain,
-                                      region=config.smtp_in.region, groups=groups)
+            address = parse_recipient(
+                f"{item}@{config.smtp_in.domain}",
+                domain=config.smtp_in.domain,
+                region=config.smtp_in.region,
+                groups=groups,
+            )
             if address.kind == "group":
                 recipients.extend(groups[address.value])
             else:
@@ -241,8 +262,12 @@ async def _send(config, args) -> int:
         if o.mode == "emulator":
             token = config.http.callback_token or await store.write(queries.ensure_callback_token)
             listen = config.http.listen
-            emulator = Emulator(reply_text=o.emulator.reply_text, reply_after=o.emulator.reply_after,
-                                credit=o.emulator.credit, callback_url=f"http://{listen}/octopush/{token}")
+            emulator = Emulator(
+                reply_text=o.emulator.reply_text,
+                reply_after=o.emulator.reply_after,
+                credit=o.emulator.credit,
+                callback_url=f"http://{listen}/octopush/{token}",
+            )
             await emulator.start()
             components.append(emulator)
             base_url, login, key = emulator.base_url, login or "emulator", key or "emulator"
@@ -262,9 +287,11 @@ async def _send(config, args) -> int:
     tickets = ", ".join(t for t in result["tickets"]) or "(already sent earlier: same request)"
     cost = result.get("cost")
     print(f"ticket {tickets}")
-    print(f"{result['contacts']} recipient(s), {result['sms_needed'] or 0} SMS, cost {cost if cost is not None else '?'}"
-          f", credit left {result.get('residual_credit')}, encoding {result['encoding']}"
-          + (" (simulation: nothing sent)" if request.simulation else ""))
+    print(
+        f"{result['contacts']} recipient(s), {result['sms_needed'] or 0} SMS, cost {cost if cost is not None else '?'}"
+        f", credit left {result.get('residual_credit')}, encoding {result['encoding']}"
+        + (" (simulation: nothing sent)" if request.simulation else "")
+    )
     if result["removed_optouts"]:
         print(f"left out (sent STOP): {', '.join(result['removed_optouts'])}")
     return 0
@@ -286,8 +313,13 @@ async def _digest(config, args) -> int:
     await store.start()
     outbox = Outbox(config.smtp_out, store)
     try:
-        notifier = Notifier(config, store, outbox, Renderer(config.templates_dir),
-                            contacts(load_groups(config.groups, config.smtp_in.region)))
+        notifier = Notifier(
+            config,
+            store,
+            outbox,
+            Renderer(config.templates_dir),
+            contacts(load_groups(config.groups, config.smtp_in.region)),
+        )
         msg = await notifier.run_digest(args.name, dry_run=args.dry_run)
         if msg is None:
             print(f"digest {args.name}: nothing new since the last run; nothing sent")
@@ -298,13 +330,18 @@ async def _digest(config, args) -> int:
         await outbox.start()
         deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
         while asyncio.get_running_loop().time() < deadline:
-            state = await store.read(lambda db: db.execute(
-                "SELECT status, last_error FROM outbox WHERE message_id = ?", [msg["Message-ID"]]).fetchone())
+            state = await store.read(
+                lambda db: db.execute(
+                    "SELECT status, last_error FROM outbox WHERE message_id = ?", [msg["Message-ID"]]
+                ).fetchone()
+            )
             if state and state[0] != "pending":
                 break
             await asyncio.sleep(0.1)
-        print(f"digest {args.name}: {msg['Subject']} — {state[0] if state else 'queued'}"
-              + (f" ({state[1]})" if state and state[1] else ""))
+        print(
+            f"digest {args.name}: {msg['Subject']} — {state[0] if state else 'queued'}"
+            + (f" ({state[1]})" if state and state[1] else "")
+        )
         return 0
     finally:
         await outbox.stop()

@@ -256,7 +256,7 @@ class _Checker:
     def mapping(self, key: str) -> dict[str, str]:
         value = self.data[key]
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            self.fail(key, "must be a table of name = \"string\"")
+            self.fail(key, 'must be a table of name = "string"')
         return dict(value)
 
     def listen(self, key: str) -> Listen:

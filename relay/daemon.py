@@ -14,7 +14,8 @@ from functools import partial
 
 from aiohttp import web
 
-from relay import clock, config as config_mod, systemd
+from relay import clock, systemd
+from relay import config as config_mod
 from relay.config import Config
 from relay.errors import RelayError
 from relay.groups import contacts, load_groups
@@ -94,7 +95,9 @@ class Daemon:
             await self._up(self.emulator)
             base_url = self.emulator.base_url
             login, key = login or "emulator", key or "emulator"
-        self.client = OctopushClient(base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for)
+        self.client = OctopushClient(
+            base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for
+        )
         await self._up(self.client)
 
         self.notifier = Notifier(cfg, self.store, self.outbox, self.renderer, contacts(self.groups), self.metrics)
@@ -128,7 +131,9 @@ class Daemon:
         await self._up(self.scheduler)
         await self._up(self.watchdog)
         systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
-        log.info("octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode)
+        log.info(
+            "octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode
+        )
 
     async def _up(self, component) -> None:
         await component.start()
@@ -238,4 +243,3 @@ class _Runner:
 async def serve(config: Config, config_path: str | None) -> int:
     daemon = Daemon(config, config_path=config_path)
     return await daemon.run()
-

@@ -6,9 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.callbacks = Counter(
-            "octorelay_callbacks", "Octopush callbacks received", ["kind", "outcome"], registry=r
-        )
+        self.callbacks = Counter("octorelay_callbacks", "Octopush callbacks received", ["kind", "outcome"], registry=r)
         self.callback_seconds = Histogram(
             "octorelay_callback_seconds",
             "Time from request to the committed answer",
@@ -16,9 +14,7 @@ class Metrics:
             registry=r,
         )
         self.sms_sent = Counter("octorelay_sms_campaigns_sent", "Octopush campaigns sent", registry=r)
-        self.sms_failed = Counter(
-            "octorelay_sms_campaigns_failed", "Octopush campaigns refused", ["code"], registry=r
-        )
+        self.sms_failed = Counter("octorelay_sms_campaigns_failed", "Octopush campaigns refused", ["code"], registry=r)
         self.emails_sent = Counter("octorelay_emails_sent", "E-mails accepted by the transport", ["kind"], registry=r)
         self.emails_failed = Counter("octorelay_emails_failed", "E-mails given up", ["kind"], registry=r)
         self.emails_retried = Counter("octorelay_emails_retried", "E-mail delivery attempts to retry", registry=r)

@@ -67,7 +67,9 @@ class Mail:
 
 
 class Notifier:
-    def __init__(self, config: Config, store: Store, outbox: Outbox, renderer: Renderer, contacts: dict[str, str], metrics=None):
+    def __init__(
+        self, config: Config, store: Store, outbox: Outbox, renderer: Renderer, contacts: dict[str, str], metrics=None
+    ):
         self.config = config
         self.store = store
         self.outbox = outbox
@@ -315,7 +317,9 @@ class Notifier:
             until = now or clock.now()
             if not events and not sub.send_empty:
                 if not dry_run:
-                    await self.store.write(partial(_advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"]))
+                    await self.store.write(
+                        partial(_advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"])
+                    )
                 return None
             msg = self._digest_message(sub, events, snapshot["since"], until)
             if dry_run:
@@ -344,7 +348,9 @@ class Notifier:
             buckets[key].append(event)
         if sub.group_by == "date":
             order = sorted(buckets)
-            titles = {k: datetime.strptime(k, "%Y-%m-%d").strftime("%A %d %B %Y") if k else "Unknown day" for k in order}
+            titles = {
+                k: datetime.strptime(k, "%Y-%m-%d").strftime("%A %d %B %Y") if k else "Unknown day" for k in order
+            }
         else:
             order = sorted(buckets, key=lambda k: (-len(buckets[k]), k))
             titles = {k: k for k in order}
@@ -371,7 +377,9 @@ class Notifier:
 
 def phonenumbers_intl(number: str) -> str:
     try:
-        return phonenumbers.format_number(phonenumbers.parse(number, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        return phonenumbers.format_number(
+            phonenumbers.parse(number, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL
+        )
     except phonenumbers.NumberParseException:
         return number
 
@@ -384,10 +392,7 @@ def remember(db: Database, mail: Mail) -> None:
     """Queue the e-mail and remember its Message-ID with its conversation."""
     msg = mail.message
     queue_message(db, msg, kind=mail.kind, recipients=list(mail.to))
-    db.execute(
-        "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) VALUES (?, ?, ?, 'out', ?)",
-        [msg["Message-ID"], mail.number, mail.campaign_id, clock.iso()],
-    )
+    queries.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
 
 
 _EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
@@ -435,7 +440,8 @@ def _advance(db: Database, *, sub: str, expected: int, to: int) -> bool:
         return False
     db.execute(
         "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET last_callback_id = excluded.last_callback_id, last_run_at = excluded.last_run_at",
+        "ON CONFLICT(name) DO UPDATE SET last_callback_id = excluded.last_callback_id, "
+        "last_run_at = excluded.last_run_at",
         [sub, to, clock.iso()],
     )
     return True

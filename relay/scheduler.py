@@ -66,8 +66,15 @@ class Scheduler:
         now = clock.now()
         state = await d.store.write(lambda db: _init_watermarks(db, [sub.name for sub in digests]))
         for sub in digests:
-            s.add_job(self._digest, digest_trigger(sub), args=[sub.name], id=f"digest-{sub.name}",
-                      misfire_grace_time=3600, coalesce=True, max_instances=1)
+            s.add_job(
+                self._digest,
+                digest_trigger(sub),
+                args=[sub.name],
+                id=f"digest-{sub.name}",
+                misfire_grace_time=3600,
+                coalesce=True,
+                max_instances=1,
+            )
             if missed(sub, state.get(sub.name), now):
                 log.info("digest %s: a run was missed while stopped; catching up once", sub.name)
                 s.add_job(self._digest, args=[sub.name], id=f"catch-up-{sub.name}", next_run_time=now)

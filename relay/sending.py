@@ -101,43 +101,51 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             raise NothingToSend(f"every recipient opted out with STOP ({', '.join(removed)}); nothing was sent")
     parts = count_parts(req.text)
     now = clock.iso()
-    campaign_id = db["campaigns"].insert(
-        {
-            "request_key": req.request_key,
-            "origin": req.origin,
-            "sender_email": req.sender_email,
-            "message_id": req.message_id,
-            "label": req.label,
-            "text": req.text,
-            "type": req.type,
-            "purpose": req.purpose,
-            "sender": req.sender,
-            "send_at": clock.iso(req.send_at) if req.send_at else None,
-            "with_replies": int(req.with_replies),
-            "simulation": int(req.simulation),
-            "status": "queued",
-            "contacts": len(recipients),
-            "encoding": parts.encoding,
-            "unicode_chars": "".join(parts.unicode_chars),
-            "removed_optouts": json.dumps(removed),
-            "confirm": req.confirm,
-            "created_at": now,
-        }
-    ).last_pk
+    campaign_id = (
+        db["campaigns"]
+        .insert(
+            {
+                "request_key": req.request_key,
+                "origin": req.origin,
+                "sender_email": req.sender_email,
+                "message_id": req.message_id,
+                "label": req.label,
+                "text": req.text,
+                "type": req.type,
+                "purpose": req.purpose,
+                "sender": req.sender,
+                "send_at": clock.iso(req.send_at) if req.send_at else None,
+                "with_replies": int(req.with_replies),
+                "simulation": int(req.simulation),
+                "status": "queued",
+                "contacts": len(recipients),
+                "encoding": parts.encoding,
+                "unicode_chars": "".join(parts.unicode_chars),
+                "removed_optouts": json.dumps(removed),
+                "confirm": req.confirm,
+                "created_at": now,
+            }
+        )
+        .last_pk
+    )
     chunks = [recipients[i : i + CHUNK] for i in range(0, len(recipients), CHUNK)]
     deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
     for index, chunk in enumerate(chunks, start=1):
         request_id = req.request_key if len(chunks) == 1 else f"{req.request_key}-{index}"
-        send_id = db["sends"].insert(
-            {
-                "campaign_id": campaign_id,
-                "chunk": index,
-                "request_id": request_id,
-                "status": "pending",
-                "deadline": deadline,
-                "created_at": now,
-            }
-        ).last_pk
+        send_id = (
+            db["sends"]
+            .insert(
+                {
+                    "campaign_id": campaign_id,
+                    "chunk": index,
+                    "request_id": request_id,
+                    "status": "pending",
+                    "deadline": deadline,
+                    "created_at": now,
+                }
+            )
+            .last_pk
+        )
         db["recipients"].insert_all(
             {
                 "campaign_id": campaign_id,
@@ -151,10 +159,8 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             for r in chunk
         )
     if req.message_id:
-        db.execute(
-            "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) VALUES (?, ?, ?, 'in', ?)",
-            [req.message_id, recipients[0].phone_number if len(recipients) == 1 else "", campaign_id, now],
-        )
+        number = recipients[0].phone_number if len(recipients) == 1 else ""
+        queries.remember_message(db, req.message_id, number=number, campaign_id=campaign_id, direction="in")
     return campaign_id, True
 
 
@@ -233,7 +239,9 @@ class SendQueue:
             self._wake.clear()
             try:
                 rows = await self.store.read(
-                    lambda db: [dict(r) for r in db.query("SELECT id FROM sends WHERE status = 'pending' ORDER BY id LIMIT 100")]
+                    lambda db: [
+                        dict(r) for r in db.query("SELECT id FROM sends WHERE status = 'pending' ORDER BY id LIMIT 100")
+                    ]
                 )
             except Exception:  # noqa: BLE001 - a worker logs and goes on
                 log.exception("send queue: cannot read pending sends")
@@ -264,7 +272,9 @@ class SendQueue:
         campaign = Campaign(
             text=claimed["text"],
             recipients=tuple(
-                Recipient(r["number"], r["first_name"] or "", r["last_name"] or "", tuple(json.loads(r["params"] or "[]")))
+                Recipient(
+                    r["number"], r["first_name"] or "", r["last_name"] or "", tuple(json.loads(r["params"] or "[]"))
+                )
                 for r in claimed["recipients"]
             ),
             type=claimed["type"],
@@ -293,7 +303,12 @@ class SendQueue:
             else:
                 self.metrics.sms_failed.labels(str(getattr(error, "code", "") or "")).inc()
         if error is None:
-            log.info("send #%d sent: ticket %s%s", send_id, result.ticket or "(already sent)", " (simulation)" if campaign.simulation_mode else "")
+            log.info(
+                "send #%d sent: ticket %s%s",
+                send_id,
+                result.ticket or "(already sent)",
+                " (simulation)" if campaign.simulation_mode else "",
+            )
         else:
             log.warning("send #%d failed: %s", send_id, error)
         if finished is not None:
@@ -308,7 +323,9 @@ class SendQueue:
 
 
 def _claim(db: Database, *, send_id: int) -> dict | None:
-    cur = db.execute("UPDATE sends SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'", [send_id])
+    cur = db.execute(
+        "UPDATE sends SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'", [send_id]
+    )
     if not cur.rowcount:
         return None
     row = dict(
@@ -337,7 +354,15 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         db.execute(
             """UPDATE sends SET status = 'sent', ticket = ?, already_sent = ?, sms_needed = ?, cost = ?,
                                 residual_credit = ?, sent_at = ? WHERE id = ?""",
-            [result.ticket, int(result.already_sent), result.sms_needed, result.total_cost, result.residual_credit, now, send_id],
+            [
+                result.ticket,
+                int(result.already_sent),
+                result.sms_needed,
+                result.total_cost,
+                result.residual_credit,
+                now,
+                send_id,
+            ],
         )
         if result.ticket:
             queries.apply_receipts(db, ticket=result.ticket)
@@ -363,8 +388,16 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
     db.execute(
         """UPDATE campaigns SET status = ?, sms_needed = ?, cost = ?, residual_credit = ?, error_code = ?,
                                 error = ?, finished_at = ? WHERE id = ?""",
-        ["failed" if failed else "sent", totals[0], totals[1], totals[2], failed[0] if failed else None,
-         failed[1] if failed else None, now, campaign_id],
+        [
+            "failed" if failed else "sent",
+            totals[0],
+            totals[1],
+            totals[2],
+            failed[0] if failed else None,
+            failed[1] if failed else None,
+            now,
+            campaign_id,
+        ],
     )
     return queries.campaign(db, campaign_id=campaign_id)
 

@@ -76,9 +76,11 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def write_config(path: Path, tmp: Path, *, smtp_port: int | None = None, extra: str = "") -> Path:
-    """A config file for tests: port 0 everywhere, state in `tmp`, mail to the sink (or a Maildir); `extra` merges in."""
+    """A test config: port 0 everywhere, state in `tmp`, mail to the sink (or a Maildir); `extra` merges in."""
     smtp_out = {"from": "octorelay <relay@sms.example.org>", "maildir": str(tmp / "mail")}
-    smtp_out.update({"transport": "smtp", "host": "127.0.0.1", "port": smtp_port} if smtp_port else {"transport": "maildir"})
+    smtp_out.update(
+        {"transport": "smtp", "host": "127.0.0.1", "port": smtp_port} if smtp_port else {"transport": "maildir"}
+    )
     base = {
         "octopush": {"retry_for": 30, "timeout": 2, "emulator": {"reply_after": 0.2}},
         "http": {"listen": "127.0.0.1:0"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import aiohttp
 
 from relay.storage import queries
@@ -50,8 +51,13 @@ async def test_form_body_and_answer_date_are_accepted(daemon):
 
 
 async def test_kinds_are_told_apart(daemon):
-    receipt = {"channel": "sms", "message_id": "sms_x", "number": "+33600000001", "status": "DELIVERED",
-               "delivery_date": "2026-11-04 11:11:45"}
+    receipt = {
+        "channel": "sms",
+        "message_id": "sms_x",
+        "number": "+33600000001",
+        "status": "DELIVERED",
+        "delivery_date": "2026-11-04 11:11:45",
+    }
     stop = {"message_id": "sms_x", "number": "+33600000002", "text": "stop", "stop_date": "2026-11-04 11:12:00"}
     async with aiohttp.ClientSession() as http:
         for body in (REPLY, receipt, stop, {"hello": "world"}):
@@ -74,7 +80,9 @@ async def test_bad_requests(daemon):
         async with http.post(url(daemon, "wrong-token"), json=REPLY) as resp:
             assert resp.status == 404
             assert "wrong-token" not in await resp.text()
-        async with http.post(url(daemon), data=b"\x00\x01binary", headers={"Content-Type": "application/octet-stream"}) as resp:
+        async with http.post(
+            url(daemon), data=b"\x00\x01binary", headers={"Content-Type": "application/octet-stream"}
+        ) as resp:
             assert resp.status == 400
             assert len((await resp.text()).strip().splitlines()) == 1
         async with http.post(url(daemon), data=b"{not json", headers={"Content-Type": "application/json"}) as resp:
@@ -115,8 +123,13 @@ async def test_reply_links_to_campaign_and_receipt_out_of_order(daemon):
     from relay.octopush.client import Recipient
     from relay.sending import SendRequest, queue_campaign
 
-    early = {"channel": "sms", "message_id": "sms_future", "number": "+33600000003", "status": "DELIVERED",
-             "delivery_date": "2026-11-04 11:11:45"}
+    early = {
+        "channel": "sms",
+        "message_id": "sms_future",
+        "number": "+33600000003",
+        "status": "DELIVERED",
+        "delivery_date": "2026-11-04 11:11:45",
+    }
     async with aiohttp.ClientSession() as http, http.post(url(daemon), json=early) as resp:
         assert resp.status == 200
     request = SendRequest(text="hello", recipients=(Recipient("+33600000003"),), type="sms_premium", purpose="alert")
@@ -176,5 +189,8 @@ async def test_concurrent_callbacks_share_commits(daemon):
     assert statuses == [200] * 200
     assert await count(daemon, "reply") == 200
     assert daemon.store.commits - before < 200
-    await wait_for(lambda: daemon.store.read(lambda db: db.execute(
-        "SELECT count(*) = 0 FROM callbacks WHERE routed = 0").fetchone()[0]))
+    await wait_for(
+        lambda: daemon.store.read(
+            lambda db: db.execute("SELECT count(*) = 0 FROM callbacks WHERE routed = 0").fetchone()[0]
+        )
+    )

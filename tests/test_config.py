@@ -48,7 +48,7 @@ def test_user_file_merges_over_defaults(tmp_path):
         ("[http]\nlisten = 8080\n", "http.listen"),
         ('[http]\nlisten = "nohost"\n', "http.listen"),
         ('[octopush]\nmode = "production"\n', "octopush.mode"),
-        ("[octopush]\ntimeout = \"ten\"\n", "octopush.timeout"),
+        ('[octopush]\ntimeout = "ten"\n', "octopush.timeout"),
         ("[octopush]\nretry_for = 90000\n", "octopush.retry_for"),
         ('[octopush]\nsender = "AB"\n', "octopush.sender"),
         ('[octopush]\nmode = "live"\n', "octopush.api_key"),
@@ -60,11 +60,13 @@ def test_user_file_merges_over_defaults(tmp_path):
         ('[http]\nlisten = "0.0.0.0:8080"\n', "http.ui_users"),
         ('[http.ui_users]\nadmin = "plaintext"\n', "http.ui_users.admin"),
         ('[smtp_out]\nsecurity = "ssl"\n', "smtp_out.security"),
-        ("[[subscriptions]]\nname = \"x\"\nto = [\"a@b.c\"]\nmode = \"digest\"\nschedule = \"61 * * * *\"\n",
-         "subscriptions[0].schedule"),
-        ("[[subscriptions]]\nname = \"x\"\nto = [\"a@b.c\"]\ntimezone = \"Mars/Olympus\"\n", "subscriptions[0].timezone"),
-        ("[[subscriptions]]\nname = \"x\"\nto = [\"a@b.c\"]\nevents = [\"replies\"]\n", "subscriptions[0].events"),
-        ("[[subscriptions]]\nname = \"x\"\nto = [\"a@b.c\"]\ncolour = 1\n", "subscriptions[0].colour"),
+        (
+            '[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\nmode = "digest"\nschedule = "61 * * * *"\n',
+            "subscriptions[0].schedule",
+        ),
+        ('[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\ntimezone = "Mars/Olympus"\n', "subscriptions[0].timezone"),
+        ('[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\nevents = ["replies"]\n', "subscriptions[0].events"),
+        ('[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\ncolour = 1\n', "subscriptions[0].colour"),
         ("[http\n", "not valid TOML"),
     ],
 )
@@ -79,7 +81,9 @@ def test_bad_values_name_file_and_key(tmp_path, text, key):
 def test_secrets_from_file_env_and_inline(tmp_path):
     secret = tmp_path / "key"
     secret.write_text("from-file\n")
-    c = load_text(tmp_path, f'[octopush]\napi_key = "inline"\napi_key_file = "{secret}"\n', env={"OCTOPUSH_API_KEY": "env"})
+    c = load_text(
+        tmp_path, f'[octopush]\napi_key = "inline"\napi_key_file = "{secret}"\n', env={"OCTOPUSH_API_KEY": "env"}
+    )
     assert c.octopush.api_key == "from-file"
     c = load_text(tmp_path, '[octopush]\napi_key = "inline"\n', env={"OCTOPUSH_API_KEY": "from-env"})
     assert c.octopush.api_key == "from-env"

@@ -30,7 +30,12 @@ from tests.conftest import wait_for, write_config
 
 pytestmark = pytest.mark.fault
 
-REPLY = {"message_id": "", "number": "+33600000001", "sim_card_number": "30101", "reception_date": "2026-11-04 11:11:45"}
+REPLY = {
+    "message_id": "",
+    "number": "+33600000001",
+    "sim_card_number": "30101",
+    "reception_date": "2026-11-04 11:11:45",
+}
 
 
 @pytest.fixture
@@ -71,7 +76,7 @@ async def flood_callbacks(url: str, texts: list[str], acknowledged: list[str], c
                 async with http.post(url, json={**REPLY, "text": text}) as resp:
                     if resp.status == 200:
                         acknowledged.append(text)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
@@ -83,7 +88,9 @@ async def test_kill_9_during_a_callback_flood_loses_nothing(spawn, tmp_path, rou
     """32 clients post 2,000 replies; SIGKILL mid-flood; every acknowledged callback is stored exactly once."""
     config = write_config(tmp_path / "c.toml", tmp_path)
     proc = await spawn(config)
-    token = sqlite3.connect(db_path(tmp_path)).execute("SELECT value FROM meta WHERE key='callback_token'").fetchone()[0]
+    token = (
+        sqlite3.connect(db_path(tmp_path)).execute("SELECT value FROM meta WHERE key='callback_token'").fetchone()[0]
+    )
     acknowledged: list[str] = []
     texts = [f"round {round_} reply {i}" for i in range(2000)]
     flood = asyncio.create_task(flood_callbacks(f"{proc.http_url}/octopush/{token}", texts, acknowledged))
@@ -116,7 +123,11 @@ async def test_kill_9_during_an_e_mail_flood_sends_each_once(spawn, tmp_path, oc
             msg.set_content(f"flood message {i}")
             try:
                 with smtplib.SMTP(*proc.smtp, timeout=5) as s:
-                    s.sendmail("alice@example.org", [f"+336123456{i % 100:02d}@sms.example.org"], msg.as_bytes(policy=SMTP_POLICY))
+                    s.sendmail(
+                        "alice@example.org",
+                        [f"+336123456{i % 100:02d}@sms.example.org"],
+                        msg.as_bytes(policy=SMTP_POLICY),
+                    )
                 accepted.append(f"flood message {i}")
             except (OSError, smtplib.SMTPException):
                 return
@@ -142,8 +153,10 @@ async def test_octopush_faults_never_lose_nor_double_a_campaign(make_daemon, sin
     msg["From"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "fault", make_msgid(domain="example.org")
     msg.set_content(f"through {fault}")
     await asyncio.to_thread(_smtp_send, daemon.smtp.address, msg)
-    await wait_for(lambda: daemon.store.read(lambda db: db.execute(
-        "SELECT status FROM campaigns").fetchone()[0] == "sent"), timeout=20)
+    await wait_for(
+        lambda: daemon.store.read(lambda db: db.execute("SELECT status FROM campaigns").fetchone()[0] == "sent"),
+        timeout=20,
+    )
     assert [s["text"] for s in octopush.sent] == [f"through {fault}"]
     request_ids = {r["body"]["request_id"] for r in octopush.requests if isinstance(r["body"], dict)}
     assert len(request_ids) == 1
@@ -167,8 +180,9 @@ def small_disk(tmp_path):
 
 
 async def test_full_disk_answers_503_and_recovers(make_daemon, sink, small_disk):
-    daemon = await make_daemon(f'[storage]\npath = "{small_disk / "octorelay.db"}"\n', smtp_port=sink.port,
-                               name="disk.toml")
+    daemon = await make_daemon(
+        f'[storage]\npath = "{small_disk / "octorelay.db"}"\n', smtp_port=sink.port, name="disk.toml"
+    )
     url = f"{daemon.http_url}/octopush/{daemon.callback_token}"
     filler = small_disk / "filler"
     with open(filler, "wb") as f, contextlib.suppress(OSError):
@@ -190,13 +204,19 @@ async def test_full_disk_answers_503_and_recovers(make_daemon, sink, small_disk)
             assert resp.status == 200
         async with http.get(f"{daemon.http_url}/healthz") as resp:
             assert resp.status == 200
-    stored = {r["text"] for r in await daemon.store.read(lambda db: [dict(x) for x in db.query("SELECT text FROM callbacks")])}
+    stored = {
+        r["text"] for r in await daemon.store.read(lambda db: [dict(x) for x in db.query("SELECT text FROM callbacks")])
+    }
     assert all(any(t.startswith(f"big {i} ") for t in stored) for i in acked)
 
 
 @settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
-@given(body=st.binary(max_size=2048), content_type=st.sampled_from(
-    ["application/json", "application/x-www-form-urlencoded", "", "text/plain", "application/json; charset=utf-8"]))
+@given(
+    body=st.binary(max_size=2048),
+    content_type=st.sampled_from(
+        ["application/json", "application/x-www-form-urlencoded", "", "text/plain", "application/json; charset=utf-8"]
+    ),
+)
 def test_callback_parser_never_crashes(body, content_type):
     try:
         fields = parse_body(body, content_type)
@@ -215,12 +235,26 @@ _json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=1000)
-@given(fields=st.dictionaries(
-    st.sampled_from(["number", "text", "reception_date", "answer_date", "status", "delivery_date", "stop_date",
-                     "message_id", "sim_card_number", "other"]),
-    _json_values,
-    max_size=8,
-))
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(
+            [
+                "number",
+                "text",
+                "reception_date",
+                "answer_date",
+                "status",
+                "delivery_date",
+                "stop_date",
+                "message_id",
+                "sim_card_number",
+                "other",
+            ]
+        ),
+        _json_values,
+        max_size=8,
+    )
+)
 def test_classify_never_crashes_on_odd_field_values(fields):
     callback = classify(fields, raw="{}", content_type="application/json")
     assert callback.kind in ("reply", "delivery", "stop", "unrecognised")

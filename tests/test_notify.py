@@ -30,8 +30,14 @@ events = ["reply", "stop"]
 
 
 def reply(i: int, number: str = "+33600000001", **extra) -> dict:
-    return {"message_id": "", "number": number, "text": f"reply {i}", "sim_card_number": "30101",
-            "reception_date": f"2026-11-04 11:{i // 60:02d}:{i % 60:02d}", **extra}
+    return {
+        "message_id": "",
+        "number": number,
+        "text": f"reply {i}",
+        "sim_card_number": "30101",
+        "reception_date": f"2026-11-04 11:{i // 60:02d}:{i % 60:02d}",
+        **extra,
+    }
 
 
 async def post(daemon, *bodies: dict) -> None:
@@ -62,8 +68,11 @@ async def test_one_instant_e_mail_per_reply_with_headers(make_daemon, sink):
     assert "reply 1" in html and "mailto:+33600000001@sms.example.org" in html
     german = next(m for m in mails if m is not first)
     assert "Germany" in german.get_body(("plain",)).get_content()
-    remembered = await daemon.store.read(lambda db: db.execute(
-        "SELECT count(*) FROM messages WHERE direction = 'out' AND number = '+33600000001'").fetchone()[0])
+    remembered = await daemon.store.read(
+        lambda db: db.execute(
+            "SELECT count(*) FROM messages WHERE direction = 'out' AND number = '+33600000001'"
+        ).fetchone()[0]
+    )
     assert remembered == 1
 
 
@@ -141,8 +150,9 @@ async def test_smtp_down_then_back_delivers_exactly_once(make_daemon, sink):
     await sink.stop()
     daemon = await make_daemon(INSTANT, smtp_port=port)
     await post(daemon, reply(1), reply(2))
-    await wait_for(lambda: daemon.store.read(lambda db: db.execute(
-        "SELECT sum(attempts) FROM outbox").fetchone()[0]), timeout=10)
+    await wait_for(
+        lambda: daemon.store.read(lambda db: db.execute("SELECT sum(attempts) FROM outbox").fetchone()[0]), timeout=10
+    )
     await sink.start(port)
     await wait_for(lambda: len(to(sink, "team@example.org")) == 2, timeout=20)
     await asyncio.sleep(0.5)
@@ -150,10 +160,18 @@ async def test_smtp_down_then_back_delivers_exactly_once(make_daemon, sink):
 
 
 async def test_receipts_only_for_subscriptions_that_ask(make_daemon, sink):
-    daemon = await make_daemon(INSTANT + INSTANT.replace('"team"', '"noc"').replace("team@", "noc@").replace(
-        '["reply", "stop"]', '["delivery"]'), smtp_port=sink.port)
-    receipt = {"channel": "sms", "message_id": "sms_x", "number": "+33600000001", "status": "DELIVERED",
-               "delivery_date": "2026-11-04 11:11:45"}
+    daemon = await make_daemon(
+        INSTANT
+        + INSTANT.replace('"team"', '"noc"').replace("team@", "noc@").replace('["reply", "stop"]', '["delivery"]'),
+        smtp_port=sink.port,
+    )
+    receipt = {
+        "channel": "sms",
+        "message_id": "sms_x",
+        "number": "+33600000001",
+        "status": "DELIVERED",
+        "delivery_date": "2026-11-04 11:11:45",
+    }
     await post(daemon, receipt)
     mails = await wait_for(lambda: to(sink, "noc@example.org"))
     assert "DELIVERED" in mails[0]["Subject"]

@@ -16,7 +16,12 @@ from relay.cli import main
 from relay.storage import queries
 from tests.conftest import wait_for, write_config
 
-REPLY = {"message_id": "", "number": "+33600000001", "sim_card_number": "30101", "reception_date": "2026-11-04 11:11:45"}
+REPLY = {
+    "message_id": "",
+    "number": "+33600000001",
+    "sim_card_number": "30101",
+    "reception_date": "2026-11-04 11:11:45",
+}
 
 
 async def token_of(proc, db_path: Path) -> str:
@@ -46,7 +51,11 @@ async def test_sighup_applies_a_good_file_and_refuses_a_broken_one(spawn, tmp_pa
             return s.mail(address)[0]
 
     assert await asyncio.to_thread(mail_from, "bob@other.test") == 250
-    path.write_text(original.replace('domain = "sms.example.org"', 'domain = "sms.example.org"\nallowed_senders = ["*@example.org"]'))
+    path.write_text(
+        original.replace(
+            'domain = "sms.example.org"', 'domain = "sms.example.org"\nallowed_senders = ["*@example.org"]'
+        )
+    )
     seen = len(proc.datagrams)
     await proc.signal(signal.SIGHUP)
     await proc.wait_datagram("RELOADING=1", after=seen)
@@ -54,7 +63,7 @@ async def test_sighup_applies_a_good_file_and_refuses_a_broken_one(spawn, tmp_pa
     assert await asyncio.to_thread(mail_from, "bob@other.test") == 550
     assert await asyncio.to_thread(mail_from, "alice@example.org") == 250
     # A broken file is refused; the running configuration stays and nothing is dropped.
-    path.write_text("[smtp_in]\nmax_size = \"big\"\n")
+    path.write_text('[smtp_in]\nmax_size = "big"\n')
     seen = len(proc.datagrams)
     await proc.signal(signal.SIGHUP)
     await proc.wait_datagram("reload refused", after=seen)
@@ -118,9 +127,12 @@ async def test_purge_deletes_old_events_but_keeps_opt_outs(tmp_path, capsys):
     path = write_config(tmp_path / "c.toml", tmp_path)
     assert main(["callback-url", "-c", str(path)]) == 0  # creates the database
     conn = sqlite3.connect(tmp_path / "octorelay.db")
-    for i, when in enumerate(["2020-01-01T00:00:00.000000+00:00", "2020-01-02T00:00:00.000000+00:00", "2099-01-01T00:00:00.000000+00:00"]):
+    for i, when in enumerate(
+        ["2020-01-01T00:00:00.000000+00:00", "2020-01-02T00:00:00.000000+00:00", "2099-01-01T00:00:00.000000+00:00"]
+    ):
         conn.execute(
-            "INSERT INTO callbacks (kind, dedup_key, number, text, received_at, occurred_at, routed) VALUES ('reply', ?, '+33600000001', 'x', ?, ?, 1)",
+            "INSERT INTO callbacks (kind, dedup_key, number, text, received_at, occurred_at, routed) "
+            "VALUES ('reply', ?, '+33600000001', 'x', ?, ?, 1)",
             [f"k{i}", when, when],
         )
     conn.execute("INSERT INTO optouts (number, at) VALUES ('+33600000009', '2020-01-01')")
@@ -150,14 +162,23 @@ async def test_offline_demo_with_no_configuration(spawn, tmp_path):
 
     def send():
         with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as s:
-            s.sendmail("you@localhost", ["+33612345678@sms.localhost"], "Subject: hello\r\nMessage-ID: <demo@localhost>\r\n\r\nHello from octorelay")
+            s.sendmail(
+                "you@localhost",
+                ["+33612345678@sms.localhost"],
+                "Subject: hello\r\nMessage-ID: <demo@localhost>\r\n\r\nHello from octorelay",
+            )
 
     await asyncio.to_thread(send)
     new = tmp_path / "var" / "mail" / "new"
 
     def reply_landed():
         files = list(new.glob("*")) if new.exists() else []
-        return [f for f in files if "OK, thanks!" in f.read_text(errors="replace") and "In-Reply-To: <demo@localhost>" in f.read_text(errors="replace")]
+        return [
+            f
+            for f in files
+            if "OK, thanks!" in f.read_text(errors="replace")
+            and "In-Reply-To: <demo@localhost>" in f.read_text(errors="replace")
+        ]
 
     landed = await wait_for(reply_landed, timeout=15)
     assert "Re: hello" in landed[0].read_text()

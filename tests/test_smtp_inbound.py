@@ -82,6 +82,7 @@ async def test_smtp_time_answers(make_daemon, sink):
         '[smtp_in]\nallowed_senders = ["*@example.org"]\nmax_recipients = 2\nmax_size = 2000\n',
         smtp_port=sink.port,
     )
+
     def session():
         with sync_session(daemon) as s:
             assert s.mail("mallory@evil.test")[0] == 550
@@ -114,6 +115,7 @@ async def test_smtp_time_answers(make_daemon, sink):
 )
 async def test_content_refusals_are_550_5_6_0(daemon, subject, body, reason):
     to = "+33612345678@sms.example.org"
+
     def session():
         with sync_session(daemon) as s:
             s.mail(FROM)
@@ -127,7 +129,9 @@ async def test_content_refusals_are_550_5_6_0(daemon, subject, body, reason):
 
 async def test_tags_set_campaign_fields(daemon):
     to = "+33612345678@sms.example.org"
-    msg = message(to, "Soldes ce week-end, no PUB=STOP", "[EXTERNAL] [low-cost] [Marketing] [no-replies] [sender:ACME] Promo")
+    msg = message(
+        to, "Soldes ce week-end, no PUB=STOP", "[EXTERNAL] [low-cost] [Marketing] [no-replies] [sender:ACME] Promo"
+    )
     await smtp_send(daemon, msg, [to])
     await wait_for(lambda: sent(daemon))
     payload = sent(daemon)[0]
@@ -230,6 +234,7 @@ async def test_auth_only_after_starttls(make_daemon, sink, tmp_path):
         smtp_port=sink.port,
     )
     to = "+33612345678@sms.example.org"
+
     def session():
         with sync_session(daemon) as s:
             s.ehlo()
@@ -265,10 +270,13 @@ async def test_marketing_to_opted_out_number(daemon, sink):
     from relay.octopush.callbacks import classify
     from relay.storage import queries
 
-    stop = classify({"number": "+33612345678", "text": "STOP", "stop_date": "2026-11-04 10:00:00"}, raw="{}", content_type="")
+    stop = classify(
+        {"number": "+33612345678", "text": "STOP", "stop_date": "2026-11-04 10:00:00"}, raw="{}", content_type=""
+    )
     await daemon.store.write(lambda db: queries.store_callback(db, stop))
     to1, to2 = "+33612345678@sms.example.org", "+33612345679@sms.example.org"
     body = "Promo STOP au 30101"
+
     def session():
         with sync_session(daemon) as s:
             s.mail(FROM)
@@ -283,7 +291,9 @@ async def test_marketing_to_opted_out_number(daemon, sink):
 
 
 async def test_confirmation_and_failure_e_mails(make_daemon, sink):
-    daemon = await make_daemon('[smtp_in]\nconfirm = "all"\n[octopush.emulator]\nreply_text = ""\n', smtp_port=sink.port)
+    daemon = await make_daemon(
+        '[smtp_in]\nconfirm = "all"\n[octopush.emulator]\nreply_text = ""\n', smtp_port=sink.port
+    )
     to = "+33612345678@sms.example.org"
     msg = message(to, "Café ☕ ready", "Coffee")
     await smtp_send(daemon, msg, [to])
@@ -322,7 +332,9 @@ async def test_round_trip_reply_threads_and_answer_sends_new_words(daemon, sink)
     answer["In-Reply-To"] = note["Message-ID"]
     answer["References"] = f"{original['Message-ID']} {note['Message-ID']}"
     quoted = "\n".join("> " + line for line in text.splitlines())
-    answer.set_content(f"Great, see you at 9.\n\nOn Tue, 24 Nov 2026 at 10:00, octorelay <relay@sms.example.org> wrote:\n{quoted}\n")
+    answer.set_content(
+        f"Great, see you at 9.\n\nOn Tue, 24 Nov 2026 at 10:00, octorelay <relay@sms.example.org> wrote:\n{quoted}\n"
+    )
     await smtp_send(daemon, answer, [note["Reply-To"]])
     await wait_for(lambda: len(sent(daemon)) == 2)
     assert sent(daemon)[1]["text"] == "Great, see you at 9."

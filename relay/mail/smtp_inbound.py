@@ -186,9 +186,7 @@ class Handler:
             self.listener.count("refused")
             return refused(str(exc))
         try:
-            campaign_id, new = await daemon.store.write(
-                partial(_queue_once, req=request, retry_for=o.retry_for)
-            )
+            campaign_id, new = await daemon.store.write(partial(_queue_once, req=request, retry_for=o.retry_for))
         except NothingToSend as exc:
             self.listener.count("refused")
             return refused(str(exc))
@@ -253,7 +251,9 @@ class SmtpListener:
 
     async def start(self) -> None:
         cfg = self.daemon.config.smtp_in
-        self._tls = await asyncio.to_thread(tls_context, cfg.tls_cert, cfg.tls_key, self.daemon.config.storage.state_dir)
+        self._tls = await asyncio.to_thread(
+            tls_context, cfg.tls_cert, cfg.tls_key, self.daemon.config.storage.state_dir
+        )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, host=cfg.listen.host, port=cfg.listen.port)
         self.address = self._server.sockets[0].getsockname()[:2]

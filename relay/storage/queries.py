@@ -27,7 +27,10 @@ def meta_get(db: Database, key: str) -> str | None:
 
 
 def meta_set(db: Database, key: str, value: str) -> None:
-    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
 
 
 def ensure_callback_token(db: Database) -> str:
@@ -37,6 +40,15 @@ def ensure_callback_token(db: Database) -> str:
         token = secrets.token_urlsafe(24)
         meta_set(db, "callback_token", token)
     return token
+
+
+def remember_message(db: Database, message_id: str, *, number: str, campaign_id: int | None, direction: str) -> None:
+    """Keep a Message-ID with its conversation, so an answer to it finds the number and campaign."""
+    db.execute(
+        "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [message_id, number, campaign_id, direction, clock.iso()],
+    )
 
 
 # ------------------------------------------------------------------ callbacks
@@ -94,7 +106,9 @@ def apply_receipts(db: Database, *, ticket: str, callback_id: int | None = None)
         where += " AND id = ?"
         params.append(callback_id)
     applied = 0
-    rows = db.execute(f"SELECT id, number, status, occurred_at FROM callbacks WHERE {where} ORDER BY occurred_at", params)
+    rows = db.execute(
+        f"SELECT id, number, status, occurred_at FROM callbacks WHERE {where} ORDER BY occurred_at", params
+    )
     for cid, number, status, at in rows.fetchall():
         cur = db.execute(
             """UPDATE recipients SET status = ?, status_at = ?
@@ -102,10 +116,13 @@ def apply_receipts(db: Database, *, ticket: str, callback_id: int | None = None)
                  AND (status_at IS NULL OR status_at <= ?)""",
             [status, at, number, ticket, at],
         )
-        matched = cur.rowcount or db.execute(
-            "SELECT 1 FROM recipients WHERE number = ? AND send_id IN (SELECT id FROM sends WHERE ticket = ?)",
-            [number, ticket],
-        ).fetchone()
+        matched = (
+            cur.rowcount
+            or db.execute(
+                "SELECT 1 FROM recipients WHERE number = ? AND send_id IN (SELECT id FROM sends WHERE ticket = ?)",
+                [number, ticket],
+            ).fetchone()
+        )
         if matched:
             campaign = db.execute("SELECT campaign_id FROM sends WHERE ticket = ?", [ticket]).fetchone()
             db.execute("UPDATE callbacks SET applied = 1, campaign_id = ? WHERE id = ?", [campaign[0], cid])
@@ -187,12 +204,15 @@ def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None
         return None
     result = dict(rows[0])
     result["removed_optouts"] = json.loads(result.get("removed_optouts") or "[]")
-    result["sends"] = [dict(r) for r in db.query("SELECT * FROM sends WHERE campaign_id = ? ORDER BY chunk", [campaign_id])]
+    result["sends"] = [
+        dict(r) for r in db.query("SELECT * FROM sends WHERE campaign_id = ? ORDER BY chunk", [campaign_id])
+    ]
     result["tickets"] = [s["ticket"] for s in result["sends"] if s["ticket"]]
     result["recipients"] = [
         dict(r)
         for r in db.query(
-            "SELECT number, country, first_name, last_name, status, status_at FROM recipients WHERE campaign_id = ? ORDER BY id",
+            "SELECT number, country, first_name, last_name, status, status_at FROM recipients "
+            "WHERE campaign_id = ? ORDER BY id",
             [campaign_id],
         )
     ]
@@ -217,7 +237,9 @@ def depths(db: Database) -> dict:
         "outbox_oldest_pending": oldest,
         "send_queue_pending": sends.get("pending", 0),
         "send_queue_failed": sends.get("failed", 0),
-        "unrecognised_callbacks": db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[0],
+        "unrecognised_callbacks": db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[
+            0
+        ],
     }
 
 

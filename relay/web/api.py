@@ -46,7 +46,9 @@ def read_when(value: str | None, name: str) -> str | None:
     try:
         return clock.iso(clock.parse_iso(value))
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{name}: expected ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z) or 2h/3d, not {value!r}\n") from None
+        raise web.HTTPBadRequest(
+            text=f"{name}: expected ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z) or 2h/3d, not {value!r}\n"
+        ) from None
 
 
 async def api_replies(request: web.Request) -> web.Response:

@@ -1,0 +1,195 @@
+"""Reply callbacks per second and latency, octorelay vs a bare aiohttp handler vs a naive durable handler.
+
+Every server runs in its own process (the daemon as `python -m relay run -c cfg`, under uvloop as the
+CLI does; the baselines under uvloop too). The load generator is an aiohttp client in this process
+with 64 concurrent workers on keep-alive connections. All processes share the machine's cores (2 on
+the reference machine), so the client's CPU is part of every figure alike; compare ratios, not
+absolute rates.
+
+  octorelay          the real daemon, a digest subscription (parse, classify, commit with group commit,
+                     then the notifier marks rows routed in the background)
+  octorelay-instant  (full run only) the same with an instant subscription: every reply also renders
+                     and delivers an e-mail into a Maildir in the background
+  bare               aiohttp answering 200 without storing
+  naive              aiohttp + one new sqlite3 connection and one commit per request (WAL, FULL)
+
+Runs interleave the targets, repeat, and quote medians. Then a paced run at 500 callbacks/s against
+octorelay measures p99 from each request's due time. `--profile` adds a py-spy profile of the daemon
+under closed-loop load.
+
+Targets: octorelay >= 0.7 x bare and >= 3 x naive (callbacks/s); p99 < 25 ms at 500/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+
+async def drained(db_path: Path, limit: float = 90.0) -> float:
+    """Wait (bounded) until the daemon has routed every callback and emptied its outbox; returns seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            unrouted = db.execute("SELECT count(*) FROM callbacks WHERE routed = 0").fetchone()[0]
+            pending = db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+        finally:
+            db.close()
+        if not unrouted and not pending:
+            break
+        await asyncio.sleep(0.25)
+    return time.monotonic() - started
+
+
+def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]] | None:
+    """py-spy record of `pid` (raw collapsed stacks); returns the top functions by self and by inclusive share."""
+    spy = shutil.which("py-spy")
+    if not spy:
+        print("py-spy not found (pip install py-spy); skipping the profile")
+        return None
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+           "--format", "raw", "--output", str(out), "--nonblocking", "--threads"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if res.returncode != 0 or not out.exists():
+        print("py-spy failed:", res.stderr.strip()[-500:])
+        return None
+    return summarise(out)
+
+
+def summarise(path: Path, top: int = 25):
+    self_t: collections.Counter = collections.Counter()
+    incl: collections.Counter = collections.Counter()
+    threads: collections.Counter = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(n)
+        total += n
+        frames = stack.split(";")
+        threads[frames[0]] += n
+        self_t[_short(frames[-1])] += n
+        for f in set(_short(f) for f in frames[1:]):
+            incl[f] += n
+    return {"total": total, "threads": threads.most_common(8), "self": self_t.most_common(top), "inclusive": incl.most_common(top)}
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "func (file.py:123)"
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file, _, line = where.rpartition(":")
+    parts = Path(file).parts
+    keep = "/".join(parts[-2:]) if parts else file
+    return f"{name} ({keep})"
+
+
+async def main() -> int:
+    p = c.parser(__doc__.splitlines()[0])
+    p.add_argument("--profile", action="store_true", help="py-spy profile of the daemon under load")
+    p.add_argument("--concurrency", type=int, default=64)
+    args = p.parse_args()
+    quick = args.quick
+    count = 1000 if quick else 5000
+    warm = 300 if quick else 1000
+    reps = 2 if quick else 3
+    paced_seconds = 4 if quick else 10
+    conc = args.concurrency
+
+    with c.tempdir("callbacks") as tmpname:
+        tmp = Path(tmpname)
+        servers: dict[str, tuple[str, object, Path | None]] = {}
+        procs = []
+        try:
+            variants = [("octorelay", c.DIGEST_ONLY)] + ([] if quick else [("octorelay-instant", c.INSTANT)])
+            for name, extra in variants:
+                d = tmp / name
+                d.mkdir()
+                token = secrets.token_hex(16)
+                cfg = c.write_config(d, extra=extra + f'\n[http]\ncallback_token = "{token}"\n')
+                proc = await c.start_daemon_process(d, cfg)
+                procs.append(proc)
+                servers[name] = (f"{proc.http_url}/octopush/{token}", proc, d / "octorelay.db")
+            for kind in ("bare", "naive"):
+                d = tmp / kind
+                d.mkdir()
+                sp = await c.ServerProcess(kind, d).start()
+                procs.append(sp)
+                servers[kind] = (f"http://127.0.0.1:{sp.port}/octopush/t", sp, None)
+
+            for name, (url, _, db) in servers.items():
+                await c.closed_loop(url, count=warm, concurrency=conc, salt=f"warm-{name}-")
+                if db:
+                    await drained(db)
+
+            results: dict[str, list[dict]] = {name: [] for name in servers}
+            for rep in range(reps):
+                for name, (url, _, db) in servers.items():
+                    r = await c.closed_loop(url, count=count, concurrency=conc, salt=f"r{rep}-{name}-", time_limit=90)
+                    if db:
+                        r["drain_s"] = await drained(db)
+                    results[name].append(r)
+                    print(f"  rep {rep + 1} {name:18s} {r['rate']:8.0f}/s  p50 {r['p50_ms']:6.1f} ms  "
+                          f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}", flush=True)
+
+            med = {
+                name: {k: c.median([r[k] for r in rs]) for k in ("rate", "p50_ms", "p99_ms", "errors")}
+                for name, rs in results.items()
+            }
+            url0, proc0, db0 = servers["octorelay"]
+            pace = await c.paced(url0, rate=500, seconds=paced_seconds, salt="paced-")
+            await drained(db0)
+
+            prof = None
+            if args.profile:
+                out = tmp / "profile.txt"
+                load = asyncio.create_task(c.closed_loop(url0, count=200_000, concurrency=conc, salt="prof-", time_limit=10))
+                await asyncio.sleep(0.5)
+                prof = await asyncio.to_thread(profile, proc0.proc.pid, 8, out)
+                await load
+                if prof:
+                    keep = c.RESULTS / "callbacks-profile.txt"
+                    c.RESULTS.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(out, keep)
+        finally:
+            for proc in reversed(procs):
+                await proc.stop()
+
+    bare, naive, octo = med["bare"]["rate"], med["naive"]["rate"], med["octorelay"]["rate"]
+    rows = [[name, m["rate"], m["p50_ms"], m["p99_ms"], int(m["errors"]), m["rate"] / bare, m["rate"] / naive]
+            for name, m in med.items()]
+    print(f"\nreply callbacks, {count} requests x {reps} interleaved repeats, concurrency {conc}, medians ({c.machine()})")
+    print(c.table(rows, ["server", "req/s", "p50 ms", "p99 ms", "errors", "x bare", "x naive"]))
+    print(f"\npaced {pace['requests']} callbacks at 500/s (achieved {pace['achieved_rate']:.0f}/s) against octorelay: "
+          f"p50 {pace['p50_ms']:.1f} ms, p99 {pace['p99_ms']:.1f} ms (from due time; {pace['p99_sent_ms']:.1f} ms from send), "
+          f"max {pace['max_ms']:.1f} ms, errors {pace['errors']}")
+    checks = [
+        ("octorelay >= 0.7 x bare aiohttp", octo / bare, 0.7, octo / bare >= 0.7),
+        ("octorelay >= 3 x naive durable", octo / naive, 3.0, octo / naive >= 3.0),
+        ("p99 < 25 ms at 500/s", pace["p99_ms"], 25.0, pace["p99_ms"] < 25.0 and pace["errors"] == 0),
+    ]
+    print()
+    print(c.table([[n, v, t, c.verdict(ok)] for n, v, t, ok in checks], ["target", "measured", "target", "verdict"]))
+    if prof:
+        print(f"\npy-spy profile of the daemon under closed-loop load ({prof['total']} samples, all threads):")
+        print("threads:", ", ".join(f"{t} {n / prof['total']:.0%}" for t, n in prof["threads"]))
+        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["self"][:20]], ["self time: function", "%"]))
+        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["inclusive"][:30]], ["inclusive: function", "%"]))
+    c.save("callbacks", {"medians": med, "runs": results, "paced": pace, "checks": checks, "profile": prof}, args.json)
+    return 0 if all(ok for *_, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(c.run(main()))

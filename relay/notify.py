@@ -16,30 +16,17 @@ from datetime import datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-import phonenumbers
-from phonenumbers import geocoder
 from sqlite_utils import Database
 
 from relay import clock
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message
-from relay.mail.render import Renderer, build_message, make_msgid
+from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
 from relay.storage import queries
 from relay.storage.database import Store
 
 log = logging.getLogger("relay.notify")
 BATCH = 200
-
-
-def country_name(code: str) -> str:
-    if not code:
-        return "Unknown country"
-    try:
-        example = phonenumbers.example_number(code)
-        name = geocoder.country_name_for_number(example, "en") if example else ""
-    except Exception:  # noqa: BLE001 - a name is a nicety
-        name = ""
-    return name or code
 
 
 def format_time(iso_text: str | None, tz: ZoneInfo) -> str:
@@ -135,7 +122,7 @@ class Notifier:
             "number": row["number"],
             "contact": self.contacts.get(row["number"], ""),
             "country": row["country"] or "",
-            "country_name": country_name(row["country"] or ""),
+            "country_name": country_label(row["country"]),
             "local_time": format_time(row["occurred_at"], tz),
             "text": row["text"] or "",
             "status": row["status"] or "",
@@ -170,7 +157,7 @@ class Notifier:
                 continue
             event = self._event(row, sub.tz)
             text, html = self.renderer.render("reply", event=event, subscription=sub.name)
-            who = phonenumbers_intl(row["number"]) + (f" ({event['contact']})" if event["contact"] else "")
+            who = intl(row["number"]) + (f" ({event['contact']})" if event["contact"] else "")
             subject = {
                 "reply": f"SMS reply from {who}",
                 "stop": f"STOP from {who}",
@@ -373,15 +360,6 @@ class Notifier:
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
         )
-
-
-def phonenumbers_intl(number: str) -> str:
-    try:
-        return phonenumbers.format_number(
-            phonenumbers.parse(number, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL
-        )
-    except phonenumbers.NumberParseException:
-        return number
 
 
 def matches(sub: Subscription, row: dict) -> bool:

@@ -73,6 +73,11 @@ def country_name_iso(code: str | None) -> str:
     return (geocoder.country_name_for_number(example, "en") if example else "") or (code or "")
 
 
+def country_label(code: str | None) -> str:
+    """A section title for a country: its name, or "Unknown country" for a number phonenumbers could not place."""
+    return country_name_iso(code) if code else "Unknown country"
+
+
 def amount(value: float | int | None) -> str:
     """A cost or credit with at most three decimals (Octopush prices are fractions of a cent)."""
     if value is None:

@@ -14,7 +14,6 @@ import csv
 import functools
 import hashlib
 import hmac
-import importlib.resources
 import io
 import json
 import re
@@ -33,10 +32,9 @@ import phonenumbers
 from aiohttp import web
 from sqlite_utils import Database
 
-import relay
 from relay import clock
 from relay.config import Config
-from relay.notify import country_name, phonenumbers_intl
+from relay.mail.render import amount, country_label, intl, packaged_templates
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
@@ -98,14 +96,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/static/style.css", stylesheet)
 
 
-def packaged_templates() -> Path:
-    """`relay/templates` in an installed wheel, else the repository's top-level `templates/`."""
-    packaged = importlib.resources.files("relay") / "templates"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(relay.__file__).resolve().parent.parent / "templates"
-
-
 def make_env(override: Path | None = None) -> jinja2.Environment:
     """Templates are looked up as `web/<name>`: first in the override directory, then the packaged ones."""
     dirs = [str(d) for d in (override, packaged_templates()) if d]
@@ -116,9 +106,7 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(
-        intl=phonenumbers_intl, country_name=country_name, conversation_url=conversation_url, amount=amount
-    )
+    env.filters.update(intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount)
     return env
 
 
@@ -138,13 +126,6 @@ def local_time(iso_text: str | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M") 
 
 def conversation_url(number: str) -> str:
     return "/conversations/" + urllib.parse.quote(number or "", safe="+")
-
-
-def amount(value: float | None) -> str:
-    """A cost or credit with at most three decimals (Octopush prices are fractions of a cent)."""
-    if value is None:
-        return ""
-    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
 
 
 def neutralise(value: object) -> str:
@@ -300,7 +281,7 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
         for row in replies_by_country(db, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:
                 code = row["country"]
-                title = f"{country_name(code)} ({code})" if code else country_name(code)
+                title = f"{country_label(code)} ({code})" if code else country_label(code)
                 sections.append(Section(code, title, counts.get(code, 0), []))
             sections[-1].rows.append(row)
     else:
@@ -355,7 +336,7 @@ def build_csv(db: Database, *, filters: dict[str, Any], tz: ZoneInfo) -> bytes:
             row["occurred_at"],
             row["number"],
             row["country"],
-            country_name(row["country"]) if row["country"] else "",
+            country_label(row["country"]) if row["country"] else "",
             row["text"],
             row["answered"],
             row["ticket"],

@@ -279,6 +279,9 @@ async def _send(config, args) -> int:
         await queue.start()
         components.append(queue)
         result = await queue.wait(campaign_id)
+        if o.mode == "emulator" and result["status"] == "sent":
+            # The emulator lives in this process: let its receipt and reply reach a running daemon.
+            await emulator.drain(o.emulator.reply_after + 3)
     finally:
         for component in reversed(components):
             await component.stop()

@@ -112,6 +112,10 @@ class Notifier:
         ids = [r["id"] for r in rows]
         await self.store.write(partial(self._queue, mails=mails, routed=ids))
         self.outbox.wake()
+        if self.metrics:
+            now = clock.now()
+            for row in rows:
+                self.metrics.e2e_seconds.observe((now - clock.parse_iso(row["received_at"])).total_seconds())
         return len(rows)
 
     def _event(self, row: dict, tz: ZoneInfo) -> dict:
@@ -373,7 +377,7 @@ def remember(db: Database, mail: Mail) -> None:
     queries.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
 
 
-_EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
+_EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at, cb.received_at,
                     cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
                     c.message_id, c.label"""
 

@@ -117,6 +117,13 @@ class Emulator:
         self.base_url = f"http://{host}:{bound}{PREFIX}"
         log.info("Octopush emulator listening on %s", self.base_url)
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait (bounded) for pending receipts and replies: `octorelay send` lets them reach the daemon."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+        return not pending
+
     async def stop(self) -> None:
         self._closing.set()  # releases requests held by a "timeout" fault
         for task in list(self._tasks):

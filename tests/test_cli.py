@@ -1,0 +1,93 @@
+"""The command line against the emulator: in-process (mode emulator) and over real HTTP (mode live)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.cli import main
+from relay.octopush.emulator import Emulator
+from tests.conftest import write_config
+
+
+@pytest.fixture
+async def octopush():
+    emulator = Emulator(reply_text="", reply_after=0)
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+def run(*args: str) -> int:
+    return main(list(args))
+
+
+async def test_send_with_the_in_process_emulator_prints_a_ticket(tmp_path, capsys):
+    path = write_config(tmp_path / "c.toml", tmp_path, extra='[octopush.emulator]\nreply_text = ""\n')
+    code = await asyncio.to_thread(run, "send", "--to", "+33612345678", "--text", "hi", "-c", str(path))
+    out = capsys.readouterr().out
+    assert code == 0 and "ticket sms_" in out and "1 SMS" in out and "GSM 7-bit" in out
+
+
+async def test_send_in_live_mode_goes_over_real_http(tmp_path, capsys, octopush):
+    extra = (
+        f'[octopush]\nmode = "live"\nbase_url = "{octopush.base_url}"\napi_login = "a@example.org"\n'
+        'api_key = "test-key-123"\n'
+    )
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=extra)
+    args = ["send", "--to", "0612345678", "+33612345679", "--text", "Réunion à 10h", "--type", "low-cost"]
+    code = await asyncio.to_thread(run, *args, "--sender", "ACME", "-c", str(path))
+    assert code == 0
+    sent = octopush.sent[0]
+    assert [r["phone_number"] for r in sent["recipients"]] == ["+33612345678", "+33612345679"]
+    assert sent["type"] == "sms_low_cost" and sent["sender"] == "ACME" and sent["text"] == "Réunion à 10h"
+    assert octopush.requests[0]["headers"]["api-key"] == "test-key-123"
+    assert "ticket " + sent["ticket"] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "+33612345678", "--text", "x" * 1300], "1224"),
+        (["--to", "12", "--text", "hi"], "12"),
+        (["--to", "+33612345678", "--text", "hi", "--sender", "A"], "sender"),
+        (["--to", "+33612345678", "--text", "hi", "--at", "2001-01-01 10:00"], "past"),
+        (["--to", "+33612345678", "--text", "promo", "--purpose", "marketing"], "STOP"),
+    ],
+)
+def test_send_validation_errors_are_one_line_exit_1(tmp_path, capsys, args, message):
+    path = write_config(tmp_path / "c.toml", tmp_path)
+    assert run("send", *args, "-c", str(path)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.lower() in err.lower() and "Traceback" not in err
+
+
+def test_send_refused_by_octopush_is_exit_1(tmp_path, capsys):
+    path = write_config(tmp_path / "c.toml", tmp_path, extra="[octopush.emulator]\ncredit = 0\n")
+    assert run("send", "--to", "+33612345678", "--text", "hi", "-c", str(path)) == 1
+    err = capsys.readouterr().err
+    assert "not sent" in err and ("104" in err or "105" in err)
+
+
+def test_callback_url_and_replies_formats(tmp_path, capsys):
+    path = write_config(tmp_path / "c.toml", tmp_path, extra='[http]\npublic_url = "https://relay.example.org"\n')
+    assert run("callback-url", "-c", str(path)) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith("https://relay.example.org/octopush/") and len(url.rsplit("/", 1)[1]) >= 24
+    assert run("callback-url", "-c", str(path)) == 0
+    assert capsys.readouterr().out.strip() == url  # made once, then kept
+    for fmt in ("table", "json", "csv"):
+        assert run("replies", "--format", fmt, "-c", str(path)) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("occurred_at,number")
+    assert run("replies", "--since", "tomorrowish", "-c", str(path)) == 1
+
+
+def test_hash_password_from_stdin(monkeypatch, capsys):
+    import io
+
+    from relay.passwords import verify
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert run("hash-password") == 0
+    assert verify("s3cret", capsys.readouterr().out.strip())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 from functools import partial
 
 from aiohttp import web
@@ -77,7 +78,10 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        await self._up(self.store)
+        try:
+            await self._up(self.store)
+        except (OSError, sqlite3.Error) as exc:
+            raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
         self.callback_token = cfg.http.callback_token or await self.store.write(queries.ensure_callback_token)
         self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
         await self._up(self.outbox)
@@ -115,9 +119,12 @@ class Daemon:
         app = create_app(self)
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.http.listen.host, cfg.http.listen.port, reuse_address=True)
-        await site.start()
         self._started.append(_Runner(self._runner))
+        site = web.TCPSite(self._runner, cfg.http.listen.host, cfg.http.listen.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise RelayError(f"http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}") from None
         sock = site._server.sockets[0]  # the bound address, for port 0
         self.http_address = sock.getsockname()[:2]
         if self.emulator:

@@ -182,3 +182,28 @@ async def test_offline_demo_with_no_configuration(spawn, tmp_path):
 
     landed = await wait_for(reply_landed, timeout=15)
     assert "Re: hello" in landed[0].read_text()
+
+
+async def test_a_busy_port_is_one_clear_line(tmp_path):
+    """A listener that cannot bind stops the start with exit 1 and a line naming the key, no traceback."""
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = write_config(tmp_path / "c.toml", tmp_path, extra=f'[smtp_in]\nlisten = "127.0.0.1:{port}"\n')
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "-c",
+            str(path),
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "smtp_in.listen" in err.decode() and "Traceback" not in err.decode()

@@ -255,7 +255,10 @@ class SmtpListener:
             tls_context, cfg.tls_cert, cfg.tls_key, self.daemon.config.storage.state_dir
         )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host=cfg.listen.host, port=cfg.listen.port)
+        try:
+            self._server = await loop.create_server(self._protocol, host=cfg.listen.host, port=cfg.listen.port)
+        except OSError as exc:
+            raise RelayError(f"smtp_in.listen: cannot listen on {cfg.listen}: {exc.strerror}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
 
     def _protocol(self) -> SMTP:

@@ -377,8 +377,8 @@ def remember(db: Database, mail: Mail) -> None:
     queries.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
 
 
-_EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at, cb.received_at,
-                    cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
+_EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
+                    cb.received_at, cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
                     c.message_id, c.label"""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import ipaddress
 import logging
@@ -13,7 +14,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from relay import passwords
 
-_TOKEN_PATH = re.compile(r"^/octopush/[^/?]+")
+_TOKEN_PATH = re.compile(r"/octopush/[^/?\s\"']+")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -74,6 +75,11 @@ def api_allowed(request: web.Request, api_token: str) -> bool:
     return is_loopback(request)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    return passwords.make_hash("not a password")
+
+
 def ui_user(request: web.Request, users: dict[str, str]) -> str | None:
     """The authenticated UI user (HTTP basic), "" for an open loopback UI, None when refused."""
     if not users:
@@ -87,6 +93,6 @@ def ui_user(request: web.Request, users: dict[str, str]) -> str | None:
         return None
     hashed = users.get(user)
     if hashed is None:
-        passwords.verify(password, passwords.make_hash("x"))  # same work for unknown users
+        passwords.verify(password, _dummy_hash())  # the same work for an unknown user: no user probing by timing
         return None
     return user if passwords.verify(password, hashed) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import functools
 import importlib.resources
 import re
 import secrets
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import jinja2
 import phonenumbers
+import pycountry
 from markupsafe import Markup, escape
-from phonenumbers import geocoder
 
 import relay
 
@@ -62,15 +63,22 @@ def intl(number: str | None) -> str:
 def country_name(number: str | None) -> str:
     """The English name of an E.164 number's country ('' when unknown)."""
     try:
-        return geocoder.country_name_for_number(phonenumbers.parse(number or "", None), "en")
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(number or "", None))
     except phonenumbers.NumberParseException:
         return ""
+    return country_name_iso(region) if region else ""
 
 
+@functools.cache
 def country_name_iso(code: str | None) -> str:
-    """The English name of an ISO region code (FR → France), from phonenumbers' own data; the code when unknown."""
-    example = phonenumbers.example_number((code or "").upper()) if code else None
-    return (geocoder.country_name_for_number(example, "en") if example else "") or (code or "")
+    """The English name of an ISO code (FR → France) from pycountry; the code itself when unknown.
+
+    pycountry rather than phonenumbers' geocoder: the geocoder loads ~100 MB of data to name a country.
+    """
+    country = pycountry.countries.get(alpha_2=(code or "").upper()) if code else None
+    if country is None:
+        return code or ""
+    return getattr(country, "common_name", None) or country.name
 
 
 def country_label(code: str | None) -> str:

@@ -12,6 +12,7 @@ import csv
 import getpass
 import io
 import os
+import sqlite3
 import sys
 from functools import partial
 
@@ -23,13 +24,12 @@ from relay.errors import RelayError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    help_c = "configuration file (else $OCTORELAY_CONFIG, else built-in defaults)"
+    # -c works before or after the command: the subcommands' copy must not overwrite the top-level one.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c", "--config", metavar="FILE", help="configuration file (else $OCTORELAY_CONFIG, else built-in defaults)"
-    )
-    parser = argparse.ArgumentParser(
-        prog="octorelay", description="E-mail <-> SMS bridge for Octopush.", parents=[common]
-    )
+    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=help_c)
+    parser = argparse.ArgumentParser(prog="octorelay", description="E-mail <-> SMS bridge for Octopush.")
+    parser.add_argument("-c", "--config", metavar="FILE", default=None, help=help_c)
     parser.add_argument("--version", action="version", version=f"octorelay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -212,7 +212,7 @@ def cmd_send(config, args) -> int:
 async def _send(config, args) -> int:
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient, parse_subject
-    from relay.octopush.client import OctopushClient, Recipient
+    from relay.octopush.client import OctopushClient, Recipient, has_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.sending import SendQueue, SendRequest, queue_campaign
     from relay.storage import queries
@@ -237,13 +237,14 @@ async def _send(config, args) -> int:
     except Rejected as exc:
         raise RelayError(exc.reason if hasattr(exc, "reason") else str(exc)) from None
     purpose = {"alert": "alert", "marketing": "wholesale", None: o.purpose}[args.purpose]
+    sms_type = {"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type]
     text = args.text
-    if purpose == "wholesale" and config.smtp_in.stop_mention and "stop" not in text.lower():
+    if purpose == "wholesale" and config.smtp_in.stop_mention and not has_stop_mention(text, sms_type):
         text = f"{text} {config.smtp_in.stop_mention}"
     request = SendRequest(
         text=text,
         recipients=tuple(dict.fromkeys(recipients)),
-        type={"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type],
+        type=sms_type,
         purpose=purpose,
         sender=args.sender if args.sender is not None else o.sender,
         send_at=send_at,
@@ -360,6 +361,8 @@ def cmd_db_backup(config, args) -> int:
     db = connect(config.storage.path, readonly=True)
     try:
         queries.backup(db, args.file)
+    except (sqlite3.Error, OSError) as exc:
+        raise RelayError(f"cannot write the backup to {args.file}: {exc}") from None
     finally:
         db.close()
     print(f"backup written to {args.file}")

@@ -365,13 +365,9 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
     for user, hashed in smtp_in.users.items():
         if not _is_hash(hashed):
             s.fail(f"users.{user}", "must be a password hash made by `octorelay hash-password`")
-    open_senders = "*" in smtp_in.allowed_senders
-    if not smtp_in.listen.loopback and open_senders and not smtp_in.require_auth:
-        s.fail(
-            "allowed_senders",
-            f"listen = {str(smtp_in.listen)!r} is not loopback: anyone could send SMS; "
-            "set require_auth = true or list the allowed senders",
-        )
+    if not smtp_in.listen.loopback and not smtp_in.require_auth:
+        # An envelope sender is trivially forged: outside loopback only AUTH tells who is sending SMS.
+        s.fail("require_auth", f"listen = {str(smtp_in.listen)!r} is not loopback: set require_auth = true and users")
     if not smtp_in.domain or "@" in smtp_in.domain:
         s.fail("domain", f"must be a domain name, not {smtp_in.domain!r}")
 

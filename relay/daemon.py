@@ -8,6 +8,7 @@ listeners close first and workers finish what they hold.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sqlite3
@@ -162,9 +163,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.start()
+            # Only now: a reload needs every component in place.
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
             if self.config.source == config_mod.DEFAULT_NAME:
                 self._print_demo()
             await self._stop_event.wait()
@@ -185,15 +187,11 @@ class Daemon:
             new = config_mod.load(self.config_path)
             groups = load_groups(new.groups, new.smtp_in.region)
             renderer = Renderer(new.templates_dir)
-        except RelayError as exc:
+        except Exception as exc:  # noqa: BLE001 - a reload never takes the daemon down
             log.error("reload refused, the running configuration stays: %s", exc)
             systemd.ready("reload refused")
             return False
-        fixed = ("http", "storage")
-        changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
-        if changed:
-            log.warning("reload: [%s] changes need a restart; they are ignored until then", "], [".join(changed))
-            new = config_mod.replace(new, **{name: getattr(self.config, name) for name in fixed})
+        new = self._keep_bound_settings(new)
         self.config, self.groups, self.renderer = new, groups, renderer
         self.notifier.reconfigure(new, renderer, contacts(groups))
         if self.smtp is not None:
@@ -204,12 +202,29 @@ class Daemon:
         log.info("configuration reloaded from %s", new.source)
         return True
 
+    def _keep_bound_settings(self, new: Config) -> Config:
+        """Listeners, storage, outgoing SMTP and the Octopush client are built once: they change at restart."""
+        fixed = ("http", "storage", "smtp_out", "octopush")
+        changed = [f"[{name}]" for name in fixed if getattr(new, name) != getattr(self.config, name)]
+        old_in = self.config.smtp_in
+        bound = {"listen": old_in.listen, "tls_cert": old_in.tls_cert, "tls_key": old_in.tls_key}
+        if any(getattr(new.smtp_in, key) != value for key, value in bound.items()):
+            changed.append("smtp_in.listen/tls_cert/tls_key")
+        if changed:
+            log.warning("reload: %s changes need a restart; they are ignored until then", ", ".join(changed))
+        return config_mod.replace(
+            new,
+            smtp_in=dataclasses.replace(new.smtp_in, **bound),
+            **{name: getattr(self.config, name) for name in fixed},
+        )
+
     def _print_demo(self) -> None:
         host, port = self.smtp.address
         print(
             f"\noctorelay demo: web interface {self.http_url}/ ; e-mail lands in {self.config.smtp_out.maildir}/new\n"
             f"Try: python -c \"import smtplib; smtplib.SMTP('{host}', {port}).sendmail('you@localhost', "
-            f"['+33612345678@{self.config.smtp_in.domain}'], 'Subject: hello\\n\\nHello from octorelay')\"\n",
+            f"['+33612345678@{self.config.smtp_in.domain}'], "
+            f"'Subject: hello\\nMessage-ID: <hello@localhost>\\n\\nHello from octorelay')\"\n",
             flush=True,
         )
 

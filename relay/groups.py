@@ -17,9 +17,11 @@ def load_group(name: str, path: Path, region: str) -> tuple[Recipient, ...]:
     """Read one group's CSV (header row optional); a bad row is a ConfigError naming file and line."""
     try:
         text = path.read_text(encoding="utf-8-sig")
+        rows = list(csv.reader(text.splitlines()))
     except OSError as exc:
         raise ConfigError(f"groups.{name}: cannot read {path}: {exc.strerror}") from None
-    rows = list(csv.reader(text.splitlines()))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"groups.{name}: {path} is not a UTF-8 CSV file: {exc}") from None
     if rows and rows[0] and rows[0][0].strip().lower() == "phone_number":
         rows = rows[1:]
         start = 2

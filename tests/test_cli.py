@@ -91,3 +91,18 @@ def test_hash_password_from_stdin(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     assert run("hash-password") == 0
     assert verify("s3cret", capsys.readouterr().out.strip())
+
+
+def test_config_option_before_or_after_the_command(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[http]\nlisten = 1\n")
+    assert run("-c", str(path), "check-config") == 1
+    assert run("check-config", "-c", str(path)) == 1
+    assert "http.listen" in capsys.readouterr().err
+
+
+def test_backup_to_an_unwritable_place_is_one_line(tmp_path, capsys):
+    path = write_config(tmp_path / "c.toml", tmp_path)
+    assert run("callback-url", "-c", str(path)) == 0
+    assert run("db", "backup", str(tmp_path / "no" / "such" / "dir" / "b.db"), "-c", str(path)) == 1
+    assert "cannot write the backup" in capsys.readouterr().err

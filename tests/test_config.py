@@ -56,7 +56,7 @@ def test_user_file_merges_over_defaults(tmp_path):
         ('[smtp_in]\nregion = "XX"\n', "smtp_in.region"),
         ("[smtp_in]\nmax_size = true\n", "smtp_in.max_size"),
         ('[smtp_in]\nconfirm = "some"\n', "smtp_in.confirm"),
-        ('[smtp_in]\nlisten = "0.0.0.0:25"\n', "smtp_in.allowed_senders"),
+        ('[smtp_in]\nlisten = "0.0.0.0:25"\n', "smtp_in.require_auth"),
         ('[http]\nlisten = "0.0.0.0:8080"\n', "http.ui_users"),
         ('[http.ui_users]\nadmin = "plaintext"\n', "http.ui_users.admin"),
         ('[smtp_out]\nsecurity = "ssl"\n', "smtp_out.security"),

@@ -690,3 +690,8 @@ def test_random_recipients_never_raise(local):
         parse_recipient(f"{local}@{DOMAIN}", domain=DOMAIN, region="FR", groups=["team"])
     except Rejected as exc:
         assert exc.reason
+
+
+@pytest.mark.parametrize("subject", ["[FR] status", "[UK] launch", "[QA] build", "[IT] news", "[PR] draft"])
+def test_short_bracketed_words_stay_in_the_label(subject):
+    assert parse_subject(subject, region="FR").label == subject

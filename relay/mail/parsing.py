@@ -173,7 +173,7 @@ def parse_subject(subject: str, *, region: str, now: datetime | None = None) -> 
             elif key == "at":
                 put("send_at", _send_at(value, raw, region, now), raw)
             else:
-                hint = _closest(key, _VALUED)
+                hint = _closest(key, _VALUED, lenient=True)  # refused anyway: the hint may guess more
                 tip = f"did you mean [{hint}:{value}]?" if hint else "tags with a value are [sender:NAME] and [at:WHEN]"
                 raise Rejected(f"unknown tag {raw} in the subject — {tip}")
             return " "
@@ -227,14 +227,19 @@ def _send_at(value: str, raw: str, region: str, now: datetime) -> datetime:
     return moment
 
 
-def _closest(word: str, known: Collection[str]) -> str | None:
-    """The known tag within two edits of `word` (nearest first), or None."""
+def _closest(word: str, known: Collection[str], *, lenient: bool = False) -> str | None:
+    """The known tag within two edits of `word` (nearest first), or None.
+
+    Short tags allow fewer edits: every two-letter word is two edits from [at], and [FR] or [QA]
+    in a subject are labels, not typos.
+    """
     best: tuple[int, str] | None = None
     for candidate in known:
-        if abs(len(candidate) - len(word)) > 2:
+        allowed = 2 if lenient or len(candidate) >= 5 else 1 if len(candidate) >= 3 else 0
+        if (len(word) < 3 and not lenient) or abs(len(candidate) - len(word)) > allowed:
             continue
         distance = edit_distance(word, candidate)
-        if distance <= 2 and (best is None or distance < best[0]):
+        if distance <= allowed and (best is None or distance < best[0]):
             best = (distance, candidate)
     return best[1] if best else None
 

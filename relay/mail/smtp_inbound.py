@@ -14,6 +14,7 @@ import email.policy
 import email.utils
 import logging
 import ssl
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,12 +50,19 @@ TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 DUPLICATE_WINDOW = timedelta(hours=24)
 
 
+def ascii_line(text: str) -> str:
+    """SMTP replies are one line of ASCII (RFC 5321): fold accents and dashes, drop the rest."""
+    text = text.replace("\u2014", "-").replace("\u2013", "-").replace("\u2019", "'")
+    folded = unicodedata.normalize("NFKD", " ".join(text.split())).encode("ascii", "ignore").decode()
+    return folded
+
+
 def bad_recipient(reason: str) -> str:
-    return f"550 5.1.1 {' '.join(reason.split())}"
+    return f"550 5.1.1 {ascii_line(reason)}"
 
 
 def refused(reason: str) -> str:
-    return f"550 5.6.0 {' '.join(reason.split())}"
+    return f"550 5.6.0 {ascii_line(reason)}"
 
 
 @dataclass
@@ -274,7 +282,8 @@ class SmtpListener:
             auth_required=False,
             auth_require_tls=True,
             authenticator=self._authenticate,
-            command_call_limit=cfg.max_commands,
+            # Per command; RCPT may come once per recipient, so its own bound follows max_recipients.
+            command_call_limit={"*": cfg.max_commands, "RCPT": max(cfg.max_commands, cfg.max_recipients + 50)},
             timeout=60,
         )
 

@@ -8,6 +8,7 @@ classify is kept raw rather than lost.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import phonenumbers
@@ -68,11 +69,15 @@ def normalise_number(value: str) -> tuple[str, str]:
     return e164, phonenumbers.region_code_for_number(parsed) or ""
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _text(fields: dict, key: str) -> str:
+    """A field as text, without control characters (a NUL has no place in an SMS nor in an e-mail)."""
     value = fields.get(key)
     if value is None:
         return ""
-    return value if isinstance(value, str) else str(value)
+    return _CONTROL.sub("", value if isinstance(value, str) else str(value))
 
 
 def classify(fields: dict, *, raw: str, content_type: str) -> Callback:

@@ -253,8 +253,10 @@ def purge(db: Database, *, days: int) -> dict:
     The newest callback is always kept so ids never restart below a digest's watermark.
     """
     cutoff = clock.ago(days=days)
+    # Never what a digest has still to send: only ids at or under every digest's watermark.
     callbacks = db.execute(
-        "DELETE FROM callbacks WHERE received_at < ? AND routed = 1 AND id < (SELECT max(id) FROM callbacks)",
+        """DELETE FROM callbacks WHERE received_at < ? AND routed = 1 AND id < (SELECT max(id) FROM callbacks)
+           AND id <= coalesce((SELECT min(last_callback_id) FROM digests), id)""",
         [cutoff],
     ).rowcount
     outbox = db.execute("DELETE FROM outbox WHERE status = 'sent' AND created_at < ?", [cutoff]).rowcount

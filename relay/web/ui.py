@@ -44,6 +44,7 @@ from relay.web.keys import RELAY
 from relay.web.middlewares import ui_user
 
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000  # beyond any real page; keeps OFFSET inside SQLite's integers
 CONVERSATION_LIMIT = 500  # items of each direction shown on a conversation page
 ATTENTION_LIMIT = 200
 DEFAULT_TIMEZONE = "Europe/Paris"
@@ -204,7 +205,7 @@ class ReplyFilter:
         view = query.get("view", "date")
         country = query.get("country", "").strip().upper()
         try:
-            page = max(1, int(query.get("page", "1")))
+            page = min(MAX_PAGE, max(1, int(query.get("page", "1"))))
         except ValueError:
             page = 1
         return cls(
@@ -540,7 +541,7 @@ def load_campaigns(db: Database, *, page: int) -> dict:
 @ui
 async def campaigns_page(request: web.Request) -> web.StreamResponse:
     try:
-        page = max(1, int(request.query.get("page", "1")))
+        page = min(MAX_PAGE, max(1, int(request.query.get("page", "1"))))
     except ValueError:
         page = 1
     data = await request.app[RELAY].store.read(partial(load_campaigns, page=page))

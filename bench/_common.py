@@ -146,8 +146,13 @@ class ServerProcess:
         script = ROOT / "bench" / "_servers.py"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), self.kind, str(self.tmp), self.loop,
-            stdout=asyncio.subprocess.PIPE, env=env,
+            sys.executable,
+            str(script),
+            self.kind,
+            str(self.tmp),
+            self.loop,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
         )
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
         self.port = int(line.decode().split()[-1])
@@ -172,13 +177,15 @@ def reply_body(i: int, salt: str = "") -> bytes:
     import orjson
 
     n = 600000001 + (i % 997)
-    return orjson.dumps({
-        "message_id": "",
-        "number": f"+33{n}",
-        "text": f"Reply {salt}{i}: OK, thanks!",
-        "sim_card_number": "30101",
-        "reception_date": "2026-11-04 11:11:45",
-    })
+    return orjson.dumps(
+        {
+            "message_id": "",
+            "number": f"+33{n}",
+            "text": f"Reply {salt}{i}: OK, thanks!",
+            "sim_card_number": "30101",
+            "reception_date": "2026-11-04 11:11:45",
+        }
+    )
 
 
 async def closed_loop(url: str, *, count: int, concurrency: int, salt: str, time_limit: float = 60.0) -> dict:
@@ -224,7 +231,10 @@ async def closed_loop(url: str, *, count: int, concurrency: int, salt: str, time
 
 
 async def paced(url: str, *, rate: float, seconds: float, salt: str, max_inflight: int = 256) -> dict:
-    """Open-loop load: request i is due at t0 + i/rate; latency counts from when it was due (no coordinated omission)."""
+    """Open-loop load: request i is due at t0 + i/rate.
+
+    Latency counts from when it was due (no coordinated omission).
+    """
     import aiohttp
 
     total = int(rate * seconds)

@@ -3,7 +3,8 @@
 `python bench/_daemon_variant.py CONFIG LOOP PARSER [tuned]` with LOOP = uvloop | asyncio and
 PARSER = orjson | json. `tuned` monkeypatches the changes proposed to relay/ in bench/README.md
 (cached number parsing, fromisoformat for Octopush dates, no second log line per callback, fixed-name
-savepoints in the writer) so their effect can be measured before anyone edits relay/. Logging is set up as `octorelay run` does. Prints
+savepoints in the writer) so their effect can be measured before anyone edits relay/.
+Logging is set up as `octorelay run` does. Prints
 "READY <http_url> <smtp_host>:<smtp_port>" on stdout once every listener is bound; SIGTERM stops it.
 """
 
@@ -91,7 +92,8 @@ def apply_tuning() -> None:
 
 
 async def main(cfg_path: str) -> None:
-    from relay import config as config_mod, logs
+    from relay import config as config_mod
+    from relay import logs
     from relay.daemon import Daemon
 
     config = config_mod.load(cfg_path)

@@ -58,8 +58,22 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]] | No
     if not spy:
         print("py-spy not found (pip install py-spy); skipping the profile")
         return None
-    cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-           "--format", "raw", "--output", str(out), "--nonblocking", "--threads"]
+    cmd = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+        "--threads",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if res.returncode != 0 or not out.exists():
         print("py-spy failed:", res.stderr.strip()[-500:])
@@ -83,7 +97,12 @@ def summarise(path: Path, top: int = 25):
         self_t[_short(frames[-1])] += n
         for f in set(_short(f) for f in frames[1:]):
             incl[f] += n
-    return {"total": total, "threads": threads.most_common(8), "self": self_t.most_common(top), "inclusive": incl.most_common(top)}
+    return {
+        "total": total,
+        "threads": threads.most_common(8),
+        "self": self_t.most_common(top),
+        "inclusive": incl.most_common(top),
+    }
 
 
 def _short(frame: str) -> str:
@@ -141,8 +160,11 @@ async def main() -> int:
                     if db:
                         r["drain_s"] = await drained(db)
                     results[name].append(r)
-                    print(f"  rep {rep + 1} {name:18s} {r['rate']:8.0f}/s  p50 {r['p50_ms']:6.1f} ms  "
-                          f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}", flush=True)
+                    print(
+                        f"  rep {rep + 1} {name:18s} {r['rate']:8.0f}/s  p50 {r['p50_ms']:6.1f} ms  "
+                        f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}",
+                        flush=True,
+                    )
 
             med = {
                 name: {k: c.median([r[k] for r in rs]) for k in ("rate", "p50_ms", "p99_ms", "errors")}
@@ -155,7 +177,9 @@ async def main() -> int:
             prof = None
             if args.profile:
                 out = tmp / "profile.txt"
-                load = asyncio.create_task(c.closed_loop(url0, count=200_000, concurrency=conc, salt="prof-", time_limit=10))
+                load = asyncio.create_task(
+                    c.closed_loop(url0, count=200_000, concurrency=conc, salt="prof-", time_limit=10)
+                )
                 await asyncio.sleep(0.5)
                 prof = await asyncio.to_thread(profile, proc0.proc.pid, 8, out)
                 await load
@@ -168,13 +192,20 @@ async def main() -> int:
                 await proc.stop()
 
     bare, naive, octo = med["bare"]["rate"], med["naive"]["rate"], med["octorelay"]["rate"]
-    rows = [[name, m["rate"], m["p50_ms"], m["p99_ms"], int(m["errors"]), m["rate"] / bare, m["rate"] / naive]
-            for name, m in med.items()]
-    print(f"\nreply callbacks, {count} requests x {reps} interleaved repeats, concurrency {conc}, medians ({c.machine()})")
+    rows = [
+        [name, m["rate"], m["p50_ms"], m["p99_ms"], int(m["errors"]), m["rate"] / bare, m["rate"] / naive]
+        for name, m in med.items()
+    ]
+    print(
+        f"\nreply callbacks, {count} requests x {reps} interleaved repeats, concurrency {conc}, medians ({c.machine()})"
+    )
     print(c.table(rows, ["server", "req/s", "p50 ms", "p99 ms", "errors", "x bare", "x naive"]))
-    print(f"\npaced {pace['requests']} callbacks at 500/s (achieved {pace['achieved_rate']:.0f}/s) against octorelay: "
-          f"p50 {pace['p50_ms']:.1f} ms, p99 {pace['p99_ms']:.1f} ms (from due time; {pace['p99_sent_ms']:.1f} ms from send), "
-          f"max {pace['max_ms']:.1f} ms, errors {pace['errors']}")
+    print(
+        f"\npaced {pace['requests']} callbacks at 500/s (achieved {pace['achieved_rate']:.0f}/s) against octorelay: "
+        f"p50 {pace['p50_ms']:.1f} ms, p99 {pace['p99_ms']:.1f} ms "
+        f"(from due time; {pace['p99_sent_ms']:.1f} ms from send), "
+        f"max {pace['max_ms']:.1f} ms, errors {pace['errors']}"
+    )
     checks = [
         ("octorelay >= 0.7 x bare aiohttp", octo / bare, 0.7, octo / bare >= 0.7),
         ("octorelay >= 3 x naive durable", octo / naive, 3.0, octo / naive >= 3.0),

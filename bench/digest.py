@@ -117,7 +117,9 @@ async def main() -> int:
             t = time.perf_counter()
             for start in range(0, total, 1000):
                 await daemon.store.write(partial(seed_batch, start=start, n=1000))
-            seeded = await daemon.store.read(lambda db: db.execute("SELECT count(*) FROM callbacks WHERE kind='reply'").fetchone()[0])
+            seeded = await daemon.store.read(
+                lambda db: db.execute("SELECT count(*) FROM callbacks WHERE kind='reply'").fetchone()[0]
+            )
             print(f"seeded {seeded} replies in {time.perf_counter() - t:.1f} s")
             assert seeded == total, seeded
 
@@ -130,7 +132,11 @@ async def main() -> int:
                 for name in runs:
                     r = await timed(daemon, name)
                     runs[name].append(r)
-                    print(f"  {name:9s} {r['seconds'] * 1000:7.0f} ms  loop stall {r['stall_ms']:6.0f} ms  {r['bytes'] / 1e6:.1f} MB message", flush=True)
+                    print(
+                        f"  {name:9s} {r['seconds'] * 1000:7.0f} ms  loop stall {r['stall_ms']:6.0f} ms  "
+                        f"{r['bytes'] / 1e6:.1f} MB message",
+                        flush=True,
+                    )
             rss_delta_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
 
             peaks = {}
@@ -148,9 +154,15 @@ async def main() -> int:
 
     rows = []
     for name, rs in runs.items():
-        rows.append([f"{name} (group_by {'country' if name == 'ops' else 'date'})",
-                     c.median([r["seconds"] for r in rs]) * 1000, c.median([r["stall_ms"] for r in rs]),
-                     peaks[name], rs[0]["bytes"] / 1e6])
+        rows.append(
+            [
+                f"{name} (group_by {'country' if name == 'ops' else 'date'})",
+                c.median([r["seconds"] for r in rs]) * 1000,
+                c.median([r["stall_ms"] for r in rs]),
+                peaks[name],
+                rs[0]["bytes"] / 1e6,
+            ]
+        )
     print(f"\n10,000-reply digest, {reps} runs each, medians ({c.machine()})")
     print(c.table(rows, ["digest", "run_digest ms", "loop stall ms", "tracemalloc peak MB", "message MB"]))
     print(f"ru_maxrss growth across the timed runs: {rss_delta_mb:.1f} MB")
@@ -163,7 +175,11 @@ async def main() -> int:
     ]
     print()
     print(c.table([[n, v, t, c.verdict(ok)] for n, v, t, ok in checks], ["target", "measured", "target", "verdict"]))
-    c.save("digest", {"runs": runs, "tracemalloc_peak_mb": peaks, "ru_maxrss_growth_mb": rss_delta_mb, "checks": checks}, args.json)
+    c.save(
+        "digest",
+        {"runs": runs, "tracemalloc_peak_mb": peaks, "ru_maxrss_growth_mb": rss_delta_mb, "checks": checks},
+        args.json,
+    )
     return 0 if all(ok for *_, ok in checks) else 1
 
 

@@ -27,9 +27,13 @@ def parse_iso(text: str) -> datetime:
 
 def from_octopush(text: str) -> datetime | None:
     """Octopush dates are `Y-m-d H:i:s` in Europe/Paris local time; None when unreadable."""
+    text = text.strip() if isinstance(text, str) else ""
+    # fromisoformat is ~10x faster than strptime, but reads more shapes: check this one first.
+    if len(text) != 19 or text[4] != "-" or text[7] != "-" or text[10] != " " or text[13] != ":" or text[16] != ":":
+        return None
     try:
-        return datetime.strptime(text.strip(), OCTOPUSH_FORMAT).replace(tzinfo=OCTOPUSH_TZ)
-    except (ValueError, AttributeError):
+        return datetime.fromisoformat(text).replace(tzinfo=OCTOPUSH_TZ)
+    except ValueError:
         return None
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 
 import orjson
@@ -48,10 +51,38 @@ class SecretFilter(logging.Filter):
         return True
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a test may have swapped it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup(fmt: str = "text", level: str = "info", secrets: list[str] | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(SecretFilter(secrets or []))
+    """Records are formatted and masked on the caller's side; a thread does the writing, off the event loop."""
+    global _listener
+    stream = _Stderr()
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    secret_filter = SecretFilter(secrets or [])
+    if _listener is not None:
+        _listener.stop()
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    handler = logging.handlers.QueueHandler(records)
+    handler.setFormatter(formatter)
+    handler.addFilter(secret_filter)
+    _listener = logging.handlers.QueueListener(records, stream)
+    _listener.start()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -60,3 +91,16 @@ def setup(fmt: str = "text", level: str = "info", secrets: list[str] | None = No
     # aiohttp's access lines come through our AccessLogger; quiet the chatty libraries.
     for name in ("apscheduler", "aiosmtpd", "mail.log", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def flush() -> None:
+    """Write out every queued record now (the listener drains its queue when stopped)."""
+    if _listener is not None:
+        _listener.stop()
+        _listener.start()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _listener is not None:
+        _listener.stop()

@@ -26,7 +26,7 @@ from relay.storage import queries
 from relay.storage.database import Store
 
 log = logging.getLogger("relay.notify")
-BATCH = 200
+BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
 
 
 def format_time(iso_text: str | None, tz: ZoneInfo) -> str:
@@ -106,9 +106,7 @@ class Notifier:
         rows = await self.store.read(_unrouted)
         if not rows:
             return 0
-        mails: list[Mail] = []
-        for row in rows:
-            mails.extend(self._mails_for(row))
+        mails = await asyncio.to_thread(self._render_all, rows)
         ids = [r["id"] for r in rows]
         await self.store.write(partial(self._queue, mails=mails, routed=ids))
         self.outbox.wake()
@@ -117,6 +115,10 @@ class Notifier:
             for row in rows:
                 self.metrics.e2e_seconds.observe((now - clock.parse_iso(row["received_at"])).total_seconds())
         return len(rows)
+
+    def _render_all(self, rows: list[dict]) -> list[Mail]:
+        """Render a batch of notifications (in a worker thread: Jinja2 is CPU work)."""
+        return [mail for row in rows for mail in self._mails_for(row)]
 
     def _event(self, row: dict, tz: ZoneInfo) -> dict:
         domain = self.config.smtp_in.domain
@@ -304,15 +306,15 @@ class Notifier:
         sub = self.config.subscription(name)
         async with self._digest_lock:
             snapshot = await self.store.read(partial(_digest_events, sub=sub))
-            events = [self._event(row, sub.tz) for row in snapshot["rows"]]
             until = now or clock.now()
-            if not events and not sub.send_empty:
+            if not snapshot["rows"] and not sub.send_empty:
                 if not dry_run:
                     await self.store.write(
                         partial(_advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"])
                     )
                 return None
-            msg = self._digest_message(sub, events, snapshot["since"], until)
+            # Ten thousand entries take CPU time to render: a worker thread keeps callbacks answered meanwhile.
+            msg = await asyncio.to_thread(self._digest_message, sub, snapshot["rows"], snapshot["since"], until)
             if dry_run:
                 return msg
             mail = Mail("digest", sub.to, msg)
@@ -325,11 +327,12 @@ class Notifier:
 
             if await self.store.write(queue):
                 self.outbox.wake()
-                log.info("digest %s: %d events queued", sub.name, len(events))
+                log.info("digest %s: %d events queued", sub.name, len(snapshot["rows"]))
                 return msg
             return None
 
-    def _digest_message(self, sub: Subscription, events: list[dict], since: str | None, until: datetime):
+    def _digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime):
+        events = [self._event(row, sub.tz) for row in rows]
         buckets: dict[str, list[dict]] = defaultdict(list)
         for event in events:
             if sub.group_by == "country":

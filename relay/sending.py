@@ -237,15 +237,13 @@ class SendQueue:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            try:
-                rows = await self.store.read(
-                    lambda db: [
-                        dict(r) for r in db.query("SELECT id FROM sends WHERE status = 'pending' ORDER BY id LIMIT 100")
-                    ]
-                )
-            except Exception:  # noqa: BLE001 - a worker logs and goes on
-                log.exception("send queue: cannot read pending sends")
-                rows = []
+            room = WORKERS * 2 - len(self._inflight)
+            rows = []
+            if room > 0:
+                try:
+                    rows = await self.store.read(partial(_pending, exclude=list(self._inflight), limit=room))
+                except Exception:  # noqa: BLE001 - a worker logs and goes on
+                    log.exception("send queue: cannot read pending sends")
             for row in rows:
                 if row["id"] not in self._inflight:
                     task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
@@ -260,10 +258,17 @@ class SendQueue:
                 await self._send_one(send_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep the queue alive; the row stays pending
+            except Exception:  # noqa: BLE001 - keep the queue alive; the row goes back to pending
                 log.exception("send #%d: unexpected error; will retry", send_id)
                 await asyncio.sleep(2)
-                self.wake()
+                with contextlib.suppress(Exception):
+                    await self.store.write(
+                        lambda db: db.execute(
+                            "UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id]
+                        )
+                    )
+            finally:
+                self.wake()  # rows beyond the last read (LIMIT) are waiting for a free slot
 
     async def _send_one(self, send_id: int) -> None:
         claimed = await self.store.write(partial(_claim, send_id=send_id))
@@ -320,6 +325,13 @@ class SendQueue:
                 maybe = self.on_finished(outcome)
                 if asyncio.iscoroutine(maybe):
                     await maybe
+
+
+def _pending(db: Database, *, exclude: list[int], limit: int) -> list[dict]:
+    """The next pending calls, skipping those already waiting for a worker."""
+    skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+    sql = f"SELECT id FROM sends WHERE status = 'pending' {skip} ORDER BY id LIMIT ?"
+    return [dict(r) for r in db.query(sql, [*exclude, limit])]
 
 
 def _claim(db: Database, *, send_id: int) -> dict | None:

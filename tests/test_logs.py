@@ -13,6 +13,7 @@ def test_json_lines_mask_the_callback_route_and_secrets(capsys):
     log = logging.getLogger("relay.test")
     log.info("POST /octopush/abcdefTOKEN123 200")
     log.info("calling with key %s", "topsecret-api-key")
+    logs.flush()
     lines = capsys.readouterr().err.strip().splitlines()
     records = [json.loads(line) for line in lines]
     assert records[0]["message"] == "POST /octopush/*** 200" and records[0]["level"] == "info"
@@ -23,5 +24,6 @@ def test_text_format_is_one_line(capsys):
     logs.setup("text", "warning")
     logging.getLogger("relay.test").info("hidden at warning level")
     logging.getLogger("relay.test").warning("shown /octopush/secret-token")
+    logs.flush()
     err = capsys.readouterr().err
     assert "hidden" not in err and err.count("\n") == 1 and "secret-token" not in err

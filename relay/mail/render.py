@@ -49,6 +49,7 @@ def packaged_templates() -> Path:
 # ------------------------------------------------------------------ filters
 
 
+@functools.lru_cache(maxsize=8192)
 def intl(number: str | None) -> str:
     """+33612345678 → '+33 6 12 34 56 78'; anything phonenumbers cannot read is shown as given."""
     if not number:

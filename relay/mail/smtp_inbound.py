@@ -27,8 +27,10 @@ from relay import clock, passwords
 from relay.config import Config
 from relay.errors import RelayError
 from relay.mail.parsing import (
+    Body,
     NotOurDomain,
     Rejected,
+    Tags,
     extract_text,
     is_automatic,
     parse_recipient,
@@ -143,22 +145,18 @@ class Handler:
         pending: Pending = getattr(envelope, "pending", None) or Pending()
         if not pending.recipients:
             return NO_RECIPIENT
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
-        automatic = is_automatic(msg, envelope.mail_from or "")
-        if automatic:
+        # Parsing a large e-mail (HTML to text) takes CPU time: off the event loop, which answers callbacks.
+        parsed = await asyncio.to_thread(
+            read_message, envelope.original_content or envelope.content, envelope.mail_from or "", cfg.region
+        )
+        if parsed.automatic:
             self.listener.count("dropped_automatic")
-            log.info("accepted and dropped (%s) from %s", automatic, envelope.mail_from or "<>")
+            log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
             return "250 2.0.0 Accepted (automatic message: not sent as SMS)"
-        try:
-            subject = str(msg.get("Subject", "") or "")
-        except Exception:  # noqa: BLE001 - a broken encoded word is not worth a refusal
-            subject = ""
-        try:
-            tags = parse_subject(subject, region=cfg.region)
-            body = extract_text(msg)
-        except Rejected as exc:
+        if parsed.rejected:
             self.listener.count("refused")
-            return refused(getattr(exc, "reason", str(exc)))
+            return refused(parsed.rejected)
+        msg, tags, body = parsed.msg, parsed.tags, parsed.body
         o = self.config.octopush
         text = body.text
         purpose = tags.purpose or o.purpose
@@ -226,6 +224,32 @@ class Handler:
             return ""
 
         return await self.listener.daemon.store.read(lookup)
+
+
+@dataclass
+class Parsed:
+    """What DATA needs from the message, read in a worker thread."""
+
+    msg: email.message.EmailMessage
+    automatic: str | None = None
+    rejected: str | None = None
+    tags: Tags | None = None
+    body: Body | None = None
+
+
+def read_message(data: bytes, mail_from: str, region: str) -> Parsed:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    automatic = is_automatic(msg, mail_from)
+    if automatic:
+        return Parsed(msg, automatic=automatic)
+    try:
+        subject = str(msg.get("Subject", "") or "")
+    except Exception:  # noqa: BLE001 - a broken encoded word is not worth a refusal
+        subject = ""
+    try:
+        return Parsed(msg, tags=parse_subject(subject, region=region), body=extract_text(msg))
+    except Rejected as exc:
+        return Parsed(msg, rejected=exc.reason)
 
 
 def _queue_once(db, *, req: SendRequest, retry_for: float) -> tuple[int, bool]:

@@ -7,6 +7,7 @@ classify is kept raw rather than lost.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Callback:
         }
 
 
+@functools.lru_cache(maxsize=8192)
 def normalise_number(value: str) -> tuple[str, str]:
     """(E.164, ISO country) when phonenumbers can read it, else the text as given and no country."""
     text = value.strip()

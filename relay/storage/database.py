@@ -156,17 +156,24 @@ class Store:
 
     def _commit(self, db: Database, batch: list[_Job]) -> None:
         results: list[tuple[bool, Any]] = []
+        conn = db.conn
         try:
-            with db.atomic():
-                for job in batch:
-                    try:
-                        with db.atomic():  # a savepoint: one bad write does not spoil the others
-                            results.append((True, job.fn(db)))
-                    except sqlite3.OperationalError:
-                        raise  # disk full, read-only, I/O: the whole transaction is gone
-                    except Exception as exc:  # noqa: BLE001 - handed back to its own caller
-                        results.append((False, exc))
+            conn.execute("BEGIN")
+            for job in batch:
+                # One savepoint per write, with a fixed name: one bad write does not spoil the others.
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append((True, job.fn(db)))
+                except sqlite3.OperationalError:
+                    raise  # disk full, read-only, I/O: the whole transaction is gone
+                except Exception as exc:  # noqa: BLE001 - handed back to its own caller
+                    conn.execute("ROLLBACK TO job")
+                    results.append((False, exc))
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("database commit failed: %s", self.last_error)
             error = StoreError(f"the database could not commit: {exc}")

@@ -84,6 +84,7 @@ async def receive(request: web.Request) -> web.Response:
     relay.metrics.callbacks.labels(callback.kind, "stored" if new else "duplicate").inc()
     relay.metrics.callback_seconds.observe(time.perf_counter() - started)
     if new:
-        log.info("callback %s #%d from %s", callback.kind, callback_id, callback.number or "?")
+        # The access log already has a line per request; this one is for debugging.
+        log.debug("callback %s #%d from %s", callback.kind, callback_id, callback.number or "?")
         relay.callback_stored(callback_id, callback)
     return web.Response(status=200)

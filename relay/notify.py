@@ -20,7 +20,7 @@ from sqlite_utils import Database
 
 from relay import clock
 from relay.config import Config, Subscription
-from relay.mail.outbox import Outbox, queue_message
+from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
 from relay.storage import queries
 from relay.storage.database import Store
@@ -51,6 +51,7 @@ class Mail:
     message: object
     number: str = ""
     campaign_id: int | None = None
+    data: bytes | None = None  # the serialised message, made off the writer thread
 
 
 class Notifier:
@@ -118,7 +119,10 @@ class Notifier:
 
     def _render_all(self, rows: list[dict]) -> list[Mail]:
         """Render a batch of notifications (in a worker thread: Jinja2 is CPU work)."""
-        return [mail for row in rows for mail in self._mails_for(row)]
+        mails = [mail for row in rows for mail in self._mails_for(row)]
+        for mail in mails:
+            mail.data = serialise(mail.message)
+        return mails
 
     def _event(self, row: dict, tz: ZoneInfo) -> dict:
         domain = self.config.smtp_in.domain
@@ -317,7 +321,7 @@ class Notifier:
             msg = await asyncio.to_thread(self._digest_message, sub, snapshot["rows"], snapshot["since"], until)
             if dry_run:
                 return msg
-            mail = Mail("digest", sub.to, msg)
+            mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
 
             def queue(db: Database) -> bool:
                 if not _advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"]):
@@ -376,7 +380,7 @@ def matches(sub: Subscription, row: dict) -> bool:
 def remember(db: Database, mail: Mail) -> None:
     """Queue the e-mail and remember its Message-ID with its conversation."""
     msg = mail.message
-    queue_message(db, msg, kind=mail.kind, recipients=list(mail.to))
+    queue_message(db, msg, kind=mail.kind, recipients=list(mail.to), data=mail.data)
     queries.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
 
 

@@ -43,35 +43,38 @@ IDLE_WAIT = 60.0  # seconds between looks at the table when nothing is due (wake
 STOP_GRACE = 10.0  # seconds stop() lets deliveries in flight finish
 
 
-def queue_message(db: Database, msg: EmailMessage, *, kind: str, recipients: Sequence[str]) -> int:
+def serialise(msg: EmailMessage) -> bytes:
+    """The message as SMTP sends it (CRLF); costly for a large digest, so callers may do it off the writer."""
+    policy = msg.policy if isinstance(msg.policy, email.policy.EmailPolicy) else POLICY
+    return msg.as_bytes(policy=policy.clone(linesep="\r\n"))
+
+
+def queue_message(
+    db: Database, msg: EmailMessage, *, kind: str, recipients: Sequence[str], data: bytes | None = None
+) -> int:
     """Queue `msg` for delivery; returns the outbox id.
 
     Synchronous on purpose: call it inside a `Store.write` function so the
     e-mail commits in the same transaction as the state it reports (a routed
     callback, an advanced digest watermark), never one without the other.
+    `data` is `serialise(msg)` when the caller already made it.
     """
     now = clock.iso()
-    policy = msg.policy if isinstance(msg.policy, email.policy.EmailPolicy) else POLICY
-    data = msg.as_bytes(policy=policy.clone(linesep="\r\n"))
-    return (
-        db["outbox"]
-        .insert(
-            {
-                "kind": kind,
-                "recipients": json.dumps(list(recipients)),
-                "message": data,
-                "message_id": str(msg.get("Message-ID", "")),
-                "subject": str(msg.get("Subject", "")),
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "last_error": None,
-                "created_at": now,
-                "sent_at": None,
-            }
-        )
-        .last_pk
+    cur = db.execute(
+        """INSERT INTO outbox (kind, recipients, message, message_id, subject, status, attempts,
+                               next_attempt_at, created_at)
+           VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)""",
+        [
+            kind,
+            json.dumps(list(recipients)),
+            data if data is not None else serialise(msg),
+            str(msg.get("Message-ID", "")),
+            str(msg.get("Subject", "")),
+            now,
+            now,
+        ],
     )
+    return cur.lastrowid
 
 
 # ------------------------------------------------------------------ delivery outcomes

@@ -109,7 +109,10 @@ def wrap_list(items, width: int = 76) -> str:
 
 def nl2br(text: str | None) -> Markup:
     """Escape, then keep the author's line breaks: `white-space: pre-wrap` is ignored by Outlook's Word engine."""
-    lines = str(text or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    text = str(text or "")
+    if "\n" not in text and "\r" not in text:
+        return escape(text)  # most SMS are one line: skip the split and join
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return Markup("<br>\n").join(escape(line) for line in lines)
 
 
@@ -197,6 +200,11 @@ def _fold_ids(ids: Sequence[str]) -> str:
     return "\n ".join(lines)
 
 
+def _cte(body: str) -> str | None:
+    """The stdlib encodes a part both ways to keep the shorter; a large digest goes straight to base64 (C-fast)."""
+    return "base64" if len(body) > 100_000 else None
+
+
 def build_message(
     *,
     sender: str,
@@ -231,6 +239,7 @@ def build_message(
     if refs:
         msg.set_raw("References", _fold_ids(refs))
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(unix_newlines(text), subtype="plain", charset="utf-8")
-    msg.add_alternative(html, subtype="html", charset="utf-8")
+    text = unix_newlines(text)
+    msg.set_content(text, subtype="plain", charset="utf-8", cte=_cte(text))
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte=_cte(html))
     return msg

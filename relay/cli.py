@@ -275,8 +275,14 @@ async def _send(config, args) -> int:
         client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
         await client.start()
         components.append(client)
-        queue = SendQueue(store, client, simulation=o.mode == "simulation", auto_optimize_text=o.auto_optimize_text)
         campaign_id, _ = await store.write(partial(queue_campaign, req=request, retry_for=o.retry_for))
+        queue = SendQueue(
+            store,
+            client,
+            simulation=o.mode == "simulation",
+            auto_optimize_text=o.auto_optimize_text,
+            only_campaign=campaign_id,
+        )
         await queue.start()
         components.append(queue)
         result = await queue.wait(campaign_id)
@@ -331,6 +337,11 @@ async def _digest(config, args) -> int:
         if args.dry_run:
             sys.stdout.write(msg.as_string())
             return 0
+        row_id = await store.read(
+            lambda db: db.execute("SELECT id FROM outbox WHERE message_id = ?", [msg["Message-ID"]]).fetchone()[0]
+        )
+        # Deliver this digest only; whatever else is pending belongs to the daemon.
+        outbox = Outbox(config.smtp_out, store, only=[row_id])
         await outbox.start()
         deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
         while asyncio.get_running_loop().time() < deadline:
@@ -343,7 +354,7 @@ async def _digest(config, args) -> int:
                 break
             await asyncio.sleep(0.1)
         print(
-            f"digest {args.name}: {msg['Subject']} — {state[0] if state else 'queued'}"
+            f"digest {args.name}: {msg['Subject']}: {state[0] if state else 'queued'}"
             + (f" ({state[1]})" if state and state[1] else "")
         )
         return 0

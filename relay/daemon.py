@@ -111,7 +111,7 @@ class Daemon:
             self.client,
             simulation=cfg.octopush.mode == "simulation",
             auto_optimize_text=cfg.octopush.auto_optimize_text,
-            on_finished=self.notifier.campaign_finished,
+            on_finished=self.notifier.wake,
             metrics=self.metrics,
         )
         await self._up(self.sender)

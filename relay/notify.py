@@ -22,6 +22,7 @@ from relay import clock
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
+from relay.octopush.errors import ALERT_CODES
 from relay.storage import queries
 from relay.storage.database import Store
 
@@ -91,7 +92,7 @@ class Notifier:
         while True:
             self._wake.clear()
             try:
-                while await self.route_pending():
+                while await self.route_pending() or await self.confirm_pending():
                     pass
             except asyncio.CancelledError:
                 raise
@@ -193,22 +194,47 @@ class Notifier:
 
     # ------------------------------------------------------------ confirmations
 
-    async def campaign_finished(self, outcome) -> None:
-        """E-mail the sender a confirmation or a failure, as the campaign's `confirm` says; alert on account errors."""
-        from relay.sending import needs_alert
+    async def confirm_pending(self) -> int:
+        """E-mail senders about finished campaigns, as each campaign's `confirm` says; alert on account errors.
 
-        campaign = outcome.campaign
-        mails = []
-        wanted = campaign.get("confirm") or "none"
-        to = campaign.get("sender_email") or ""
-        failed = campaign["status"] == "failed"
-        if to and (wanted == "all" or (wanted == "errors" and failed)):
-            mails.append(self._confirmation(campaign, outcome.error))
-        if failed and needs_alert(outcome.error) and self.config.subscriptions:
-            mails.append(self._alert(error=outcome.error))
+        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together.
+        """
+        ids = await self.store.read(
+            lambda db: [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed') ORDER BY id LIMIT ?",
+                    [BATCH],
+                )
+            ]
+        )
+        if not ids:
+            return 0
+        campaigns = await self.store.read(lambda db: [queries.campaign(db, campaign_id=i) for i in ids])
+        mails = await asyncio.to_thread(self._confirmations, campaigns)
+
+        def queue(db: Database) -> None:
+            for mail in mails:
+                remember(db, mail)
+            db.execute(f"UPDATE campaigns SET notified = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
+
+        await self.store.write(queue)
         if mails:
-            await self.store.write(lambda db: [remember(db, m) for m in mails])
             self.outbox.wake()
+        return len(ids)
+
+    def _confirmations(self, campaigns: list[dict]) -> list[Mail]:
+        mails = []
+        for campaign in campaigns:
+            wanted = campaign.get("confirm") or "none"
+            failed = campaign["status"] == "failed"
+            if campaign.get("sender_email") and (wanted == "all" or (wanted == "errors" and failed)):
+                mails.append(self._confirmation(campaign))
+            if failed and campaign.get("error_code") in ALERT_CODES and self.config.subscriptions:
+                mails.append(self._alert(error=campaign.get("error")))
+        for mail in mails:
+            mail.data = serialise(mail.message)
+        return mails
 
     def _campaign_context(self, campaign: dict) -> dict:
         return {
@@ -226,17 +252,14 @@ class Notifier:
             "recipients": [r["number"] for r in campaign.get("recipients", [])],
         }
 
-    def _confirmation(self, campaign: dict, error) -> Mail:
+    def _confirmation(self, campaign: dict) -> Mail:
         context = self._campaign_context(campaign)
         original = campaign.get("message_id") or ""
         if campaign["status"] == "failed":
             name = "failure"
+            # The stored error already reads "Octopush refused … (code N): message. What to do."
             extra = {
-                "error": {
-                    "code": getattr(error, "code", None) or campaign.get("error_code"),
-                    "message": getattr(error, "message", None) or campaign.get("error") or str(error),
-                    "advice": getattr(error, "advice", "") or "",
-                }
+                "error": {"code": campaign.get("error_code"), "message": campaign.get("error") or "", "advice": ""}
             }
             subject = f"SMS not sent: {context['label']}"
         else:

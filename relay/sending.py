@@ -23,7 +23,7 @@ from sqlite_utils import Database
 from relay import clock
 from relay.errors import RelayError
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, validate
-from relay.octopush.errors import ALERT_CODES, OctopushError, TemporaryError
+from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
 from relay.storage import queries
 from relay.storage.database import Store
@@ -170,14 +170,6 @@ def _country(number: str) -> str:
     return normalise_number(number)[1]
 
 
-@dataclass
-class Outcome:
-    """How a campaign ended, for the confirmation or failure e-mail."""
-
-    campaign: dict
-    error: RelayError | None = None
-
-
 class SendQueue:
     """Works through pending `sends` rows; safe to restart at any point."""
 
@@ -188,14 +180,17 @@ class SendQueue:
         *,
         simulation: bool = False,
         auto_optimize_text: bool = True,
-        on_finished: Callable[[Outcome], object] | None = None,
+        on_finished: Callable[[], object] | None = None,
         metrics=None,
+        only_campaign: int | None = None,
     ):
         self.store = store
         self.client = client
         self.simulation = simulation
         self.auto_optimize_text = auto_optimize_text
         self.on_finished = on_finished
+        # `octorelay send` works its own campaign only, and leaves the daemon's rows alone.
+        self.only_campaign = only_campaign
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -204,8 +199,11 @@ class SendQueue:
         self._finished: dict[int, asyncio.Future] = {}
 
     async def start(self) -> None:
-        # A send left "sending" by a crash goes again: its request_id makes that safe.
-        await self.store.write(lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'"))
+        if self.only_campaign is None:
+            # A send left "sending" by a crash goes again: its request_id makes that safe.
+            await self.store.write(
+                lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'")
+            )
         self._task = asyncio.create_task(self._run(), name="send-queue")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -241,7 +239,9 @@ class SendQueue:
             rows = []
             if room > 0:
                 try:
-                    rows = await self.store.read(partial(_pending, exclude=list(self._inflight), limit=room))
+                    rows = await self.store.read(
+                        partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
+                    )
                 except Exception:  # noqa: BLE001 - a worker logs and goes on
                     log.exception("send queue: cannot read pending sends")
             for row in rows:
@@ -285,7 +285,7 @@ class SendQueue:
             type=claimed["type"],
             purpose=claimed["purpose"],
             sender=claimed["sender"] or "",
-            send_at=clock.parse_iso(claimed["send_at"]) if claimed["send_at"] else None,
+            send_at=_still_ahead(claimed["send_at"]),
             with_replies=bool(claimed["with_replies"]),
             simulation_mode=bool(claimed["simulation"]) or self.simulation,
             auto_optimize_text=self.auto_optimize_text,
@@ -321,17 +321,23 @@ class SendQueue:
             if future and not future.done():
                 future.set_result(None)
             if self.on_finished:
-                outcome = Outcome(campaign=finished, error=error)
-                maybe = self.on_finished(outcome)
-                if asyncio.iscoroutine(maybe):
-                    await maybe
+                self.on_finished()  # the notifier's sweep e-mails the sender
 
 
-def _pending(db: Database, *, exclude: list[int], limit: int) -> list[dict]:
+def _still_ahead(send_at: str | None) -> datetime | None:
+    """A time checked when the request was accepted; if a backlog or a restart made us late, send now."""
+    if not send_at:
+        return None
+    moment = clock.parse_iso(send_at)
+    return moment if moment > clock.now() + timedelta(seconds=30) else None
+
+
+def _pending(db: Database, *, exclude: list[int], limit: int, campaign: int | None = None) -> list[dict]:
     """The next pending calls, skipping those already waiting for a worker."""
     skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
-    sql = f"SELECT id FROM sends WHERE status = 'pending' {skip} ORDER BY id LIMIT ?"
-    return [dict(r) for r in db.query(sql, [*exclude, limit])]
+    mine = "AND campaign_id = ?" if campaign is not None else ""
+    sql = f"SELECT id FROM sends WHERE status = 'pending' {skip} {mine} ORDER BY id LIMIT ?"
+    return [dict(r) for r in db.query(sql, [*exclude, *([campaign] if campaign is not None else []), limit])]
 
 
 def _claim(db: Database, *, send_id: int) -> dict | None:
@@ -412,7 +418,3 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         ],
     )
     return queries.campaign(db, campaign_id=campaign_id)
-
-
-def needs_alert(error) -> bool:
-    return isinstance(error, OctopushError) and error.code in ALERT_CODES

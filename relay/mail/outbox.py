@@ -122,8 +122,11 @@ class Outbox:
         metrics: Metrics | None = None,
         *,
         tls_context: ssl.SSLContext | None = None,
+        only: Sequence[int] | None = None,
     ):
         self.config = config
+        # A command (`octorelay digest`) delivers only its own rows: the daemon's are the daemon's.
+        self.only = list(only) if only is not None else None
         self.store = store
         self.metrics = metrics
         self.tls_context = tls_context
@@ -174,7 +177,7 @@ class Outbox:
         while True:
             self._wake.clear()
             try:
-                if not released:
+                if not released and self.only is None:
                     count = await self.store.write(_release)
                     released = True
                     if count:
@@ -182,7 +185,7 @@ class Outbox:
                 free = CONCURRENCY - len(self._inflight)
                 rows = []
                 if free > 0:
-                    rows = await self.store.write(partial(_claim, limit=free, lease=self._lease()))
+                    rows = await self.store.write(partial(_claim, limit=free, lease=self._lease(), only=self.only))
                 for row in rows:
                     task = asyncio.create_task(self._deliver(row), name=f"outbox-{row['id']}")
                     self._inflight[row["id"]] = task
@@ -335,7 +338,7 @@ def _release(db: Database) -> int:
     return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
 
 
-def _claim(db: Database, *, limit: int, lease: float) -> list[dict]:
+def _claim(db: Database, *, limit: int, lease: float, only: list[int] | None = None) -> list[dict]:
     """Take up to `limit` due rows, oldest first, and hide them for `lease` seconds.
 
     The lease keeps a row from being claimed twice (by the next pass, or by a
@@ -344,12 +347,14 @@ def _claim(db: Database, *, limit: int, lease: float) -> list[dict]:
     next start, see `_release`).
     """
     now = clock.now()
+    mine = f" AND id IN ({', '.join('?' * len(only))})" if only is not None else ""
     rows = [
         dict(r)
         for r in db.query(
             "SELECT id, kind, recipients, message, attempts, created_at FROM outbox"
-            " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
-            [clock.iso(now), limit],
+            " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            f"{mine} ORDER BY id LIMIT ?",
+            [clock.iso(now), *(only or []), limit],
         )
     ]
     if rows:

@@ -168,3 +168,11 @@ def m002_browse_indexes(db: Database) -> None:
     """The web interface browses replies by country and campaigns by sender."""
     db["callbacks"].create_index(["country", "occurred_at"], if_not_exists=True)
     db["campaigns"].create_index(["sender_email", "created_at"], if_not_exists=True)
+
+
+@migrations()
+def m003_campaign_notified(db: Database) -> None:
+    """Confirmations are queued by a sweep over finished campaigns, so a crash between the two loses none."""
+    db["campaigns"].add_column("notified", int, not_null_default=0)
+    # Campaigns finished before this version were confirmed the old way.
+    db.execute("UPDATE campaigns SET notified = 1 WHERE status IN ('sent', 'failed')")

@@ -163,8 +163,12 @@ class Notifier:
                 reply_to=event["reply_to"],
             )
             mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
+        notified = {m.to[0].lower() for m in mails}  # the author already has the threaded e-mail
         for sub in self.config.subscriptions:
             if sub.mode != "instant" or not matches(sub, row):
+                continue
+            to = tuple(a for a in sub.to if a.lower() not in notified)
+            if not to:
                 continue
             event = self._event(row, sub.tz)
             text, html = self.renderer.render("reply", event=event, subscription=sub.name)
@@ -176,14 +180,14 @@ class Notifier:
             }[row["kind"]]
             msg = build_message(
                 sender=self.config.smtp_out.sender,
-                to=list(sub.to),
+                to=list(to),
                 subject=subject,
                 text=text,
                 html=html,
                 message_id=make_msgid(domain),
                 reply_to=event["reply_to"] if row["kind"] != "delivery" else None,
             )
-            mails.append(Mail("reply", sub.to, msg, row["number"], row.get("campaign_id")))
+            mails.append(Mail("reply", to, msg, row["number"], row.get("campaign_id")))
         return mails
 
     @staticmethod

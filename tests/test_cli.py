@@ -106,3 +106,30 @@ def test_backup_to_an_unwritable_place_is_one_line(tmp_path, capsys):
     assert run("callback-url", "-c", str(path)) == 0
     assert run("db", "backup", str(tmp_path / "no" / "such" / "dir" / "b.db"), "-c", str(path)) == 1
     assert "cannot write the backup" in capsys.readouterr().err
+
+
+async def test_send_leaves_the_daemons_pending_rows_alone(tmp_path, capsys, octopush):
+    """`octorelay send` works its own campaign only: another pending send is the daemon's to make."""
+    import sqlite3
+
+    from relay.octopush.client import Recipient
+    from relay.sending import SendRequest, queue_campaign
+    from relay.storage.database import connect, migrate
+
+    extra = (
+        f'[octopush]\nmode = "live"\nbase_url = "{octopush.base_url}"\napi_login = "a@example.org"\n'
+        'api_key = "test-key-123"\n'
+    )
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=extra)
+    migrate(tmp_path / "octorelay.db")
+    db = connect(tmp_path / "octorelay.db")
+    with db.atomic():
+        request = SendRequest(
+            text="daemon's", recipients=(Recipient("+33612345670"),), type="sms_premium", purpose="alert"
+        )
+        queue_campaign(db, request, retry_for=60)
+    db.close()
+    assert await asyncio.to_thread(run, "send", "--to", "+33612345678", "--text", "mine", "-c", str(path)) == 0
+    assert [s["text"] for s in octopush.sent] == ["mine"]
+    conn = sqlite3.connect(tmp_path / "octorelay.db")
+    assert conn.execute("SELECT status FROM sends ORDER BY id").fetchall() == [("pending",), ("sent",)]

@@ -14,6 +14,7 @@ import io
 import os
 import sqlite3
 import sys
+import urllib.parse
 from functools import partial
 
 import orjson
@@ -123,6 +124,9 @@ def cmd_check_config(config, args) -> int:
     print(f"  api_login {o.api_login or '(not set)'}, api_key {'(set)' if o.api_key else '(not set)'}")
     print(f"  defaults: type {o.type}, purpose {o.purpose}, replies {'on' if o.with_replies else 'off'}")
     print(f"http: listening on {config.http.listen}, public URL {config.http.public_url}")
+    host = urllib.parse.urlsplit(config.http.public_url).hostname or ""
+    if o.mode != "emulator" and (host == "localhost" or host.startswith("127.") or host == "::1"):
+        print("  warning: http.public_url is a loopback address: Octopush cannot reach it for callbacks")
     api = "bearer token" if config.http.api_token else "loopback only"
     ui = "users: " + ", ".join(config.http.ui_users) if config.http.ui_users else "loopback only"
     print(f"  API {api}; UI {ui}")

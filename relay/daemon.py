@@ -220,11 +220,14 @@ class Daemon:
 
     def _print_demo(self) -> None:
         host, port = self.smtp.address
+        send = (
+            f"import smtplib, email.utils as u; smtplib.SMTP('{host}', {port}).sendmail('you@localhost', "
+            f"['+33612345678@{self.config.smtp_in.domain}'], "
+            "'Subject: hello\\nMessage-ID: ' + u.make_msgid() + '\\n\\nHello from octorelay')"
+        )
         print(
             f"\noctorelay demo: web interface {self.http_url}/ ; e-mail lands in {self.config.smtp_out.maildir}/new\n"
-            f"Try: python -c \"import smtplib; smtplib.SMTP('{host}', {port}).sendmail('you@localhost', "
-            f"['+33612345678@{self.config.smtp_in.domain}'], "
-            f"'Subject: hello\\nMessage-ID: <hello@localhost>\\n\\nHello from octorelay')\"\n",
+            f'Try: python3 -c "{send}"\n',
             flush=True,
         )
 

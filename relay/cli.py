@@ -177,15 +177,14 @@ def cmd_callback_url(config, args) -> int:
 def cmd_replies(config, args) -> int:
     from relay.storage import queries
     from relay.storage.database import connect, migrate
-    from relay.web.api import read_when
 
     migrate(config.storage.path)
     db = connect(config.storage.path, readonly=True)
     try:
         try:
-            since = read_when(args.since, "--since")
-        except Exception as exc:  # aiohttp's HTTPBadRequest carries the one-line reason
-            raise RelayError(getattr(exc, "text", str(exc)).strip()) from None
+            since = clock.parse_when(args.since)
+        except ValueError as exc:
+            raise RelayError(f"--since: {exc}") from None
         rows = queries.replies(db, since=since, country=args.country, number=args.number, limit=args.limit)
     finally:
         db.close()

@@ -54,3 +54,17 @@ def region_timezone(region: str) -> ZoneInfo:
         except (KeyError, ValueError):
             continue
     return ZoneInfo("UTC")
+
+
+def parse_when(value: str | None) -> str | None:
+    """A filter time as people write it: ISO 8601 date or date-time, or an age like 2h / 3d / 1w; UTC ISO out."""
+    if not value:
+        return None
+    value = value.strip()
+    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    if value[:-1].isdigit() and value[-1:] in units:
+        return ago(**{units[value[-1]]: int(value[:-1])})
+    try:
+        return iso(parse_iso(value))
+    except ValueError:
+        raise ValueError(f"expected ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z) or 2h/3d/1w, not {value!r}") from None

@@ -22,7 +22,7 @@ class JsonFormatter(logging.Formatter):
             "message": mask(record.getMessage()),
         }
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = mask(self.formatException(record.exc_info))
         return orjson.dumps(data).decode()
 
 

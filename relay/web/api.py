@@ -36,19 +36,11 @@ def _require_api(request: web.Request) -> None:
 
 
 def read_when(value: str | None, name: str) -> str | None:
-    """An API/CLI time filter: ISO 8601 date or date-time, or a duration like 2h / 3d; UTC ISO out."""
-    if not value:
-        return None
-    value = value.strip()
-    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    if value[:-1].isdigit() and value[-1:] in units:
-        return clock.ago(**{units[value[-1]]: int(value[:-1])})
+    """A time filter from the query string; a bad one is a 400 with the reason."""
     try:
-        return clock.iso(clock.parse_iso(value))
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=f"{name}: expected ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z) or 2h/3d, not {value!r}\n"
-        ) from None
+        return clock.parse_when(value)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{name}: {exc}\n") from None
 
 
 async def api_replies(request: web.Request) -> web.Response:

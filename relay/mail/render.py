@@ -116,6 +116,11 @@ def nl2br(text: str | None) -> Markup:
     return Markup("<br>\n").join(escape(line) for line in lines)
 
 
+def quoted(text: str | None, prefix: str = "  > ") -> str:
+    """Every line of `text` behind a quote prefix, so a multi-line reply stays one block in plain text."""
+    return "\n".join(prefix + line for line in unix_newlines(text).split("\n"))
+
+
 def unix_newlines(text: str | None) -> str:
     """CR LF and bare CR become LF, so a text part never carries stray carriage returns."""
     return str(text or "").replace("\r\n", "\n").replace("\r", "\n")
@@ -146,6 +151,7 @@ class Renderer:
             nl2br=nl2br,
             wrap_list=wrap_list,
             unix_newlines=unix_newlines,
+            quoted=quoted,
         )
 
     def render(self, template: str, /, **context) -> tuple[str, str]:

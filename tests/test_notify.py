@@ -186,3 +186,40 @@ async def test_low_credit_alert_once(make_daemon, sink):
     assert await daemon.notifier.check_credit() is False
     mail = (await wait_for(lambda: to(sink, "team@example.org")))[0]
     assert "credit" in mail["Subject"].lower() and "12.5" in mail.get_body(("plain",)).get_content()
+
+
+async def test_confirmation_left_by_a_crash_is_sent_at_the_next_start(make_daemon, sink, tmp_path):
+    """A campaign that finished but whose confirmation was not queued yet (notified = 0) is confirmed at start."""
+    from relay.octopush.client import Recipient
+    from relay.sending import SendRequest, queue_campaign
+
+    first = await make_daemon('[smtp_in]\nconfirm = "all"\n', smtp_port=sink.port)
+    request = SendRequest(
+        text="left behind",
+        recipients=(Recipient("+33612345678"),),
+        type="sms_premium",
+        purpose="alert",
+        origin="email",
+        sender_email="alice@example.org",
+        message_id="<crash@example.org>",
+        label="Crash",
+        confirm="all",
+    )
+
+    def finished_but_not_confirmed(db):
+        campaign_id, _ = queue_campaign(db, request, retry_for=10)
+        db.execute("UPDATE sends SET status = 'sent', ticket = 'sms_crash' WHERE campaign_id = ?", [campaign_id])
+        db.execute("UPDATE campaigns SET status = 'sent', notified = 0 WHERE id = ?", [campaign_id])
+
+    await first.stop()  # as if it died right after recording the send
+    from relay.storage.database import Store
+
+    store = Store(first.store.path)
+    await store.start()
+    await store.write(finished_but_not_confirmed)
+    await store.stop()
+    await make_daemon('[smtp_in]\nconfirm = "all"\n', smtp_port=sink.port)
+    mail = (await wait_for(lambda: to(sink, "alice@example.org")))[0]
+    assert mail["Subject"] == "SMS sent: Crash" and mail["In-Reply-To"] == "<crash@example.org>"
+    await asyncio.sleep(0.3)
+    assert len(to(sink, "alice@example.org")) == 1

@@ -85,3 +85,20 @@ def test_every_older_version_migrates(tmp_path, stop_index):
     db.close()
     assert migrate(path) == names[stop_index:]
     assert connect(path).execute("SELECT value FROM meta WHERE key = 'kept'").fetchone()[0] == "yes"
+
+
+def test_m003_marks_campaigns_finished_before_it_as_notified(tmp_path):
+    """Upgrading must not re-send confirmations for campaigns that were confirmed the old way."""
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m003_campaign_notified")
+    for i, status in enumerate(["sent", "failed", "queued"]):
+        db.execute(
+            "INSERT INTO campaigns (request_key, origin, text, status, created_at) VALUES (?, 'email', 'x', ?, 'now')",
+            [f"k{i}", status],
+        )
+    db.conn.commit()
+    db.close()
+    migrate(path)
+    rows = connect(path).execute("SELECT status, notified FROM campaigns ORDER BY id").fetchall()
+    assert rows == [("sent", 1), ("failed", 1), ("queued", 0)]

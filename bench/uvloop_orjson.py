@@ -1,4 +1,4 @@
-"""The callback path with and without uvloop, with orjson vs the standard json, and with the proposed tuning.
+"""The callback path with and without uvloop, and with orjson vs the standard json.
 
 Each variant is the daemon in its own process (bench/_daemon_variant.py: the same Daemon and logging
 set-up as `octorelay run`, a digest subscription, emulator without replies), loaded by the same aiohttp
@@ -8,7 +8,6 @@ client as bench/callbacks.py (64 workers, keep-alive), interleaved, repeated, me
   asyncio + orjson         the standard event loop
   uvloop + json            the callback route parsing with json.loads instead of orjson.loads
   asyncio + json
-  uvloop + orjson + tuned  the relay/ changes proposed in bench/README.md, monkeypatched in
 
 Plus a micro-benchmark of parsing one callback body with each parser.
 """
@@ -32,7 +31,6 @@ VARIANTS = [
     ("asyncio + orjson", "asyncio", "orjson", ""),
     ("uvloop + json", "uvloop", "json", ""),
     ("asyncio + json", "asyncio", "json", ""),
-    ("uvloop + orjson + tuned", "uvloop", "orjson", "tuned"),
 ]
 
 

@@ -250,6 +250,21 @@ async def test_auth_only_after_starttls(make_daemon, sink, tmp_path):
             s.login("alice", "wonderland")
             s.sendmail(FROM, [to], message(to, "authenticated").as_bytes(policy=SMTP_POLICY))
 
+    def login_mechanism():
+        with sync_session(daemon) as s:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            s.starttls(context=context)
+            s.ehlo()
+            s.user, s.password = "alice", "nope"
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+            s.user, s.password = "alice", "wonderland"
+            code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+            assert code == 235
+
+    await asyncio.to_thread(login_mechanism)
+
     await asyncio.to_thread(session)
     await wait_for(lambda: sent(daemon))
 

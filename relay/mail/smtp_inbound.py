@@ -75,12 +75,35 @@ class Pending:
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP with the size refusal in the SPEC's words (552 5.3.4)."""
+    """aiosmtpd's SMTP with the size refusal in the SPEC's words (552 5.3.4), and password checks in a thread.
 
-    async def push(self, status: str) -> None:
-        if status.startswith("552 Error"):
+    aiosmtpd calls the authenticator synchronously; a hash check costs ~40 ms of CPU, which repeated AUTH
+    attempts would take from the event loop. So the mechanisms' own parsing runs as usual, `_authenticate`
+    only captures the credentials, and the check runs in a worker thread.
+    """
+
+    _captured: tuple[str, LoginPassword] | None = None
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and status.startswith("552 Error"):  # AUTH challenges come as bytes
             status = f"552 5.3.4 Message too big for this relay (at most {self.data_size_limit} bytes)"
         await super().push(status)
+
+    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
+        self._captured = (mechanism, auth_data)
+        return AuthResult(success=False, handled=False)  # replaced by the real answer in _checked
+
+    async def _checked(self, result: AuthResult) -> AuthResult:
+        captured, self._captured = self._captured, None
+        if captured is None:  # the mechanism answered by itself (bad base64, cancelled)
+            return result
+        return await asyncio.to_thread(self._authenticator, self, self.session, self.envelope, *captured)
+
+    async def auth_PLAIN(self, server, args) -> AuthResult:
+        return await self._checked(await super().auth_PLAIN(server, args))
+
+    async def auth_LOGIN(self, server, args) -> AuthResult:
+        return await self._checked(await super().auth_LOGIN(server, args))
 
 
 class Handler:

@@ -695,3 +695,17 @@ def test_random_recipients_never_raise(local):
 @pytest.mark.parametrize("subject", ["[FR] status", "[UK] launch", "[QA] build", "[IT] news", "[PR] draft"])
 def test_short_bracketed_words_stay_in_the_label(subject):
     assert parse_subject(subject, region="FR").label == subject
+
+
+@pytest.mark.parametrize(
+    ("local", "region", "expected"),
+    [
+        ("2015550123", "US", "+12015550123"),
+        ("33612345678", "FR", "+33612345678"),
+        ("4915112345678", "FR", "+4915112345678"),
+        ("447400123456", "FR", "+447400123456"),
+    ],
+)
+def test_digits_without_plus_read_in_the_region_first(local, region, expected):
+    address = parse_recipient(f"{local}@sms.example.org", domain="sms.example.org", region=region, groups=())
+    assert address.value == expected

@@ -93,9 +93,10 @@ def _phone_number(local: str, region: str) -> phonenumbers.PhoneNumber | None:
     elif digits.startswith("0"):
         candidates = [(digits, region)]
     else:
-        # "33612345678": international without the "+" is the common case; national numbers
-        # without a trunk prefix (US "2015550123") come second.
-        candidates = [("+" + digits, None), (digits, region)]
+        # The region's own reading first: phonenumbers reads "33612345678" in FR as +33 6…, and a US
+        # "2015550123" must not become +20 (Egypt). A foreign number without "+" is invalid there and
+        # falls through to the international reading ("4915112345678" → +49…).
+        candidates = [(digits, region), ("+" + digits, None)]
     for text, where in candidates:
         try:
             number = phonenumbers.parse(text, where)

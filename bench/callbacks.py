@@ -119,6 +119,7 @@ async def main() -> int:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--profile", action="store_true", help="py-spy profile of the daemon under load")
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--instant", action="store_true", help="also in --quick: the daemon with an instant subscription")
     args = p.parse_args()
     quick = args.quick
     count = 1000 if quick else 5000
@@ -132,7 +133,9 @@ async def main() -> int:
         servers: dict[str, tuple[str, object, Path | None]] = {}
         procs = []
         try:
-            variants = [("octorelay", c.DIGEST_ONLY)] + ([] if quick else [("octorelay-instant", c.INSTANT)])
+            variants = [("octorelay", c.DIGEST_ONLY)] + (
+                [] if quick and not args.instant else [("octorelay-instant", c.INSTANT)]
+            )
             for name, extra in variants:
                 d = tmp / name
                 d.mkdir()

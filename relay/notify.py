@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
-from relay import clock
+from relay import backoff, clock
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
@@ -100,8 +100,7 @@ class Notifier:
                 log.exception("notifier: routing failed; will retry")
                 await asyncio.sleep(2)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=30)
+            await backoff.nap(self._wake, 30)
 
     async def route_pending(self) -> int:
         """Queue the e-mails of up to BATCH unrouted callbacks; returns how many were routed."""

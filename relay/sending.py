@@ -20,7 +20,7 @@ from functools import partial
 
 from sqlite_utils import Database
 
-from relay import clock
+from relay import backoff, clock
 from relay.errors import RelayError
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, validate
 from relay.octopush.errors import OctopushError, TemporaryError
@@ -249,8 +249,7 @@ class SendQueue:
                     task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
                     self._inflight[row["id"]] = task
                     task.add_done_callback(lambda t, i=row["id"]: self._inflight.pop(i, None))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=30)
+            await backoff.nap(self._wake, 30)
 
     async def _send(self, send_id: int) -> None:
         async with self._slots:

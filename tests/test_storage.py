@@ -102,3 +102,17 @@ def test_m003_marks_campaigns_finished_before_it_as_notified(tmp_path):
     migrate(path)
     rows = connect(path).execute("SELECT status, notified FROM campaigns ORDER BY id").fetchall()
     assert rows == [("sent", 1), ("failed", 1), ("queued", 0)]
+
+
+async def test_nap_never_swallows_a_cancellation():
+    """A worker's stop() cancels its nap; the cancellation must go through even as the event fires."""
+    from relay.backoff import nap
+
+    for _ in range(50):
+        event = asyncio.Event()
+        task = asyncio.create_task(nap(event, 60))
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

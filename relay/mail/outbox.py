@@ -205,8 +205,7 @@ class Outbox:
                 log.exception("outbox: cannot read the queue; trying again shortly")
                 wait = backoff.FIRST
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                await backoff.nap(self._wake, wait)
 
     def _done(self, row_id: int, task: asyncio.Task) -> None:
         self._inflight.pop(row_id, None)

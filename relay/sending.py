@@ -101,62 +101,62 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             raise NothingToSend(f"every recipient opted out with STOP ({', '.join(removed)}); nothing was sent")
     parts = count_parts(req.text)
     now = clock.iso()
-    campaign_id = (
-        db["campaigns"]
-        .insert(
-            {
-                "request_key": req.request_key,
-                "origin": req.origin,
-                "sender_email": req.sender_email,
-                "message_id": req.message_id,
-                "label": req.label,
-                "text": req.text,
-                "type": req.type,
-                "purpose": req.purpose,
-                "sender": req.sender,
-                "send_at": clock.iso(req.send_at) if req.send_at else None,
-                "with_replies": int(req.with_replies),
-                "simulation": int(req.simulation),
-                "status": "queued",
-                "contacts": len(recipients),
-                "encoding": parts.encoding,
-                "unicode_chars": "".join(parts.unicode_chars),
-                "removed_optouts": json.dumps(removed),
-                "confirm": req.confirm,
-                "created_at": now,
-            }
-        )
-        .last_pk
+    campaign_id = queries.insert(
+        db,
+        "campaigns",
+        {
+            "request_key": req.request_key,
+            "origin": req.origin,
+            "sender_email": req.sender_email,
+            "message_id": req.message_id,
+            "label": req.label,
+            "text": req.text,
+            "type": req.type,
+            "purpose": req.purpose,
+            "sender": req.sender,
+            "send_at": clock.iso(req.send_at) if req.send_at else None,
+            "with_replies": int(req.with_replies),
+            "simulation": int(req.simulation),
+            "status": "queued",
+            "contacts": len(recipients),
+            "encoding": parts.encoding,
+            "unicode_chars": "".join(parts.unicode_chars),
+            "removed_optouts": json.dumps(removed),
+            "confirm": req.confirm,
+            "created_at": now,
+        },
     )
     chunks = [recipients[i : i + CHUNK] for i in range(0, len(recipients), CHUNK)]
     deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
     for index, chunk in enumerate(chunks, start=1):
         request_id = req.request_key if len(chunks) == 1 else f"{req.request_key}-{index}"
-        send_id = (
-            db["sends"]
-            .insert(
-                {
-                    "campaign_id": campaign_id,
-                    "chunk": index,
-                    "request_id": request_id,
-                    "status": "pending",
-                    "deadline": deadline,
-                    "created_at": now,
-                }
-            )
-            .last_pk
-        )
-        db["recipients"].insert_all(
+        send_id = queries.insert(
+            db,
+            "sends",
             {
                 "campaign_id": campaign_id,
-                "send_id": send_id,
-                "number": r.phone_number,
-                "country": _country(r.phone_number),
-                "first_name": r.first_name,
-                "last_name": r.last_name,
-                "params": json.dumps(list(r.params)),
-            }
-            for r in chunk
+                "chunk": index,
+                "request_id": request_id,
+                "status": "pending",
+                "deadline": deadline,
+                "created_at": now,
+            },
+        )
+        queries.insert_many(
+            db,
+            "recipients",
+            [
+                {
+                    "campaign_id": campaign_id,
+                    "send_id": send_id,
+                    "number": r.phone_number,
+                    "country": _country(r.phone_number),
+                    "first_name": r.first_name,
+                    "last_name": r.last_name,
+                    "params": json.dumps(list(r.params)),
+                }
+                for r in chunk
+            ],
         )
     if req.message_id:
         number = recipients[0].phone_number if len(recipients) == 1 else ""

@@ -42,6 +42,19 @@ def ensure_callback_token(db: Database) -> str:
     return token
 
 
+def insert(db: Database, table: str, row: dict) -> int:
+    """A plain INSERT; sqlite-utils' insert() reads the schema on every call, which the hot paths feel."""
+    sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+    return db.execute(sql, list(row.values())).lastrowid
+
+
+def insert_many(db: Database, table: str, rows: list[dict]) -> None:
+    """Plain INSERTs of rows that all have the same keys."""
+    if rows:
+        sql = f"INSERT INTO {table} ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
+        db.conn.executemany(sql, [list(r.values()) for r in rows])
+
+
 def remember_message(db: Database, message_id: str, *, number: str, campaign_id: int | None, direction: str) -> None:
     """Keep a Message-ID with its conversation, so an answer to it finds the number and campaign."""
     db.execute(

@@ -28,17 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
-SUBS = """
-[octopush.emulator]
-reply_text = ""
-[[subscriptions]]
-name = "ops"
-to = ["ops@example.org"]
-mode = "digest"
-schedule = "0 8 * * 1-5"
-timezone = "Europe/Paris"
-group_by = "country"
-events = ["reply", "stop"]
+# The benchmark's digest subscription, plus the same grouped by date.
+SUBS = (
+    c.DIGEST_ONLY
+    + """
 [[subscriptions]]
 name = "ops-date"
 to = ["ops@example.org"]
@@ -48,6 +41,7 @@ timezone = "Europe/Paris"
 group_by = "date"
 events = ["reply", "stop"]
 """
+)
 
 PREFIXES = ["+336", "+337", "+4479", "+4915", "+3493", "+3933", "+3247", "+4176", "+1415", "+3161", "+35191", "+4812"]
 

@@ -238,7 +238,7 @@ async def _send(config, args) -> int:
                 recipients.append(Recipient(address.value))
         send_at = parse_subject(f"[at:{args.at}]", region=config.smtp_in.region).send_at if args.at else None
     except Rejected as exc:
-        raise RelayError(exc.reason if hasattr(exc, "reason") else str(exc)) from None
+        raise RelayError(exc.reason) from None
     purpose = {"alert": "alert", "marketing": "wholesale", None: o.purpose}[args.purpose]
     sms_type = {"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type]
     text = args.text

@@ -25,6 +25,13 @@ def parse_iso(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def local(iso_text: str | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """A stored UTC time as people read it in `tz`; "" for none."""
+    if not iso_text:
+        return ""
+    return parse_iso(iso_text).astimezone(tz).strftime(fmt)
+
+
 def from_octopush(text: str) -> datetime | None:
     """Octopush dates are `Y-m-d H:i:s` in Europe/Paris local time; None when unreadable."""
     text = text.strip() if isinstance(text, str) else ""

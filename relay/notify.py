@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from relay import backoff, clock
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
+from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
 from relay.octopush.errors import ALERT_CODES
 from relay.storage import queries
@@ -30,17 +31,7 @@ log = logging.getLogger("relay.notify")
 BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
 
 
-def format_time(iso_text: str | None, tz: ZoneInfo) -> str:
-    if not iso_text:
-        return ""
-    return clock.parse_iso(iso_text).astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
-
-
-def strip_reply_prefix(label: str) -> str:
-    text = label.strip()
-    while text[:3].lower() in ("re:", "tr:", "fw:") or text[:4].lower() == "fwd:":
-        text = text.split(":", 1)[1].strip()
-    return text
+MAIL_TIME = "%Y-%m-%d %H:%M %Z"
 
 
 @dataclass
@@ -77,7 +68,7 @@ class Notifier:
 
     async def stop(self) -> None:
         if self._task:
-            # Route what is already stored before stopping: bounded by the batch.
+            # Unrouted callbacks stay `routed = 0` in the database: the next start routes them.
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -133,7 +124,7 @@ class Notifier:
             "contact": self.contacts.get(row["number"], ""),
             "country": row["country"] or "",
             "country_name": country_label(row["country"]),
-            "local_time": format_time(row["occurred_at"], tz),
+            "local_time": clock.local(row["occurred_at"], tz, MAIL_TIME),
             "text": row["text"] or "",
             "status": row["status"] or "",
             "answered": row.get("answered"),
@@ -147,7 +138,7 @@ class Notifier:
         if row["kind"] in ("reply", "stop") and row.get("campaign_origin") == "email" and row.get("sender_email"):
             tz = clock.region_timezone(self.config.smtp_in.region)
             event = self._event(row, tz)
-            label = strip_reply_prefix(row.get("label") or "") or "your SMS"
+            label = strip_prefixes(row.get("label") or "") or "your SMS"
             text, html = self.renderer.render("reply", event=event, subscription=None)
             original = row.get("message_id") or ""
             msg = build_message(
@@ -241,7 +232,7 @@ class Notifier:
 
     def _campaign_context(self, campaign: dict) -> dict:
         return {
-            "label": strip_reply_prefix(campaign.get("label") or "") or "SMS",
+            "label": strip_prefixes(campaign.get("label") or "") or "SMS",
             "text": campaign["text"],
             "tickets": campaign.get("tickets") or [],
             "contacts": campaign.get("contacts") or 0,
@@ -386,8 +377,8 @@ class Notifier:
             count=count,
             group_by=sub.group_by,
             groups=groups,
-            since=format_time(since, sub.tz) if since else "the start",
-            until=until.astimezone(sub.tz).strftime("%Y-%m-%d %H:%M %Z"),
+            since=clock.local(since, sub.tz, MAIL_TIME) if since else "the start",
+            until=until.astimezone(sub.tz).strftime(MAIL_TIME),
         )
         return build_message(
             sender=self.config.smtp_out.sender,

@@ -22,14 +22,14 @@ from sqlite_utils import Database
 
 from relay import backoff, clock
 from relay.errors import RelayError
-from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, validate
+from relay.octopush.callbacks import normalise_number
+from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
 from relay.storage import queries
 from relay.storage.database import Store
 
 log = logging.getLogger("relay.sending")
-CHUNK = 500
 WORKERS = 4
 
 
@@ -73,8 +73,8 @@ class SendRequest:
 
     def validate(self, now: datetime | None = None) -> None:
         """Octopush's rules, checked before anything is stored (ValidationError)."""
-        for start in range(0, max(1, len(self.recipients)), CHUNK):
-            validate(self.campaign(self.recipients[start : start + CHUNK]), now)
+        for call in split(self.campaign()):
+            validate(call, now)
 
 
 def request_key(message_id: str, numbers: Sequence[str]) -> str:
@@ -126,17 +126,16 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "created_at": now,
         },
     )
-    chunks = [recipients[i : i + CHUNK] for i in range(0, len(recipients), CHUNK)]
     deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
-    for index, chunk in enumerate(chunks, start=1):
-        request_id = req.request_key if len(chunks) == 1 else f"{req.request_key}-{index}"
+    # One Octopush call per 500 recipients; request_ids "<key>-1", "<key>-2"… when there are several.
+    for index, call in enumerate(split(req.campaign(recipients, request_id=req.request_key)), start=1):
         send_id = queries.insert(
             db,
             "sends",
             {
                 "campaign_id": campaign_id,
                 "chunk": index,
-                "request_id": request_id,
+                "request_id": call.request_id,
                 "status": "pending",
                 "deadline": deadline,
                 "created_at": now,
@@ -155,7 +154,7 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
                     "last_name": r.last_name,
                     "params": json.dumps(list(r.params)),
                 }
-                for r in chunk
+                for r in call.recipients
             ],
         )
     if req.message_id:
@@ -165,8 +164,6 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
 
 
 def _country(number: str) -> str:
-    from relay.octopush.callbacks import normalise_number
-
     return normalise_number(number)[1]
 
 

@@ -34,6 +34,7 @@ from relay import backoff, clock
 from relay.config import SmtpOut
 from relay.mail.render import POLICY
 from relay.metrics import Metrics
+from relay.storage import queries
 from relay.storage.database import Store
 
 log = logging.getLogger("relay.outbox")
@@ -60,21 +61,18 @@ def queue_message(
     `data` is `serialise(msg)` when the caller already made it.
     """
     now = clock.iso()
-    cur = db.execute(
-        """INSERT INTO outbox (kind, recipients, message, message_id, subject, status, attempts,
-                               next_attempt_at, created_at)
-           VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)""",
-        [
-            kind,
-            json.dumps(list(recipients)),
-            data if data is not None else serialise(msg),
-            str(msg.get("Message-ID", "")),
-            str(msg.get("Subject", "")),
-            now,
-            now,
-        ],
-    )
-    return cur.lastrowid
+    row = {
+        "kind": kind,
+        "recipients": json.dumps(list(recipients)),
+        "message": data if data is not None else serialise(msg),
+        "message_id": str(msg.get("Message-ID", "")),
+        "subject": str(msg.get("Subject", "")),
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    return queries.insert(db, "outbox", row)
 
 
 # ------------------------------------------------------------------ delivery outcomes

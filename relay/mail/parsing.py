@@ -20,6 +20,7 @@ import phonenumbers
 
 from relay.clock import region_timezone
 from relay.errors import RelayError
+from relay.octopush.client import MAX_TEXT  # noqa: F401 - Octopush's limit, re-exported for body.py
 
 
 class Rejected(RelayError):
@@ -193,8 +194,13 @@ def parse_subject(subject: str, *, region: str, now: datetime | None = None) -> 
 
     rest = _BRACKETED.sub(take, subject)
     label = " ".join(rest.split())
-    label = _PREFIX.sub("", label).strip()
+    label = strip_prefixes(label)
     return Tags(label=label, **found)  # type: ignore[arg-type]
+
+
+def strip_prefixes(label: str) -> str:
+    """A subject without its Re:/Fwd:/TR:… prefixes, as a campaign label or a reply subject wants it."""
+    return _PREFIX.sub("", " ".join(label.split())).strip()
 
 
 def _sender(value: str, raw: str) -> str:
@@ -316,8 +322,6 @@ def _is_delivery_report(msg: Message) -> bool:
 
 # ---------------------------------------------------------------------------
 # The SMS text (implemented in relay.mail.body, which imports this module's errors)
-
-MAX_TEXT = 1224  # Octopush's longest SMS text, in characters
 
 
 @dataclass(frozen=True)

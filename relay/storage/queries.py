@@ -42,10 +42,14 @@ def ensure_callback_token(db: Database) -> str:
     return token
 
 
-def insert(db: Database, table: str, row: dict) -> int:
-    """A plain INSERT; sqlite-utils' insert() reads the schema on every call, which the hot paths feel."""
-    sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-    return db.execute(sql, list(row.values())).lastrowid
+def insert(db: Database, table: str, row: dict, *, or_ignore: bool = False) -> int | None:
+    """A plain INSERT; its id, or None when `or_ignore` met a conflict.
+
+    sqlite-utils' insert() reads the schema on every call, which the hot paths feel.
+    """
+    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+    cur = db.execute(f"{verb} INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    return cur.lastrowid if cur.rowcount else None
 
 
 def insert_many(db: Database, table: str, rows: list[dict]) -> None:
@@ -71,14 +75,10 @@ def store_callback(db: Database, cb: Callback) -> tuple[int, bool]:
     """Insert a callback once (dedup key) and link it; returns (id, newly stored)."""
     now = clock.iso()
     row = cb.row(now)
-    cur = db.execute(
-        f"INSERT OR IGNORE INTO callbacks ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-        list(row.values()),
-    )
-    if not cur.rowcount:
+    callback_id = insert(db, "callbacks", row, or_ignore=True)
+    if callback_id is None:
         existing = db.execute("SELECT id FROM callbacks WHERE dedup_key = ?", [row["dedup_key"]]).fetchone()
         return existing[0], False
-    callback_id = cur.lastrowid
     if cb.kind in ("reply", "stop"):
         campaign_id = find_campaign(db, cb.ticket, cb.number)
         if campaign_id:

@@ -47,10 +47,11 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def is_loopback(request: web.BaseRequest) -> bool:
+    """Only a peer address that reads as loopback; an unknown peer is not trusted."""
     try:
         return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
     except ValueError:
-        return request.remote in ("", None) or request.transport is None
+        return False
 
 
 @web.middleware

@@ -119,12 +119,6 @@ def ui_timezone(config: Config) -> ZoneInfo:
     return ZoneInfo(config.subscriptions[0].timezone if config.subscriptions else DEFAULT_TIMEZONE)
 
 
-def local_time(iso_text: str | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    if not iso_text:
-        return ""
-    return clock.parse_iso(iso_text).astimezone(tz).strftime(fmt)
-
-
 def conversation_url(number: str) -> str:
     return "/conversations/" + urllib.parse.quote(number or "", safe="+")
 
@@ -162,7 +156,7 @@ def render(request: web.Request, name: str, *, status: int = 200, **context: Any
         user=request.get("ui_user", ""),
         path=request.path,
         tz=tz.key,
-        local=lambda iso_text, fmt="%Y-%m-%d %H:%M": local_time(iso_text, tz, fmt),
+        local=lambda iso_text, fmt="%Y-%m-%d %H:%M": clock.local(iso_text, tz, fmt),
         **context,
     )
     # Pages hold phone numbers and messages: keep them out of shared caches and the back-forward cache.
@@ -333,7 +327,7 @@ def build_csv(db: Database, *, filters: dict[str, Any], tz: ZoneInfo) -> bytes:
     writer.writerow(CSV_HEADER)
     for row in queries.replies(db, limit=None, **filters):
         cells: Iterable[object] = (
-            local_time(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
+            clock.local(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
             row["occurred_at"],
             row["number"],
             row["country"],

@@ -106,7 +106,7 @@ async def test_token_is_made_once_and_kept(make_daemon):
 
 
 async def test_token_never_logged_nor_in_metrics(daemon, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # a stored callback's access line is at DEBUG
     async with aiohttp.ClientSession() as http:
         async with http.post(url(daemon), json=REPLY) as resp:
             assert resp.status == 200
@@ -116,6 +116,17 @@ async def test_token_never_logged_nor_in_metrics(daemon, caplog):
     assert "/octopush/***" in caplog.text
     assert daemon.callback_token not in metrics
     assert 'octorelay_callbacks_total{kind="reply",outcome="stored"} 1.0' in metrics
+
+
+async def test_access_log_keeps_refused_callbacks_at_info(daemon, caplog):
+    caplog.set_level(logging.INFO, logger="relay.http")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url(daemon), json=REPLY) as resp:
+            assert resp.status == 200
+        async with http.post(url(daemon), data=b"not a callback") as resp:
+            assert resp.status == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "relay.http" and r.levelno == logging.INFO]
+    assert len(lines) == 1 and " 400 " in lines[0] and "/octopush/***" in lines[0]
 
 
 async def test_reply_links_to_campaign_and_receipt_out_of_order(daemon):

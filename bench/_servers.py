@@ -5,6 +5,8 @@ KIND:
   naive  aiohttp, the same route parses the JSON and commits it with a *new* sqlite3 connection per
          request (WAL, synchronous=FULL), in the default thread pool, before answering 200
   sink   aiosmtpd's own `Sink` handler (accepts and drops every message) on the same SMTP class
+  emulator  octorelay's Octopush emulator on its own (no replies, no callbacks): Octopush is a remote
+         service, so a benchmark of octorelay's own work runs it outside the daemon's process
 LOOP: uvloop | asyncio (the daemon's CLI uses uvloop, so the baselines do too by default).
 
 Binds 127.0.0.1 port 0 and prints "PORT <n>" on stdout. SIGTERM stops it.
@@ -81,6 +83,16 @@ async def serve_sink() -> None:
     server.close()
 
 
+async def serve_emulator() -> None:
+    from relay.octopush.emulator import Emulator
+
+    emulator = Emulator(reply_text="", callback_url=None)
+    await emulator.start()
+    print("PORT", emulator.base_url.split(":")[2].split("/")[0], flush=True)
+    await _until_term()
+    await emulator.stop()
+
+
 async def _until_term() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +103,7 @@ async def _until_term() -> None:
 
 def main() -> None:
     kind, tmp, loop = sys.argv[1], Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "uvloop"
-    coro = serve_sink() if kind == "sink" else serve_http(kind, tmp)
+    coro = {"sink": serve_sink, "emulator": serve_emulator}.get(kind, lambda: serve_http(kind, tmp))()
     if loop == "uvloop":
         import uvloop
 

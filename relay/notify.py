@@ -100,7 +100,7 @@ class Notifier:
             return 0
         mails = await asyncio.to_thread(self._render_all, rows)
         ids = [r["id"] for r in rows]
-        await self.store.write(partial(self._queue, mails=mails, routed=ids))
+        await self.store.write(partial(self._queue, mails=mails, routed=ids), small=not mails)
         self.outbox.wake()
         if self.metrics:
             now = clock.now()

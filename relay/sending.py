@@ -267,7 +267,7 @@ class SendQueue:
                 self.wake()  # rows beyond the last read (LIMIT) are waiting for a free slot
 
     async def _send_one(self, send_id: int) -> None:
-        claimed = await self.store.write(partial(_claim, send_id=send_id))
+        claimed = await self.store.write(partial(_claim, send_id=send_id), small=True)
         if claimed is None:
             return
         campaign = Campaign(
@@ -297,7 +297,7 @@ class SendQueue:
             error = exc
         except RelayError as exc:  # a local validation error: this request can never go
             error = exc
-        finished = await self.store.write(partial(_record, send_id=send_id, result=result, error=error))
+        finished = await self.store.write(partial(_record, send_id=send_id, result=result, error=error), small=True)
         if self.metrics:
             if error is None:
                 self.metrics.sms_sent.inc()

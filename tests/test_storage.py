@@ -46,18 +46,49 @@ async def test_group_commit_resumes_callers_after_their_commit(store):
 
 async def test_one_failing_write_does_not_spoil_its_batch(store):
     await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('dup', 'x')"))
-    good = store.write(lambda db: db.execute("INSERT INTO meta VALUES ('a', 'x')"))
-    bad = store.write(lambda db: db.execute("INSERT INTO meta VALUES ('dup', 'y')"))
+    good = store.write(lambda db: db.execute("INSERT INTO meta VALUES ('a', 'x')"), small=True)
+    bad = store.write(lambda db: db.execute("INSERT INTO meta VALUES ('dup', 'y')"), small=True)
     results = await asyncio.gather(good, bad, return_exceptions=True)
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert await store.read(lambda db: db.execute("SELECT count(*) FROM meta").fetchone()[0]) == 2
 
 
-async def test_commit_failure_is_a_store_error(store):
-    await store.write(lambda db: db.execute("PRAGMA query_only = ON"))
+@pytest.mark.parametrize("small", [False, True])
+async def test_commit_failure_is_a_store_error(store, small):
+    store._db.conn.execute("PRAGMA query_only = ON")  # the write connection refuses writes, like a read-only disk
     with pytest.raises(StoreError):
-        await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('x', 'y')"))
-    await store.write(lambda db: db.execute("PRAGMA query_only = OFF"))
+        await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('x', 'y')"), small=small)
+    assert store.last_error
+    store._db.conn.execute("PRAGMA query_only = OFF")
+    await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('x', 'y')"), small=small)
+    assert store.last_error is None
+
+
+async def test_small_and_other_writes_share_batches(store):
+    def put(i):
+        return lambda db: db.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", [f"k{i}"]) and i
+
+    results = await asyncio.gather(*(store.write(put(i), small=i % 3 != 0) for i in range(200)))
+    assert results == list(range(200))
+    assert await store.read(lambda db: db.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0]) == 200
+
+
+async def test_a_small_write_waits_for_another_writer_off_the_loop(store):
+    """Another process (the CLI) holding the write lock: the batch waits in the writer thread, not on the loop."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    late = asyncio.ensure_future(
+        store.write(lambda db: db.execute("INSERT INTO meta VALUES ('late', 'v')"), small=True)
+    )
+    ticks = 0
+    for _ in range(20):  # the loop keeps running while the write waits for the lock
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks == 20 and not late.done()
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(late, 10)
+    assert await store.read(lambda db: db.execute("SELECT value FROM meta WHERE key = 'late'").fetchone()[0]) == "v"
 
 
 def test_wal_mode_and_migrations_from_empty(tmp_path):

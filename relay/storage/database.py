@@ -1,17 +1,23 @@
-"""The SQLite store: one writer thread with group commit, and reader threads with their own connections.
+"""The SQLite store: one write connection with group commit, and reader threads with their own connections.
 
-sqlite-utils is synchronous, so every write is a function sent to the writer
-thread. The writer takes every write waiting at that moment, runs each in its
-own savepoint inside one transaction, commits once, and only then resolves each
-caller's future: acknowledged means durable, and a burst of callbacks shares
-one fsync instead of paying one each.
+sqlite-utils is synchronous. Every write is a function that joins the next
+batch: the batch runs in one transaction, each write in its own savepoint,
+commits once, and only then resolves each caller's future: acknowledged means
+durable, and a burst of callbacks shares one fsync instead of paying one each.
+
+Where a batch runs: when every write in it is small (`small=True`: a few
+indexed statements, the hot paths), `BEGIN IMMEDIATE` and the writes run on
+the event loop and only the `COMMIT` (the fsync) goes to the writer thread.
+In the thread, every statement releases the GIL and then waits to get it back
+from the busy event loop, up to a switch interval (5 ms) each time: e-mail
+intake ran 40% faster this way (bench/smtp_in.py). Any other batch, or one
+that finds another process holding the write lock, runs wholly in the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -26,6 +32,7 @@ from relay.storage.schema import migrations
 log = logging.getLogger("relay.storage")
 T = TypeVar("T")
 MAX_BATCH = 512
+BUSY_TIMEOUT_MS = 30_000
 
 
 class StoreError(Exception):
@@ -35,7 +42,7 @@ class StoreError(Exception):
 def connect(path: Path, *, readonly: bool = False) -> Database:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     db = Database(conn)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
@@ -59,22 +66,26 @@ def migrate(path: Path) -> list[str]:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "small")
 
-    def __init__(self, fn, future, loop):
-        self.fn, self.future, self.loop = fn, future, loop
+    def __init__(self, fn, future, small):
+        self.fn, self.future, self.small = fn, future, small
 
 
 class Store:
-    """Owns the write connection (in one thread) and a small pool of read connections."""
+    """Owns the write connection and a small pool of read connections."""
 
     def __init__(self, path: Path, *, readers: int = 4):
         self.path = Path(path)
         self.commits = 0
         self.writes = 0
         self.last_error: str | None = None
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._jobs: list[_Job] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._db: Database | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._readers = readers
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -88,14 +99,25 @@ class Store:
         if applied:
             log.info("database %s migrated: %s", self.path, ", ".join(applied))
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
-        self._thread.start()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._db = await asyncio.get_running_loop().run_in_executor(self._writer, connect, self.path)
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="sqlite-writer")
 
     async def stop(self) -> None:
-        if self._thread:
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        """Commits what is queued, then closes every connection."""
+        if self._task:
+            self._stopping = True
+            self._wake.set()
+            await self._task
+            self._task = None
+        if self._writer:
+            if self._db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._writer, self._db.close)
+                self._db = None
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._pool:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -106,13 +128,16 @@ class Store:
 
     # ------------------------------------------------------------ API
 
-    async def write(self, fn: Callable[[Database], T]) -> T:
-        """Run `fn(db)` in the writer's transaction; returns once it is committed."""
-        if self._thread is None:
+    async def write(self, fn: Callable[[Database], T], *, small: bool = False) -> T:
+        """Run `fn(db)` in the next batch's transaction; returns once it is committed.
+
+        `small=True` promises a few indexed statements and no other work: it may run on the event loop.
+        """
+        if self._task is None or self._stopping:
             raise StoreError("the store is not started")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(fn, future, small))
+        self._wake.set()
         return await future
 
     async def read(self, fn: Callable[[Database], T]) -> T:
@@ -130,73 +155,100 @@ class Store:
 
     # ------------------------------------------------------------ the writer
 
-    def _run(self) -> None:
-        db = connect(self.path)
-        try:
-            while True:
-                job = self._queue.get()
-                if job is None:
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                if self._stopping:
                     return
-                batch = [job]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    batch.append(more)
-                self._commit(db, batch)
-                if stop:
-                    return
-        finally:
-            db.close()
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            batch, self._jobs = self._jobs[:MAX_BATCH], self._jobs[MAX_BATCH:]
+            try:
+                if all(job.small for job in batch):
+                    outcome = await self._run_small(loop, batch)
+                else:
+                    outcome = await loop.run_in_executor(self._writer, self._transaction, batch, None)
+            except Exception as exc:  # noqa: BLE001 - the writer outlives a bug; this batch's callers hear of it
+                log.exception("database writer: unexpected error")
+                if self._db.conn.in_transaction:
+                    self._db.conn.execute("ROLLBACK")
+                outcome = StoreError(f"the database could not commit: {exc}")
+            self._settle(batch, outcome)
 
-    def _commit(self, db: Database, batch: list[_Job]) -> None:
-        results: list[tuple[bool, Any]] = []
-        conn = db.conn
+    async def _run_small(self, loop, batch: list[_Job]):
+        """BEGIN IMMEDIATE and the writes here, COMMIT (the fsync) in the writer thread.
+
+        The daemon is normally the only writer, so the lock is free at once; when another process (the CLI)
+        holds it, the batch goes to the thread, which may wait for it without stalling the loop.
+        """
+        conn = self._db.conn
         try:
-            conn.execute("BEGIN")
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.OperationalError:
+            return await loop.run_in_executor(self._writer, self._transaction, batch, None)
+        applied = self._apply(batch)  # here: no GIL hand-off to a thread at every statement
+        return await loop.run_in_executor(self._writer, self._transaction, None, applied)
+
+    def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]] | sqlite3.Error:
+        """Each write in its own savepoint (a fixed name): one bad write does not spoil the others."""
+        conn, results = self._db.conn, []
+        try:
             for job in batch:
-                # One savepoint per write, with a fixed name: one bad write does not spoil the others.
                 conn.execute("SAVEPOINT job")
                 try:
-                    results.append((True, job.fn(db)))
+                    results.append((True, job.fn(self._db)))
                 except sqlite3.OperationalError:
                     raise  # disk full, read-only, I/O: the whole transaction is gone
                 except Exception as exc:  # noqa: BLE001 - handed back to its own caller
                     conn.execute("ROLLBACK TO job")
                     results.append((False, exc))
                 conn.execute("RELEASE job")
+        except sqlite3.Error as exc:
+            return exc
+        return results
+
+    def _transaction(self, batch: list[_Job] | None, applied=None):
+        """In the writer thread: the whole batch (or only the COMMIT of writes applied on the loop)."""
+        conn = self._db.conn
+        try:
+            if batch is not None:
+                conn.execute("BEGIN IMMEDIATE")
+                applied = self._apply(batch)
+            if isinstance(applied, sqlite3.Error):
+                raise applied
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("database commit failed: %s", self.last_error)
-            error = StoreError(f"the database could not commit: {exc}")
-            for job in batch:
-                self._resolve(job, False, error)
-            return
+            return self._failed(exc)
         self.commits += 1
-        self.writes += len(batch)
+        self.writes += len(applied)
         self.last_error = None
-        for job, (ok, value) in zip(batch, results, strict=True):
-            self._resolve(job, ok, value)
+        return applied
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        conn = self._db.conn
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("database commit failed: %s", self.last_error)
+        return StoreError(f"the database could not commit: {exc}")
 
     @staticmethod
-    def _resolve(job: _Job, ok: bool, value: Any) -> None:
-        def settle() -> None:
+    def _settle(batch: list[_Job], outcome) -> None:
+        for i, job in enumerate(batch):
             if job.future.done():
-                return
-            if ok:
-                job.future.set_result(value)
+                continue  # its caller was cancelled; the write itself stands
+            if isinstance(outcome, StoreError):
+                job.future.set_exception(outcome)
+            elif outcome[i][0]:
+                job.future.set_result(outcome[i][1])
             else:
-                job.future.set_exception(value)
-
-        try:
-            job.loop.call_soon_threadsafe(settle)
-        except RuntimeError:
-            pass  # the caller's loop is closed: nobody is waiting any more
+                job.future.set_exception(outcome[i][1])

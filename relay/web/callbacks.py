@@ -76,7 +76,7 @@ async def receive(request: web.Request) -> web.Response:
         content_type=request.content_type or "",
     )
     try:
-        callback_id, new = await relay.store.write(partial(queries.store_callback, cb=callback))
+        callback_id, new = await relay.store.write(partial(queries.store_callback, cb=callback), small=True)
     except StoreError as exc:
         relay.metrics.callbacks.labels(callback.kind, "not_stored").inc()
         log.error("callback not stored, answered 503 so Octopush retries: %s", exc)

@@ -205,27 +205,37 @@ class Notifier:
         if not ids:
             return 0
         campaigns = await self.store.read(lambda db: [queries.campaign(db, campaign_id=i) for i in ids])
-        mails = await asyncio.to_thread(self._confirmations, campaigns)
+        planned = self._planned(campaigns)
+        # Rendering takes CPU time: in a worker thread, and only when some e-mail is due.
+        mails = await asyncio.to_thread(self._render, planned) if planned else []
 
         def queue(db: Database) -> None:
             for mail in mails:
                 remember(db, mail)
             db.execute(f"UPDATE campaigns SET notified = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
 
-        await self.store.write(queue)
+        await self.store.write(queue, small=not mails)
         if mails:
             self.outbox.wake()
         return len(ids)
 
-    def _confirmations(self, campaigns: list[dict]) -> list[Mail]:
-        mails = []
+    def _planned(self, campaigns: list[dict]) -> list[tuple[str, dict]]:
+        """The e-mails these finished campaigns call for: ("confirmation" | "alert", campaign)."""
+        planned = []
         for campaign in campaigns:
             wanted = campaign.get("confirm") or "none"
             failed = campaign["status"] == "failed"
             if campaign.get("sender_email") and (wanted == "all" or (wanted == "errors" and failed)):
-                mails.append(self._confirmation(campaign))
+                planned.append(("confirmation", campaign))
             if failed and campaign.get("error_code") in ALERT_CODES and self.config.subscriptions:
-                mails.append(self._alert(error=campaign.get("error")))
+                planned.append(("alert", campaign))
+        return planned
+
+    def _render(self, planned: list[tuple[str, dict]]) -> list[Mail]:
+        mails = [
+            self._confirmation(campaign) if kind == "confirmation" else self._alert(error=campaign.get("error"))
+            for kind, campaign in planned
+        ]
         for mail in mails:
             mail.data = serialise(mail.message)
         return mails

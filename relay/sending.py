@@ -305,9 +305,11 @@ class SendQueue:
                 self.metrics.sms_failed.labels(str(getattr(error, "code", "") or "")).inc()
         if error is None:
             log.info(
-                "send #%d sent: ticket %s%s",
+                "send #%d sent: ticket %s, %d contacts, %d SMS%s",
                 send_id,
                 result.ticket or "(already sent)",
+                result.contacts,
+                result.sms_needed,
                 " (simulation)" if campaign.simulation_mode else "",
             )
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import fnmatch
+import functools
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -73,15 +74,25 @@ def parse_recipient(address: str, *, domain: str, region: str, groups: Collectio
     by_name = {name.lower(): name for name in groups}
     if local.lower() in by_name:
         return Address("group", by_name[local.lower()], "")
-    number = _phone_number(local, region)
+    number = _resolve_number(local, region)
     if number is None:
         raise UnknownRecipient(
             f"{local!r} is neither a valid phone number (+33612345678, 0033612345678 or national "
             f"for {region}) nor a known group",
             local,
         )
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return Address("number", e164, phonenumbers.region_code_for_number(number) or "")
+    return Address("number", *number)
+
+
+@functools.lru_cache(maxsize=8192)
+def _resolve_number(local: str, region: str) -> tuple[str, str] | None:
+    """(E.164, ISO country) of a local part, None when invalid; cached, as the same numbers come back."""
+    number = _phone_number(local, region)
+    if number is None:
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), (
+        phonenumbers.region_code_for_number(number) or ""
+    )
 
 
 def _phone_number(local: str, region: str) -> phonenumbers.PhoneNumber | None:

@@ -8,6 +8,7 @@ client turns that refusal into a success (`SendResult.already_sent`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -145,6 +146,7 @@ def validate(c: Campaign, now: datetime | None = None) -> None:
         raise ValidationError(f'marketing SMS must contain the mention "{mention}"', "text")
 
 
+@functools.lru_cache(maxsize=8192)  # a number is checked at intake and again at each send
 def is_valid_e164(number: str) -> bool:
     """A `+` number that phonenumbers knows as valid and that is already written in E.164."""
     if not number.startswith("+"):
@@ -239,7 +241,7 @@ class OctopushClient:
                 residual_credit=_float(body.get("residual_credit")),
                 total_cost=_float(body.get("total_cost")),
             )
-            log.info("Octopush accepted %s: %d contacts, %d SMS", result.ticket, result.contacts, result.sms_needed)
+            log.debug("Octopush accepted %s: %d contacts, %d SMS", result.ticket, result.contacts, result.sms_needed)
             self._note(True)
             return result
         code = body.get("code") if isinstance(body, dict) else None

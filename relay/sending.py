@@ -315,10 +315,11 @@ class SendQueue:
         else:
             log.warning("send #%d failed: %s", send_id, error)
         if finished is not None:
-            future = self._finished.pop(finished["id"], None)
+            campaign_id, to_notify = finished
+            future = self._finished.pop(campaign_id, None)
             if future and not future.done():
                 future.set_result(None)
-            if self.on_finished:
+            if to_notify and self.on_finished:
                 self.on_finished()  # the notifier's sweep e-mails the sender
 
 
@@ -363,8 +364,13 @@ def _claim(db: Database, *, send_id: int) -> dict | None:
     return row
 
 
-def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> dict | None:
-    """Store one call's answer; when it was the campaign's last, settle the campaign and return it."""
+def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> tuple[int, bool] | None:
+    """Store one call's answer; when it was the campaign's last, settle the campaign.
+
+    Returns None while the campaign has calls left, else (campaign id, whether the notifier has an e-mail
+    to consider). A campaign sent with `confirm` "none" or "errors" calls for no e-mail and is marked
+    notified here, sparing the notifier a sweep per campaign.
+    """
     now = clock.iso()
     if result is not None:
         db.execute(
@@ -401,9 +407,11 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         "SELECT error_code, error FROM sends WHERE campaign_id = ? AND status = 'failed' ORDER BY id LIMIT 1",
         [campaign_id],
     ).fetchone()
+    confirm = db.execute("SELECT confirm FROM campaigns WHERE id = ?", [campaign_id]).fetchone()[0]
+    quiet = not failed and confirm != "all"
     db.execute(
         """UPDATE campaigns SET status = ?, sms_needed = ?, cost = ?, residual_credit = ?, error_code = ?,
-                                error = ?, finished_at = ? WHERE id = ?""",
+                                error = ?, finished_at = ?, notified = ? WHERE id = ?""",
         [
             "failed" if failed else "sent",
             totals[0],
@@ -412,7 +420,8 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
             failed[0] if failed else None,
             failed[1] if failed else None,
             now,
+            int(quiet),
             campaign_id,
         ],
     )
-    return queries.campaign(db, campaign_id=campaign_id)
+    return campaign_id, not quiet

@@ -86,7 +86,7 @@ async def serve_sink() -> None:
 async def serve_emulator() -> None:
     from relay.octopush.emulator import Emulator
 
-    emulator = Emulator(reply_text="", callback_url=None)
+    emulator = Emulator(reply_text="", callback_url=None, credit=1e9)  # never runs dry during a benchmark
     await emulator.start()
     print("PORT", emulator.base_url.split(":")[2].split("/")[0], flush=True)
     await _until_term()

@@ -731,3 +731,13 @@ def test_header_text_reads_headers_as_the_modern_policy_does(raw, expected):
     assert header_text(msg, "Subject") == expected
     modern = email.message_from_bytes(raw + b"\r\n\r\nbody\r\n", policy=email.policy.default)
     assert expected == " ".join(str(modern["Subject"] or "").split())
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("<a@b.example>", "<a@b.example>"), (" <a@b> <c@d>", "<a@b>"), ("<a@b>junk", "<a@b>"), ("<>", "<>")],
+)
+def test_message_id_reads_as_the_modern_policy_does_and_never_raises(value, expected):
+    """`<>` makes policy.default itself raise (IndexError): header_text gives the raw text instead."""
+    msg = parse_message(f"Message-ID: {value}\r\nSubject: x\r\n\r\nbody\r\n".encode())
+    assert header_text(msg, "Message-ID") == expected

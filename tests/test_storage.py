@@ -91,6 +91,31 @@ async def test_a_small_write_waits_for_another_writer_off_the_loop(store):
     assert await store.read(lambda db: db.execute("SELECT value FROM meta WHERE key = 'late'").fetchone()[0]) == "v"
 
 
+@pytest.mark.parametrize("small", [False, True])
+async def test_a_write_raising_stopiteration_does_not_stop_the_writer(store, small):
+    with pytest.raises(RuntimeError):
+        await store.write(lambda db: next(iter([])), small=small)
+    assert await store.write(lambda db: db.execute("INSERT INTO meta VALUES ('after', 'v')").rowcount, small=small)
+
+
+async def test_a_stop_that_times_out_still_commits_and_answers_queued_writes(store):
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock (busy timeout)
+    first = asyncio.ensure_future(store.write(lambda db: db.execute("INSERT INTO meta VALUES ('w1', 'v')")))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(store.write(lambda db: db.execute("INSERT INTO meta VALUES ('w2', 'v')")))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.stop(), 0.2)
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    await store.stop()
+    check = sqlite3.connect(store.path)
+    assert check.execute("SELECT count(*) FROM meta WHERE key IN ('w1', 'w2')").fetchone()[0] == 2
+    check.close()
+
+
 def test_wal_mode_and_migrations_from_empty(tmp_path):
     path = tmp_path / "new.db"
     applied = migrate(path)

@@ -51,6 +51,8 @@ TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 DUPLICATE_WINDOW = timedelta(hours=24)
 # Up to this size an e-mail is parsed on the event loop (0.2-1 ms): a worker thread's hand-off cost more.
 INLINE_PARSE = 16 * 1024
+# Up to this many recipients, queueing a campaign is a small write (Store.write): it may run on the event loop.
+SMALL_WRITE_RECIPIENTS = 50
 
 
 def ascii_line(text: str) -> str:
@@ -218,7 +220,8 @@ class Handler:
             return refused(str(exc))
         try:
             campaign_id, new = await daemon.store.write(
-                partial(_queue_once, req=request, retry_for=o.retry_for), small=True
+                partial(_queue_once, req=request, retry_for=o.retry_for),
+                small=len(request.recipients) <= SMALL_WRITE_RECIPIENTS,
             )
         except NothingToSend as exc:
             self.listener.count("refused")

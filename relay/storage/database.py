@@ -32,6 +32,7 @@ from relay.storage.schema import migrations
 log = logging.getLogger("relay.storage")
 T = TypeVar("T")
 MAX_BATCH = 512
+MAX_SMALL_BATCH = 128
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -110,7 +111,8 @@ class Store:
         if self._task:
             self._stopping = True
             self._wake.set()
-            await self._task
+            # Shielded: if the caller gives up waiting, the writer still commits and answers what is queued.
+            await asyncio.shield(self._task)
             self._task = None
         if self._writer:
             if self._db is not None:
@@ -133,7 +135,7 @@ class Store:
 
         `small=True` promises a few indexed statements and no other work: it may run on the event loop.
         """
-        if self._task is None or self._stopping:
+        if self._task is None or self._task.done() or self._stopping:
             raise StoreError("the store is not started")
         future = asyncio.get_running_loop().create_future()
         self._jobs.append(_Job(fn, future, small))
@@ -164,7 +166,10 @@ class Store:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            batch, self._jobs = self._jobs[:MAX_BATCH], self._jobs[MAX_BATCH:]
+            batch = self._jobs[:MAX_BATCH]
+            if all(job.small for job in batch):
+                batch = batch[:MAX_SMALL_BATCH]  # the loop's share stays within a few milliseconds
+            del self._jobs[: len(batch)]
             try:
                 if all(job.small for job in batch):
                     outcome = await self._run_small(loop, batch)
@@ -172,8 +177,7 @@ class Store:
                     outcome = await loop.run_in_executor(self._writer, self._transaction, batch, None)
             except Exception as exc:  # noqa: BLE001 - the writer outlives a bug; this batch's callers hear of it
                 log.exception("database writer: unexpected error")
-                if self._db.conn.in_transaction:
-                    self._db.conn.execute("ROLLBACK")
+                self._rollback()
                 outcome = StoreError(f"the database could not commit: {exc}")
             self._settle(batch, outcome)
 
@@ -192,7 +196,11 @@ class Store:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.OperationalError:
             return await loop.run_in_executor(self._writer, self._transaction, batch, None)
-        applied = self._apply(batch)  # here: no GIL hand-off to a thread at every statement
+        try:
+            applied = self._apply(batch)  # here: no GIL hand-off to a thread at every statement
+        except BaseException:
+            self._rollback()  # KeyboardInterrupt or the like: never leave the write lock held
+            raise
         return await loop.run_in_executor(self._writer, self._transaction, None, applied)
 
     def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]] | sqlite3.Error:
@@ -230,13 +238,15 @@ class Store:
         self.last_error = None
         return applied
 
-    def _failed(self, exc: sqlite3.Error) -> StoreError:
-        conn = self._db.conn
-        if conn.in_transaction:
+    def _rollback(self) -> None:
+        if self._db.conn.in_transaction:
             try:
-                conn.execute("ROLLBACK")
+                self._db.conn.execute("ROLLBACK")
             except sqlite3.Error:
-                pass
+                pass  # the connection rolls back by itself when it cannot
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        self._rollback()
         self.last_error = f"{type(exc).__name__}: {exc}"
         log.error("database commit failed: %s", self.last_error)
         return StoreError(f"the database could not commit: {exc}")
@@ -250,5 +260,7 @@ class Store:
                 job.future.set_exception(outcome)
             elif outcome[i][0]:
                 job.future.set_result(outcome[i][1])
+            elif isinstance(outcome[i][1], StopIteration):  # a future refuses StopIteration
+                job.future.set_exception(RuntimeError(f"the write raised {outcome[i][1]!r}"))
             else:
                 job.future.set_exception(outcome[i][1])

@@ -176,3 +176,9 @@ def m003_campaign_notified(db: Database) -> None:
     db["campaigns"].add_column("notified", int, not_null_default=0)
     # Campaigns finished before this version were confirmed the old way.
     db.execute("UPDATE campaigns SET notified = 1 WHERE status IN ('sent', 'failed')")
+
+
+@migrations()
+def m004_sends_by_campaign(db: Database) -> None:
+    """Recording an Octopush answer reads its campaign's other calls: without this index, a scan of every send."""
+    db["sends"].create_index(["campaign_id", "status"], if_not_exists=True)

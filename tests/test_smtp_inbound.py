@@ -171,6 +171,20 @@ async def test_same_message_id_is_sent_once(daemon):
     assert len(sent(daemon)) == 1
 
 
+async def test_an_unparsable_message_id_is_still_accepted(daemon):
+    """`Message-ID: <>` makes the stdlib's modern header parser raise: the e-mail is still one campaign."""
+    to = "+33612345678@sms.example.org"
+    raw = f"From: {FROM}\r\nTo: {to}\r\nSubject: odd id\r\nMessage-ID: <>\r\n\r\nHello despite the id\r\n".encode()
+
+    def send():
+        with sync_session(daemon) as session:
+            return session.sendmail(FROM, [to], raw)
+
+    assert await asyncio.to_thread(send) == {}
+    await wait_for(lambda: sent(daemon))
+    assert sent(daemon)[0]["text"] == "Hello despite the id"
+
+
 async def test_bare_lf_dot_does_not_end_the_message(daemon):
     """SMTP smuggling: `<LF>.<CR><LF>` inside DATA is not the end of the message."""
     to = "+33612345678@sms.example.org"

@@ -105,7 +105,7 @@ def find_campaign(db: Database, ticket: str, number: str) -> int | None:
     row = db.execute(
         """SELECT r.campaign_id FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
            WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
-           ORDER BY c.id DESC LIMIT 1""",
+           ORDER BY r.campaign_id DESC LIMIT 1""",
         [number, clock.ago(days=LINK_WINDOW_DAYS)],
     ).fetchone()
     return row[0] if row else None

@@ -179,6 +179,11 @@ def m003_campaign_notified(db: Database) -> None:
 
 
 @migrations()
-def m004_sends_by_campaign(db: Database) -> None:
-    """Recording an Octopush answer reads its campaign's other calls: without this index, a scan of every send."""
+def m004_hot_path_indexes(db: Database) -> None:
+    """Indexes for two lookups that scanned: a send's sibling calls, and a number's latest campaign."""
+    # Recording an Octopush answer reads its campaign's other calls: without this, every send.
     db["sends"].create_index(["campaign_id", "status"], if_not_exists=True)
+    # A reply finds the latest campaign to its number by walking this index backwards; with (number) alone,
+    # every campaign ever sent to that number was read and sorted.
+    db["recipients"].create_index(["number", "campaign_id"], if_not_exists=True)
+    db.execute("DROP INDEX IF EXISTS idx_recipients_number")  # a prefix of the one above

@@ -185,10 +185,10 @@ async def test_full_disk_answers_503_and_recovers(make_daemon, sink, small_disk)
     )
     url = f"{daemon.http_url}/octopush/{daemon.callback_token}"
     filler = small_disk / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
+    # Unbuffered, and the suppress outside the open: closing must not flush (and fail on) a last partial write.
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
         while True:
             f.write(b"\0" * 65536)
-            f.flush()
     statuses = []
     async with aiohttp.ClientSession() as http:
         for i in range(50):

@@ -1,7 +1,7 @@
 """The SQL octorelay runs: write functions (run inside `Store.write`) and read functions.
 
 Each function takes a sqlite-utils `Database`, so the same code serves the
-daemon's writer thread, its readers and the command line.
+daemon's writer (on the event loop or in its thread), its readers and the command line.
 """
 
 from __future__ import annotations

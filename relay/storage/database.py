@@ -167,14 +167,15 @@ class Store:
                 self._wake.clear()
                 continue
             batch = self._jobs[:MAX_BATCH]
-            if all(job.small for job in batch):
+            small = all(job.small for job in batch)
+            if small:
                 batch = batch[:MAX_SMALL_BATCH]  # the loop's share stays within a few milliseconds
             del self._jobs[: len(batch)]
             try:
-                if all(job.small for job in batch):
+                if small:
                     outcome = await self._run_small(loop, batch)
                 else:
-                    outcome = await loop.run_in_executor(self._writer, self._transaction, batch, None)
+                    outcome = await loop.run_in_executor(self._writer, self._transaction, batch)
             except Exception as exc:  # noqa: BLE001 - the writer outlives a bug; this batch's callers hear of it
                 log.exception("database writer: unexpected error")
                 self._rollback()
@@ -195,13 +196,13 @@ class Store:
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.OperationalError:
-            return await loop.run_in_executor(self._writer, self._transaction, batch, None)
+            return await loop.run_in_executor(self._writer, self._transaction, batch)
         try:
             applied = self._apply(batch)  # here: no GIL hand-off to a thread at every statement
         except BaseException:
             self._rollback()  # KeyboardInterrupt or the like: never leave the write lock held
             raise
-        return await loop.run_in_executor(self._writer, self._transaction, None, applied)
+        return await loop.run_in_executor(self._writer, self._commit, applied)
 
     def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]] | sqlite3.Error:
         """Each write in its own savepoint (a fixed name): one bad write does not spoil the others."""
@@ -221,16 +222,20 @@ class Store:
             return exc
         return results
 
-    def _transaction(self, batch: list[_Job] | None, applied=None):
-        """In the writer thread: the whole batch (or only the COMMIT of writes applied on the loop)."""
-        conn = self._db.conn
+    def _transaction(self, batch: list[_Job]):
+        """In the writer thread: the whole batch."""
         try:
-            if batch is not None:
-                conn.execute("BEGIN IMMEDIATE")
-                applied = self._apply(batch)
+            self._db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return self._failed(exc)
+        return self._commit(self._apply(batch))
+
+    def _commit(self, applied: list[tuple[bool, Any]] | sqlite3.Error):
+        """In the writer thread: COMMIT (the fsync) what `_apply` did, or roll back the error that stopped it."""
+        try:
             if isinstance(applied, sqlite3.Error):
                 raise applied
-            conn.execute("COMMIT")
+            self._db.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             return self._failed(exc)
         self.commits += 1

@@ -395,7 +395,10 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
             "UPDATE sends SET status = 'failed', error_code = ?, error = ? WHERE id = ?",
             [getattr(error, "code", None), str(error), send_id],
         )
-    campaign_id = db.execute("SELECT campaign_id FROM sends WHERE id = ?", [send_id]).fetchone()[0]
+    campaign_id, confirm = db.execute(
+        "SELECT s.campaign_id, c.confirm FROM sends s JOIN campaigns c ON c.id = s.campaign_id WHERE s.id = ?",
+        [send_id],
+    ).fetchone()
     states = [r[0] for r in db.execute("SELECT status FROM sends WHERE campaign_id = ?", [campaign_id])]
     if any(s in ("pending", "sending") for s in states):
         return None
@@ -407,7 +410,6 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         "SELECT error_code, error FROM sends WHERE campaign_id = ? AND status = 'failed' ORDER BY id LIMIT 1",
         [campaign_id],
     ).fetchone()
-    confirm = db.execute("SELECT confirm FROM campaigns WHERE id = ?", [campaign_id]).fetchone()[0]
     quiet = not failed and confirm != "all"
     db.execute(
         """UPDATE campaigns SET status = ?, sms_needed = ?, cost = ?, residual_credit = ?, error_code = ?,

@@ -16,6 +16,7 @@ from aiosmtpd.smtp import SMTP
 
 from relay import config as config_mod
 from relay.daemon import Daemon
+from relay.octopush.emulator import Emulator
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
@@ -206,3 +207,21 @@ async def spawn(tmp_path):
     yield factory
     for proc in procs:
         await proc.stop()
+
+
+@pytest.fixture
+async def octopush():
+    """An Octopush emulator of the test's own, outside any daemon (for `live` mode): no replies."""
+    emulator = Emulator(reply_text="", reply_after=0)
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+def live_mode(emulator: Emulator, **settings) -> str:
+    """Config text for `live` mode against `emulator`, plus any other [octopush] settings."""
+    lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return (
+        f'[octopush]\nmode = "live"\nbase_url = "{emulator.base_url}"\napi_login = "test@example.org"\n'
+        f'api_key = "test-key-123"\n{lines}'
+    )

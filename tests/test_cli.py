@@ -7,16 +7,7 @@ import asyncio
 import pytest
 
 from relay.cli import main
-from relay.octopush.emulator import Emulator
-from tests.conftest import write_config
-
-
-@pytest.fixture
-async def octopush():
-    emulator = Emulator(reply_text="", reply_after=0)
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
+from tests.conftest import live_mode, write_config
 
 
 def run(*args: str) -> int:
@@ -31,11 +22,7 @@ async def test_send_with_the_in_process_emulator_prints_a_ticket(tmp_path, capsy
 
 
 async def test_send_in_live_mode_goes_over_real_http(tmp_path, capsys, octopush):
-    extra = (
-        f'[octopush]\nmode = "live"\nbase_url = "{octopush.base_url}"\napi_login = "a@example.org"\n'
-        'api_key = "test-key-123"\n'
-    )
-    path = write_config(tmp_path / "c.toml", tmp_path, extra=extra)
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=live_mode(octopush))
     args = ["send", "--to", "0612345678", "+33612345679", "--text", "Réunion à 10h", "--type", "low-cost"]
     code = await asyncio.to_thread(run, *args, "--sender", "ACME", "-c", str(path))
     assert code == 0
@@ -116,11 +103,7 @@ async def test_send_leaves_the_daemons_pending_rows_alone(tmp_path, capsys, octo
     from relay.sending import SendRequest, queue_campaign
     from relay.storage.database import connect, migrate
 
-    extra = (
-        f'[octopush]\nmode = "live"\nbase_url = "{octopush.base_url}"\napi_login = "a@example.org"\n'
-        'api_key = "test-key-123"\n'
-    )
-    path = write_config(tmp_path / "c.toml", tmp_path, extra=extra)
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=live_mode(octopush))
     migrate(tmp_path / "octorelay.db")
     db = connect(tmp_path / "octorelay.db")
     with db.atomic():

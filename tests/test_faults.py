@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from relay.octopush.callbacks import classify
 from relay.octopush.emulator import Emulator
 from relay.web.callbacks import BadBody, parse_body
-from tests.conftest import wait_for, write_config
+from tests.conftest import live_mode, wait_for, write_config
 
 pytestmark = pytest.mark.fault
 
@@ -38,26 +38,9 @@ REPLY = {
 }
 
 
-@pytest.fixture
-async def octopush():
-    emulator = Emulator(reply_text="", reply_after=0)
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
-
-
 def live_config(tmp_path, emulator: Emulator):
     """A config in `live` mode whose base_url is the test's emulator: it outlives the daemon's kills."""
-    return write_config(tmp_path / "live.toml", tmp_path, extra=live_mode(emulator, retry_for=60))
-
-
-def live_mode(emulator: Emulator, **octopush) -> str:
-    settings = {"retry_for": 30, "timeout": 0.5, **octopush}
-    lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
-    return (
-        f'[octopush]\nmode = "live"\nbase_url = "{emulator.base_url}"\napi_login = "test@example.org"\n'
-        f'api_key = "test-key-123"\n{lines}'
-    )
+    return write_config(tmp_path / "live.toml", tmp_path, extra=live_mode(emulator, retry_for=60, timeout=0.5))
 
 
 def db_path(tmp_path):
@@ -147,7 +130,7 @@ async def test_kill_9_during_an_e_mail_flood_sends_each_once(spawn, tmp_path, oc
 
 @pytest.mark.parametrize("fault", ["timeout", "500", "reset", "lost", "429"])
 async def test_octopush_faults_never_lose_nor_double_a_campaign(make_daemon, sink, octopush, tmp_path, fault):
-    daemon = await make_daemon(live_mode(octopush), smtp_port=sink.port, name="faults.toml")
+    daemon = await make_daemon(live_mode(octopush, retry_for=30, timeout=0.5), smtp_port=sink.port, name="faults.toml")
     octopush.inject(fault, fault)
     msg = EmailMessage()
     msg["From"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "fault", make_msgid(domain="example.org")

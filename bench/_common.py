@@ -283,6 +283,23 @@ async def paced(url: str, *, rate: float, seconds: float, salt: str, max_infligh
     }
 
 
+async def until_none_left(db_path: Path, *counts: str, limit: float) -> float:
+    """Wait (bounded) until every `SELECT count(*) ...` reads 0 in the daemon's database; returns seconds waited."""
+    import sqlite3
+
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            left = sum(db.execute(sql).fetchone()[0] for sql in counts)
+        finally:
+            db.close()
+        if not left:
+            break
+        await asyncio.sleep(0.25)
+    return time.monotonic() - started
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -26,10 +26,8 @@ import asyncio
 import collections
 import secrets
 import shutil
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,18 +36,12 @@ import _common as c  # noqa: E402
 
 async def drained(db_path: Path, limit: float = 90.0) -> float:
     """Wait (bounded) until the daemon has routed every callback and emptied its outbox; returns seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-        try:
-            unrouted = db.execute("SELECT count(*) FROM callbacks WHERE routed = 0").fetchone()[0]
-            pending = db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
-        finally:
-            db.close()
-        if not unrouted and not pending:
-            break
-        await asyncio.sleep(0.25)
-    return time.monotonic() - started
+    return await c.until_none_left(
+        db_path,
+        "SELECT count(*) FROM callbacks WHERE routed = 0",
+        "SELECT count(*) FROM outbox WHERE status = 'pending'",
+        limit=limit,
+    )
 
 
 def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]] | None:

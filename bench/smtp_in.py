@@ -92,17 +92,7 @@ async def load(host: str, port: int, *, sessions: int, per_session: int, salt: s
 
 
 async def send_queue_drained(db_path: Path, limit: float = 40) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-        try:
-            pending = db.execute("SELECT count(*) FROM sends WHERE status = 'pending'").fetchone()[0]
-        finally:
-            db.close()
-        if not pending:
-            break
-        await asyncio.sleep(0.25)
-    return time.monotonic() - started
+    return await c.until_none_left(db_path, "SELECT count(*) FROM sends WHERE status = 'pending'", limit=limit)
 
 
 async def main() -> int:

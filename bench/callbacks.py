@@ -6,8 +6,8 @@ with 64 concurrent workers on keep-alive connections. All processes share the ma
 the reference machine), so the client's CPU is part of every figure alike; compare ratios, not
 absolute rates.
 
-  octorelay          the real daemon, a digest subscription (parse, classify, commit with group commit,
-                     then the notifier marks rows routed in the background)
+  octorelay          the real daemon, a digest subscription (parse, classify, commit with group commit;
+                     no reply needs an e-mail at once, so each is stored already routed)
   octorelay-instant  (full run only) the same with an instant subscription: every reply also renders
                      and delivers an e-mail into a Maildir in the background
   bare               aiohttp answering 200 without storing

@@ -233,9 +233,6 @@ class Daemon:
 
     # ------------------------------------------------------------ used by handlers
 
-    def callback_stored(self, callback_id: int, callback) -> None:
-        self.notifier.wake()
-
     def last_octopush_call(self) -> dict | None:
         call = getattr(self.client, "last_call", None)
         if not call:

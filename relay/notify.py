@@ -1,8 +1,9 @@
 """Routing of stored events to e-mail: the SMS's author, instant subscriptions, digests, confirmations.
 
-Callbacks are stored with `routed = 0` on the fast path; this worker renders
-their e-mails and, in one transaction, queues them in the outbox and marks the
-callbacks routed, so a crash between the two never loses nor doubles a mail.
+A callback that needs an e-mail at once is stored with `routed = 0` on the fast
+path; this worker renders its e-mails and, in one transaction, queues them in the
+outbox and marks the callback routed, so a crash between the two never loses nor
+doubles a mail. One that needs none is stored routed (`needs_mail`).
 """
 
 from __future__ import annotations
@@ -132,10 +133,20 @@ class Notifier:
             "reply_to": f"{row['number']}@{domain}",
         }
 
+    def needs_mail(self, row: dict) -> bool:
+        """Whether a callback gets an e-mail at once: its SMS's author, or an instant subscription.
+
+        Asked when a callback is stored (`row` has kind, country, campaign_origin and sender_email): one that
+        needs none is stored already routed, and only the digests show it. The config of that moment decides.
+        """
+        return _author_gets(row) or any(
+            sub.mode == "instant" and matches(sub, row) for sub in self.config.subscriptions
+        )
+
     def _mails_for(self, row: dict) -> list[Mail]:
         mails = []
         domain = self.config.smtp_in.domain
-        if row["kind"] in ("reply", "stop") and row.get("campaign_origin") == "email" and row.get("sender_email"):
+        if _author_gets(row):
             tz = clock.region_timezone(self.config.smtp_in.region)
             event = self._event(row, tz)
             label = strip_prefixes(row.get("label") or "") or "your SMS"
@@ -398,6 +409,11 @@ class Notifier:
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
         )
+
+
+def _author_gets(row: dict) -> bool:
+    """A reply or STOP to an SMS sent by e-mail goes back to that e-mail's author, threaded."""
+    return row["kind"] in ("reply", "stop") and row.get("campaign_origin") == "email" and bool(row.get("sender_email"))
 
 
 def matches(sub: Subscription, row: dict) -> bool:

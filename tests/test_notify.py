@@ -76,6 +76,27 @@ async def test_one_instant_e_mail_per_reply_with_headers(make_daemon, sink):
     assert remembered == 1
 
 
+async def test_a_callback_no_one_gets_at_once_is_stored_routed(make_daemon, sink):
+    daemon = await make_daemon(
+        INSTANT.replace('mode = "instant"', 'mode = "instant"\ncountries = ["DE"]'), smtp_port=sink.port
+    )
+    await daemon.notifier.stop()  # what the 200 left behind, before any routing
+    await post(daemon, reply(1), reply(2, number="+4915112345678"))
+    routed = await daemon.store.read(
+        lambda db: dict(db.execute("SELECT country, routed FROM callbacks WHERE kind = 'reply'").fetchall())
+    )
+    assert routed == {"FR": 1, "DE": 0}  # FR: no instant e-mail, so the notifier never reads it; digests show it
+    await daemon.notifier.start()
+    mail = (await wait_for(lambda: to(sink, "team@example.org")))[0]
+    assert "Germany" in mail.get_body(("plain",)).get_content()
+    await wait_for(
+        lambda: daemon.store.read(
+            lambda db: db.execute("SELECT count(*) FROM callbacks WHERE routed = 0").fetchone()[0] == 0
+        )
+    )
+    assert len(to(sink, "team@example.org")) == 1
+
+
 async def test_hostile_reply_text_is_escaped_and_intact(make_daemon, sink):
     daemon = await make_daemon(INSTANT, smtp_port=sink.port)
     nasty = "<script>alert(1)</script>\r\nBcc: evil@example.com\n日本語 العربية"

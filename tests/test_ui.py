@@ -106,8 +106,8 @@ async def make_client(make_relay, aiohttp_client):
 
 async def add_callback(relay: Relay, **fields) -> int:
     cb = classify(fields, raw=json.dumps(fields), content_type="application/json")
-    callback_id, _ = await relay.store.write(lambda db: queries.store_callback(db, cb))
-    return callback_id
+    stored = await relay.store.write(lambda db: queries.store_callback(db, cb))
+    return stored.id
 
 
 async def add_reply(relay: Relay, number: str, text: str, date: str, ticket: str = "") -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from sqlite_utils import Database
 
@@ -71,44 +72,60 @@ def remember_message(db: Database, message_id: str, *, number: str, campaign_id:
 # ------------------------------------------------------------------ callbacks
 
 
-def store_callback(db: Database, cb: Callback) -> tuple[int, bool]:
-    """Insert a callback once (dedup key) and link it; returns (id, newly stored)."""
-    now = clock.iso()
-    row = cb.row(now)
+class Stored(NamedTuple):
+    id: int
+    new: bool  # False: a repeat of a callback already stored
+    pending: bool  # True: the notifier has e-mails to send for it
+
+
+def store_callback(db: Database, cb: Callback, needs_mail: Callable[[dict], bool] | None = None) -> Stored:
+    """Insert a callback once (dedup key), linked to its campaign.
+
+    `needs_mail(row)` (the notifier's) says whether it gets an e-mail at once; when it does not, the callback
+    is stored already routed and the notifier never reads it again. Without it, the notifier decides later.
+    """
+    campaign = find_campaign(db, cb.ticket, cb.number) if cb.kind in ("reply", "stop") else None
+    row = cb.row(clock.iso())
+    if campaign:
+        row["campaign_id"] = campaign["id"]
+    if cb.kind == "unrecognised":
+        row["routed"] = 1  # nothing to route: an operator reads these in the UI
+    elif needs_mail is not None:
+        facts = {"kind": cb.kind, "country": cb.country, "campaign_origin": None, "sender_email": None}
+        if campaign:
+            facts.update(campaign_origin=campaign["origin"], sender_email=campaign["sender_email"])
+        row["routed"] = 0 if needs_mail(facts) else 1
     callback_id = insert(db, "callbacks", row, or_ignore=True)
     if callback_id is None:
         existing = db.execute("SELECT id FROM callbacks WHERE dedup_key = ?", [row["dedup_key"]]).fetchone()
-        return existing[0], False
-    if cb.kind in ("reply", "stop"):
-        campaign_id = find_campaign(db, cb.ticket, cb.number)
-        if campaign_id:
-            db.execute("UPDATE callbacks SET campaign_id = ? WHERE id = ?", [campaign_id, callback_id])
-        if cb.kind == "stop":
-            db.execute(
-                "INSERT OR IGNORE INTO optouts (number, at, callback_id) VALUES (?, ?, ?)",
-                [cb.number, row["occurred_at"], callback_id],
-            )
+        return Stored(existing[0], False, False)
+    if cb.kind == "stop":
+        db.execute(
+            "INSERT OR IGNORE INTO optouts (number, at, callback_id) VALUES (?, ?, ?)",
+            [cb.number, row["occurred_at"], callback_id],
+        )
     elif cb.kind == "delivery":
         apply_receipts(db, ticket=cb.ticket, callback_id=callback_id)
-    else:
-        # Nothing to route: an operator reads these in the UI.
-        db.execute("UPDATE callbacks SET routed = 1 WHERE id = ?", [callback_id])
-    return callback_id, True
+    return Stored(callback_id, True, not row.get("routed"))
 
 
-def find_campaign(db: Database, ticket: str, number: str) -> int | None:
-    """The campaign a reply answers: by ticket, else the latest to that number in the last 30 days."""
+def find_campaign(db: Database, ticket: str, number: str) -> dict | None:
+    """The campaign a reply answers (id, origin, sender_email): by ticket, else the latest to that number in 30 days."""
     if ticket:
-        row = db.execute("SELECT campaign_id FROM sends WHERE ticket = ? LIMIT 1", [ticket]).fetchone()
+        row = db.execute(
+            """SELECT c.id, c.origin, c.sender_email FROM sends s JOIN campaigns c ON c.id = s.campaign_id
+               WHERE s.ticket = ? LIMIT 1""",
+            [ticket],
+        ).fetchone()
         if row:
-            return row[0]
+            return dict(zip(("id", "origin", "sender_email"), row, strict=True))
     row = db.execute(
-        """SELECT r.campaign_id FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
+        """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
            WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
            ORDER BY r.campaign_id DESC LIMIT 1""",
         [number, clock.ago(days=LINK_WINDOW_DAYS)],
     ).fetchone()
-    return row[0] if row else None
+    return dict(zip(("id", "origin", "sender_email"), row, strict=True)) if row else None
 
 
 def apply_receipts(db: Database, *, ticket: str, callback_id: int | None = None) -> int:

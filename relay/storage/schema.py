@@ -187,3 +187,10 @@ def m004_hot_path_indexes(db: Database) -> None:
     # every campaign ever sent to that number was read and sorted.
     db["recipients"].create_index(["number", "campaign_id"], if_not_exists=True)
     db.execute("DROP INDEX IF EXISTS idx_recipients_number")  # a prefix of the one above
+
+
+@migrations()
+def m005_unrouted_index(db: Database) -> None:
+    """Most callbacks are now stored routed: index only those the notifier still has to read."""
+    db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_unrouted ON callbacks (id) WHERE routed = 0")
+    db.execute("DROP INDEX IF EXISTS idx_callbacks_routed")

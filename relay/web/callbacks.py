@@ -76,15 +76,18 @@ async def receive(request: web.Request) -> web.Response:
         content_type=request.content_type or "",
     )
     try:
-        callback_id, new = await relay.store.write(partial(queries.store_callback, cb=callback), small=True)
+        stored = await relay.store.write(
+            partial(queries.store_callback, cb=callback, needs_mail=relay.notifier.needs_mail), small=True
+        )
     except StoreError as exc:
         relay.metrics.callbacks.labels(callback.kind, "not_stored").inc()
         log.error("callback not stored, answered 503 so Octopush retries: %s", exc)
         return web.Response(status=503, text="the relay cannot store this callback now; retry later\n")
-    relay.metrics.callbacks.labels(callback.kind, "stored" if new else "duplicate").inc()
+    relay.metrics.callbacks.labels(callback.kind, "stored" if stored.new else "duplicate").inc()
     relay.metrics.callback_seconds.observe(time.perf_counter() - started)
-    if new:
+    if stored.new:
         # The access log already has a line per request; this one is for debugging.
-        log.debug("callback %s #%d from %s", callback.kind, callback_id, callback.number or "?")
-        relay.callback_stored(callback_id, callback)
+        log.debug("callback %s #%d from %s", callback.kind, stored.id, callback.number or "?")
+    if stored.pending:
+        relay.notifier.wake()
     return web.Response(status=200)

@@ -78,7 +78,7 @@ async def test_repeated_callback_is_stored_once(daemon):
 async def test_bad_requests(daemon):
     async with aiohttp.ClientSession() as http:
         async with http.post(url(daemon, "wrong-token"), json=REPLY) as resp:
-            assert resp.status == 404
+            assert resp.status == 404 and resp.headers["X-Frame-Options"] == "DENY"
             assert "wrong-token" not in await resp.text()
         async with http.post(
             url(daemon), data=b"\x00\x01binary", headers={"Content-Type": "application/octet-stream"}

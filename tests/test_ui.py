@@ -204,7 +204,13 @@ async def test_users_need_basic_auth(make_client):
 
 async def test_security_headers_on_pages_and_refusals(make_client):
     client, _ = await make_client(users={"alice": passwords.make_hash("pw")})
-    for resp in (await client.get("/replies"), await client.get("/replies", headers=basic("alice", "pw"))):
+    refusals_and_pages = (
+        await client.get("/replies"),
+        await client.get("/no/such/page"),
+        await client.get("/replies", headers=basic("alice", "pw")),
+    )
+    assert [r.status for r in refusals_and_pages] == [401, 404, 200]
+    for resp in refusals_and_pages:
         for name, value in SECURITY_HEADERS.items():
             assert resp.headers[name] == value
     resp = await client.get("/replies", headers=basic("alice", "pw"))

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def create_app(relay: Daemon) -> web.Application:
-    app = web.Application(middlewares=[security_headers], client_max_size=callbacks.MAX_BODY)
+    app = web.Application(client_max_size=callbacks.MAX_BODY)
+    app.on_response_prepare.append(security_headers)
     app[RELAY] = relay
     app.router.add_get("/octopush/{token}", callbacks.check)
     app.router.add_post("/octopush/{token}", callbacks.receive)

@@ -23,7 +23,7 @@ class Metrics:
         self.send_queue_depth = Gauge("octorelay_send_queue_pending", "Octopush calls waiting", registry=r)
         self.e2e_seconds = Histogram(
             "octorelay_notify_seconds",
-            "Time from a callback's arrival to its e-mails committed in the outbox",
+            "Time from a callback's arrival to its e-mails committed in the outbox (callbacks e-mailed at once only)",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )

@@ -93,6 +93,10 @@ async def test_bad_requests(daemon):
             assert resp.status == 200 and await resp.read() == b""
         async with http.get(url(daemon, "nope")) as resp:
             assert resp.status == 404
+        for method, path in (("PUT", url(daemon)), ("GET", url(daemon) + "/more")):
+            async with http.request(method, path) as resp:  # aiohttp's own 405 and 404 pages
+                assert resp.status in (404, 405) and resp.headers["X-Frame-Options"] == "DENY"
+                assert daemon.callback_token not in await resp.text()
     assert await count(daemon) == 0
 
 

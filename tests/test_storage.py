@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from functools import partial
 
 import pytest
 from sqlite_utils import Database
 
+from relay import clock
+from relay.octopush.callbacks import classify
+from relay.storage import queries
 from relay.storage.database import Store, StoreError, connect, migrate
 from relay.storage.schema import migrations
 
@@ -114,6 +118,68 @@ async def test_a_stop_that_times_out_still_commits_and_answers_queued_writes(sto
     check = sqlite3.connect(store.path)
     assert check.execute("SELECT count(*) FROM meta WHERE key IN ('w1', 'w2')").fetchone()[0] == 2
     check.close()
+
+
+async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
+    """`store_callback` links the campaign before the insert and asks `needs_mail` what the notifier would send."""
+
+    def seed(db):
+        now = clock.iso()
+        for cid, origin, sender in [(1, "email", "author@example.org"), (2, "cli", None)]:
+            queries.insert(
+                db,
+                "campaigns",
+                {
+                    "id": cid,
+                    "request_key": f"k{cid}",
+                    "origin": origin,
+                    "sender_email": sender,
+                    "text": "hi",
+                    "status": "sent",
+                    "created_at": now,
+                },
+            )
+            queries.insert(
+                db, "sends", {"campaign_id": cid, "request_id": f"r{cid}", "status": "sent", "ticket": f"sms_{cid}"}
+            )
+
+    await store.write(seed)
+    asked: list[dict] = []
+
+    def needs_mail(row: dict) -> bool:
+        asked.append(row)
+        return row["kind"] == "reply" and row["sender_email"] == "author@example.org"
+
+    async def store_one(fields: dict) -> queries.Stored:
+        cb = classify(fields, raw=repr(fields), content_type="application/json")
+        return await store.write(partial(queries.store_callback, cb=cb, needs_mail=needs_mail))
+
+    reply = {"message_id": "sms_1", "number": "+33600000001", "text": "yes", "reception_date": "2026-11-04 11:11:45"}
+    to_author = await store_one(reply)
+    assert to_author.new and to_author.pending
+    assert asked[-1] == {
+        "kind": "reply",
+        "country": "FR",
+        "campaign_origin": "email",
+        "sender_email": "author@example.org",
+    }
+    to_no_one = await store_one({**reply, "message_id": "sms_2"})
+    assert to_no_one.new and not to_no_one.pending
+    receipt = {
+        "message_id": "sms_2",
+        "number": "+33600000001",
+        "status": "DELIVERED",
+        "delivery_date": "2026-11-04 11:12:00",
+    }
+    assert not (await store_one(receipt)).pending
+    unrecognised = await store_one({"hello": "world"})
+    assert unrecognised.new and not unrecognised.pending and len(asked) == 3  # never asked: nothing to send
+    again = await store_one(reply)
+    assert again == queries.Stored(to_author.id, False, False)
+    rows = await store.read(
+        lambda db: db.execute("SELECT id, campaign_id, routed FROM callbacks ORDER BY id").fetchall()
+    )
+    assert rows == [(to_author.id, 1, 0), (to_no_one.id, 2, 1), (to_no_one.id + 1, None, 1), (unrecognised.id, None, 1)]
 
 
 def test_wal_mode_and_migrations_from_empty(tmp_path):

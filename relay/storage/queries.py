@@ -43,21 +43,23 @@ def ensure_callback_token(db: Database) -> str:
     return token
 
 
+def _insert_sql(verb: str, table: str, columns) -> str:
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
 def insert(db: Database, table: str, row: dict, *, or_ignore: bool = False) -> int | None:
     """A plain INSERT; its id, or None when `or_ignore` met a conflict.
 
     sqlite-utils' insert() reads the schema on every call, which the hot paths feel.
     """
-    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
-    cur = db.execute(f"{verb} INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    cur = db.execute(_insert_sql("INSERT OR IGNORE" if or_ignore else "INSERT", table, row), list(row.values()))
     return cur.lastrowid if cur.rowcount else None
 
 
 def insert_many(db: Database, table: str, rows: list[dict]) -> None:
     """Plain INSERTs of rows that all have the same keys."""
     if rows:
-        sql = f"INSERT INTO {table} ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
-        db.conn.executemany(sql, [list(r.values()) for r in rows])
+        db.conn.executemany(_insert_sql("INSERT", table, rows[0]), [list(r.values()) for r in rows])
 
 
 def remember_message(db: Database, message_id: str, *, number: str, campaign_id: int | None, direction: str) -> None:
@@ -111,20 +113,20 @@ def store_callback(db: Database, cb: Callback, needs_mail: Callable[[dict], bool
 
 def find_campaign(db: Database, ticket: str, number: str) -> dict | None:
     """The campaign a reply answers (id, origin, sender_email): by ticket, else the latest to that number in 30 days."""
+    row = None
     if ticket:
         row = db.execute(
             """SELECT c.id, c.origin, c.sender_email FROM sends s JOIN campaigns c ON c.id = s.campaign_id
                WHERE s.ticket = ? LIMIT 1""",
             [ticket],
         ).fetchone()
-        if row:
-            return dict(zip(("id", "origin", "sender_email"), row, strict=True))
-    row = db.execute(
-        """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
-           WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
-           ORDER BY r.campaign_id DESC LIMIT 1""",
-        [number, clock.ago(days=LINK_WINDOW_DAYS)],
-    ).fetchone()
+    if row is None:
+        row = db.execute(
+            """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
+               WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
+               ORDER BY r.campaign_id DESC LIMIT 1""",
+            [number, clock.ago(days=LINK_WINDOW_DAYS)],
+        ).fetchone()
     return dict(zip(("id", "origin", "sender_email"), row, strict=True)) if row else None
 
 

@@ -29,15 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
+from relay.octopush.emulator import PREFIX  # noqa: E402
+from tests.conftest import live_mode  # noqa: E402
+
 EXTRA = c.DIGEST_ONLY + '\n[smtp_in]\nconfirm = "none"\n'
-
-
-def live_octopush(port: int) -> str:
-    """octorelay in `live` mode against the emulator's own process, as against the real Octopush."""
-    return (
-        f'[octopush]\nmode = "live"\nbase_url = "http://127.0.0.1:{port}/v1/public"\n'
-        'api_login = "bench@example.org"\napi_key = "bench"\n'
-    )
 
 
 def message(i: int, salt: str) -> bytes:
@@ -109,7 +104,7 @@ async def main() -> int:
     with c.tempdir("smtp") as tmpname:
         tmp = Path(tmpname)
         octopush = await c.ServerProcess("emulator", tmp).start()
-        cfg = c.write_config(tmp, extra=EXTRA + live_octopush(octopush.port))
+        cfg = c.write_config(tmp, extra=EXTRA + live_mode(f"http://127.0.0.1:{octopush.port}{PREFIX}"))
         daemon = await c.start_daemon_process(tmp, cfg)
         sink = await c.ServerProcess("sink", tmp).start()
         targets = {"octorelay": daemon.smtp, "aiosmtpd Sink": ("127.0.0.1", sink.port)}

@@ -218,10 +218,10 @@ async def octopush():
     await emulator.stop()
 
 
-def live_mode(emulator: Emulator, **settings) -> str:
-    """Config text for `live` mode against `emulator`, plus any other [octopush] settings."""
+def live_mode(base_url: str, **settings) -> str:
+    """Config text for `live` mode against an emulator at `base_url`, plus any other [octopush] settings."""
     lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
     return (
-        f'[octopush]\nmode = "live"\nbase_url = "{emulator.base_url}"\napi_login = "test@example.org"\n'
+        f'[octopush]\nmode = "live"\nbase_url = "{base_url}"\napi_login = "test@example.org"\n'
         f'api_key = "test-key-123"\n{lines}'
     )

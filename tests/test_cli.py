@@ -22,7 +22,7 @@ async def test_send_with_the_in_process_emulator_prints_a_ticket(tmp_path, capsy
 
 
 async def test_send_in_live_mode_goes_over_real_http(tmp_path, capsys, octopush):
-    path = write_config(tmp_path / "c.toml", tmp_path, extra=live_mode(octopush))
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=live_mode(octopush.base_url))
     args = ["send", "--to", "0612345678", "+33612345679", "--text", "Réunion à 10h", "--type", "low-cost"]
     code = await asyncio.to_thread(run, *args, "--sender", "ACME", "-c", str(path))
     assert code == 0
@@ -103,7 +103,7 @@ async def test_send_leaves_the_daemons_pending_rows_alone(tmp_path, capsys, octo
     from relay.sending import SendRequest, queue_campaign
     from relay.storage.database import connect, migrate
 
-    path = write_config(tmp_path / "c.toml", tmp_path, extra=live_mode(octopush))
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=live_mode(octopush.base_url))
     migrate(tmp_path / "octorelay.db")
     db = connect(tmp_path / "octorelay.db")
     with db.atomic():

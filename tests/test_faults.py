@@ -40,7 +40,7 @@ REPLY = {
 
 def live_config(tmp_path, emulator: Emulator):
     """A config in `live` mode whose base_url is the test's emulator: it outlives the daemon's kills."""
-    return write_config(tmp_path / "live.toml", tmp_path, extra=live_mode(emulator, retry_for=60, timeout=0.5))
+    return write_config(tmp_path / "live.toml", tmp_path, extra=live_mode(emulator.base_url, retry_for=60, timeout=0.5))
 
 
 def db_path(tmp_path):
@@ -130,7 +130,9 @@ async def test_kill_9_during_an_e_mail_flood_sends_each_once(spawn, tmp_path, oc
 
 @pytest.mark.parametrize("fault", ["timeout", "500", "reset", "lost", "429"])
 async def test_octopush_faults_never_lose_nor_double_a_campaign(make_daemon, sink, octopush, tmp_path, fault):
-    daemon = await make_daemon(live_mode(octopush, retry_for=30, timeout=0.5), smtp_port=sink.port, name="faults.toml")
+    daemon = await make_daemon(
+        live_mode(octopush.base_url, retry_for=30, timeout=0.5), smtp_port=sink.port, name="faults.toml"
+    )
     octopush.inject(fault, fault)
     msg = EmailMessage()
     msg["From"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "fault", make_msgid(domain="example.org")

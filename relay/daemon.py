@@ -31,8 +31,8 @@ from relay.scheduler import Scheduler
 from relay.sending import SendQueue
 from relay.storage import queries
 from relay.storage.database import Store
+from relay.web.access import AccessLogger
 from relay.web.app import create_app
-from relay.web.middlewares import AccessLogger
 
 log = logging.getLogger("relay.daemon")
 STOP_TIMEOUT = 10.0

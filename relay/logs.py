@@ -10,7 +10,7 @@ import sys
 
 import orjson
 
-from relay.web.middlewares import mask
+from relay.web.access import mask
 
 
 class JsonFormatter(logging.Formatter):

@@ -28,8 +28,8 @@ from relay.octopush.emulator import Emulator
 from relay.sending import SendQueue, SendRequest, queue_campaign
 from relay.storage import queries
 from relay.storage.database import Store
+from relay.web.access import SECURITY_HEADERS
 from relay.web.app import create_app
-from relay.web.middlewares import SECURITY_HEADERS
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from relay import clock
 from relay.storage import queries
 from relay.storage.database import StoreError
+from relay.web.access import api_allowed
 from relay.web.keys import RELAY
-from relay.web.middlewares import api_allowed
 
 STALE_OUTBOX = timedelta(minutes=10)
 

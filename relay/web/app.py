@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from relay.web import api, callbacks, ui
+from relay.web.access import security_headers
 from relay.web.keys import RELAY
-from relay.web.middlewares import security_headers
 
 if TYPE_CHECKING:
     from relay.daemon import Daemon

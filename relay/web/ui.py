@@ -40,8 +40,8 @@ from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
+from relay.web.access import ui_user
 from relay.web.keys import RELAY
-from relay.web.middlewares import ui_user
 
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000  # beyond any real page; keeps OFFSET inside SQLite's integers

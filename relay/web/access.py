@@ -1,4 +1,4 @@
-"""Request checks and the access logger: security headers, loopback/bearer/user access, no token in logs."""
+"""Who may see what, and what the access log says: loopback/bearer/user checks, security headers, no token in logs."""
 
 from __future__ import annotations
 

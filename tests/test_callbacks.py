@@ -50,6 +50,17 @@ async def test_form_body_and_answer_date_are_accepted(daemon):
     assert await count(daemon, "reply") == 1
 
 
+async def test_a_loosely_encoded_form_is_stored_not_refused(daemon):
+    """A trailing "&" or a field without "=" is still a form: stored, never a 400 that would lose it."""
+    from urllib.parse import urlencode
+
+    form = "flag&" + urlencode(REPLY) + "&"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with aiohttp.ClientSession() as http, http.post(url(daemon), data=form, headers=headers) as resp:
+        assert resp.status == 200
+    assert await count(daemon, "reply") == 1
+
+
 async def test_kinds_are_told_apart(daemon):
     receipt = {
         "channel": "sms",

@@ -182,6 +182,41 @@ async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
     assert rows == [(to_author.id, 1, 0), (to_no_one.id, 2, 1), (to_no_one.id + 1, None, 1), (unrecognised.id, None, 1)]
 
 
+async def test_a_reply_with_a_ticket_we_do_not_know_is_not_linked_by_its_number(store):
+    """SPEC §4.1: the number fallback is for replies without a ticket, or to a send Octopush gave no ticket (120)."""
+
+    def seed(db):
+        for cid, ticket, number in [(1, "sms_1", "+33600000001"), (2, None, "+33600000002")]:
+            queries.insert(
+                db,
+                "campaigns",
+                {
+                    "id": cid,
+                    "request_key": f"k{cid}",
+                    "origin": "email",
+                    "sender_email": "author@example.org",
+                    "text": "hi",
+                    "status": "sent",
+                    "created_at": clock.iso(),
+                },
+            )
+            sid = queries.insert(
+                db, "sends", {"campaign_id": cid, "request_id": f"r{cid}", "status": "sent", "ticket": ticket}
+            )
+            queries.insert(db, "recipients", {"campaign_id": cid, "send_id": sid, "number": number})
+
+    await store.write(seed)
+
+    async def linked(ticket: str, number: str) -> int | None:
+        found = await store.read(partial(queries.find_campaign, ticket=ticket, number=number))
+        return found["id"] if found else None
+
+    assert await linked("sms_1", "+33699999999") == 1
+    assert await linked("", "+33600000001") == 1
+    assert await linked("sms_from_another_app", "+33600000001") is None
+    assert await linked("sms_unknown", "+33600000002") == 2  # campaign 2's send was answered 120: no ticket
+
+
 def test_wal_mode_and_migrations_from_empty(tmp_path):
     path = tmp_path / "new.db"
     applied = migrate(path)

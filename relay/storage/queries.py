@@ -112,22 +112,39 @@ def store_callback(db: Database, cb: Callback, needs_mail: Callable[[dict], bool
 
 
 def find_campaign(db: Database, ticket: str, number: str) -> dict | None:
-    """The campaign a reply answers (id, origin, sender_email): by ticket, else the latest to that number in 30 days."""
-    row = None
+    """The campaign a reply answers (id, origin, sender_email): by its ticket (SPEC §4.1).
+
+    Without a ticket, the latest campaign to that number in 30 days. With a ticket we do not know, only a
+    campaign one of whose sends has no ticket (Octopush's code 120, "already sent", gives none back): an
+    unknown ticket is otherwise another application's SMS on the same account, and its reply is not ours
+    to e-mail to one of our senders.
+    """
     if ticket:
         row = db.execute(
             """SELECT c.id, c.origin, c.sender_email FROM sends s JOIN campaigns c ON c.id = s.campaign_id
                WHERE s.ticket = ? LIMIT 1""",
             [ticket],
         ).fetchone()
-    if row is None:
-        row = db.execute(
-            """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
-               WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
-               ORDER BY r.campaign_id DESC LIMIT 1""",
-            [number, clock.ago(days=LINK_WINDOW_DAYS)],
-        ).fetchone()
+        if row:
+            return dict(zip(("id", "origin", "sender_email"), row, strict=True))
+    row = db.execute(
+        """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
+           WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
+           ORDER BY r.campaign_id DESC LIMIT 1""",
+        [number, clock.ago(days=LINK_WINDOW_DAYS)],
+    ).fetchone()
+    if row and ticket and not _has_untracked_send(db, row[0]):
+        return None
     return dict(zip(("id", "origin", "sender_email"), row, strict=True)) if row else None
+
+
+def _has_untracked_send(db: Database, campaign_id: int) -> bool:
+    return bool(
+        db.execute(
+            "SELECT 1 FROM sends WHERE campaign_id = ? AND status = 'sent' AND coalesce(ticket, '') = '' LIMIT 1",
+            [campaign_id],
+        ).fetchone()
+    )
 
 
 def apply_receipts(db: Database, *, ticket: str, callback_id: int | None = None) -> int:

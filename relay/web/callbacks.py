@@ -37,10 +37,8 @@ def parse_body(body: bytes, content_type: str) -> dict | list | str | int | floa
             if "json" in content_type:
                 raise BadBody("the body is not valid JSON") from None
     if "=" in text or content_type.startswith("application/x-www-form-urlencoded"):
-        try:
-            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True))
-        except ValueError:
-            pass
+        # Lenient, as browsers and most HTTP libraries are: a trailing "&" or a bare field loses nothing.
+        return dict(parse_qsl(text, keep_blank_values=True))
     raise BadBody("expected a JSON object or form fields (application/json or application/x-www-form-urlencoded)")
 
 

@@ -185,6 +185,28 @@ async def test_outside_loopback_without_users_is_refused(make_client):
     assert "+33" not in await resp.text()
 
 
+async def test_a_page_rebound_to_loopback_is_refused(make_client):
+    """DNS rebinding: the browser's request comes from loopback, but names the attacker's host."""
+    client, _ = await make_client()
+    foreign = {"Host": "attacker.example:8080"}
+    for path in ("/replies", f"/conversations/{FR1}", "/api/replies"):
+        resp = await client.get(path, headers=foreign)
+        assert resp.status == 403, path
+        assert "localhost" in await resp.text()
+    resp = await client.post(f"/conversations/{FR1}", data={"text": "hi"}, headers=foreign)
+    assert resp.status == 403
+    for host in ("localhost:8080", "app.localhost", "127.0.0.1", "[::1]:8080"):
+        resp = await client.get("/api/replies", headers={"Host": host})
+        assert resp.status == 200, host
+
+
+async def test_with_users_any_host_name_may_log_in(make_client):
+    """Behind a reverse proxy, the Host is the public name: users (or the API token) are what guard it."""
+    client, _ = await make_client(users={"alice": passwords.make_hash("s3cret")})
+    resp = await client.get("/replies", headers={"Host": "relay.example.org", **basic("alice", "s3cret")})
+    assert resp.status == 200
+
+
 async def test_users_need_basic_auth(make_client):
     client, _ = await make_client(users={"alice": passwords.make_hash("s3cret")})
     for path in ("/replies", "/replies.csv", "/campaigns", "/static/style.css", f"/conversations/{FR1}"):

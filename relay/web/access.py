@@ -62,6 +62,41 @@ def is_loopback(request: web.BaseRequest) -> bool:
         return False
 
 
+def _local_host(host: str | None) -> bool:
+    """A Host header naming this machine: localhost, *.localhost or a loopback address (port ignored)."""
+    if not host:
+        return True  # no Host header: not a browser, so not a page playing DNS tricks
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def open_on_loopback(request: web.BaseRequest) -> bool:
+    """Whether the open-on-loopback rule lets this request in.
+
+    The peer must be loopback, and the Host header must name this machine: a web page whose own host name
+    an attacker re-points at 127.0.0.1 (DNS rebinding) reaches us from the browser's loopback, but with the
+    attacker's host name. That gets a 403 saying why, not the data.
+    """
+    if not is_loopback(request):
+        return False
+    host = request.headers.get("Host")
+    if not _local_host(host):
+        raise web.HTTPForbidden(
+            text=f"403: without users this relay answers only requests for localhost, not for {host!r}\n"
+        )
+    return True
+
+
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every answer, pages and refusals alike (`on_response_prepare`: cheaper per request than a middleware)."""
     response.headers.update(SECURITY_HEADERS)
@@ -72,7 +107,7 @@ def api_allowed(request: web.Request, api_token: str) -> bool:
     header = request.headers.get("Authorization", "")
     if api_token and header.startswith("Bearer "):
         return hmac.compare_digest(header[7:].strip().encode(), api_token.encode())
-    return is_loopback(request)
+    return open_on_loopback(request)
 
 
 @functools.cache
@@ -83,7 +118,7 @@ def _dummy_hash() -> str:
 def ui_user(request: web.Request, users: dict[str, str]) -> str | None:
     """The authenticated UI user (HTTP basic), "" for an open loopback UI, None when refused."""
     if not users:
-        return "" if is_loopback(request) else None
+        return "" if open_on_loopback(request) else None
     header = request.headers.get("Authorization", "")
     if not header.startswith("Basic "):
         return None

@@ -27,7 +27,7 @@ from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResul
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
 from relay.storage import queries
-from relay.storage.database import Store
+from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
@@ -203,7 +203,11 @@ class SendQueue:
             )
         self._task = asyncio.create_task(self._run(), name="send-queue")
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Lets calls in flight finish for up to `timeout`, then cancels them (within the daemon's 10 s).
+
+        A cancelled send stays `sending` and goes again at the next start, under the same request_id.
+        """
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -256,15 +260,31 @@ class SendQueue:
                 raise
             except Exception:  # noqa: BLE001 - keep the queue alive; the row goes back to pending
                 log.exception("send #%d: unexpected error; will retry", send_id)
-                await asyncio.sleep(2)
-                with contextlib.suppress(Exception):
-                    await self.store.write(
-                        lambda db: db.execute(
-                            "UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id]
-                        )
-                    )
+                await self._keep_trying(
+                    lambda db: db.execute(
+                        "UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id]
+                    ),
+                    f"send #{send_id}: putting it back in the queue",
+                )
             finally:
                 self.wake()  # rows beyond the last read (LIMIT) are waiting for a free slot
+
+    async def _keep_trying(self, write, what: str):
+        """A write this send cannot go on without, retried until it commits (the disk may be full for a while).
+
+        Octopush's answer is kept in memory meanwhile, so a send that went out is recorded with its ticket
+        instead of going again. Stopped meanwhile, the row stays `sending` and the next start re-queues it:
+        the same request_id then gets code 120 and nothing is sent twice.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self.store.write(write, small=True)
+            except StoreError as exc:
+                attempt += 1
+                wait = backoff.delay(attempt)
+                log.error("%s failed (%s); retrying in %.0f s", what, exc, wait)
+                await asyncio.sleep(wait)
 
     async def _send_one(self, send_id: int) -> None:
         claimed = await self.store.write(partial(_claim, send_id=send_id), small=True)
@@ -297,7 +317,9 @@ class SendQueue:
             error = exc
         except RelayError as exc:  # a local validation error: this request can never go
             error = exc
-        finished = await self.store.write(partial(_record, send_id=send_id, result=result, error=error), small=True)
+        finished = await self._keep_trying(
+            partial(_record, send_id=send_id, result=result, error=error), f"send #{send_id}: recording the answer"
+        )
         if self.metrics:
             if error is None:
                 self.metrics.sms_sent.inc()

@@ -147,6 +147,36 @@ async def test_octopush_faults_never_lose_nor_double_a_campaign(make_daemon, sin
     assert len(request_ids) == 1
 
 
+async def test_a_send_whose_answer_cannot_be_recorded_at_once_is_recorded_later_not_resent(
+    make_daemon, sink, octopush, monkeypatch
+):
+    """The disk refuses the write of Octopush's answer twice: the answer is kept and recorded, ticket and all."""
+    from relay import sending
+    from relay.storage.database import StoreError
+
+    daemon = await make_daemon(
+        live_mode(octopush.base_url, retry_for=30, timeout=0.5), smtp_port=sink.port, name="rec.toml"
+    )
+    refusals = []
+    write = daemon.store.write
+
+    async def failing_write(fn, **kwargs):
+        if getattr(fn, "func", None) is sending._record and len(refusals) < 2:
+            refusals.append(fn)
+            raise StoreError("the database could not commit: database or disk is full")
+        return await write(fn, **kwargs)
+
+    monkeypatch.setattr(daemon.store, "write", failing_write)
+    msg = EmailMessage()
+    msg["From"], msg["Subject"], msg["Message-ID"] = "alice@example.org", "disk", make_msgid(domain="example.org")
+    msg.set_content("through a full disk")
+    await asyncio.to_thread(_smtp_send, daemon.smtp.address, msg)
+    await wait_for(lambda: daemon.store.read(lambda db: db.execute("SELECT status FROM sends").fetchone()[0] == "sent"))
+    ticket = await daemon.store.read(lambda db: db.execute("SELECT ticket FROM sends").fetchone()[0])
+    assert len(refusals) == 2
+    assert ticket and [s["text"] for s in octopush.sent] == ["through a full disk"]
+
+
 def _smtp_send(address, msg):
     with smtplib.SMTP(*address, timeout=10) as s:
         s.sendmail("alice@example.org", ["+33612345678@sms.example.org"], msg.as_bytes(policy=SMTP_POLICY))

@@ -428,3 +428,14 @@ async def test_recipients_and_subject_are_stored(store):
     assert r["subject"] == "Héllo" and r["kind"] == "alert" and r["status"] == "pending"
     assert r["next_attempt_at"] <= clock.iso()
     assert r["message"].startswith(b"From: ") and b"\r\n" in r["message"]
+
+
+async def test_a_delivery_past_its_lease_is_not_claimed_again_by_its_own_process(store, tmp_path):
+    """A slow server may hold one delivery past its lease: the next pass must not start a second copy."""
+    first = await queue(store, recipients=["a@example.org"])
+    second = await queue(store, recipients=["b@example.org"])
+    claim = outbox_mod._claim
+    taken = await store.write(lambda db: [r["id"] for r in claim(db, limit=10, lease=0)])
+    assert taken == [first, second]
+    again = await store.write(lambda db: [r["id"] for r in claim(db, limit=10, lease=0, busy=[first])])
+    assert again == [second]

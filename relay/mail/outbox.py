@@ -183,7 +183,9 @@ class Outbox:
                 free = CONCURRENCY - len(self._inflight)
                 rows = []
                 if free > 0:
-                    rows = await self.store.write(partial(_claim, limit=free, lease=self._lease(), only=self.only))
+                    rows = await self.store.write(
+                        partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=list(self._inflight))
+                    )
                 for row in rows:
                     task = asyncio.create_task(self._deliver(row), name=f"outbox-{row['id']}")
                     self._inflight[row["id"]] = task
@@ -252,20 +254,22 @@ class Outbox:
         if security in ("tls", "starttls"):
             tls_context = self.tls_context or ssl.create_default_context()
         try:
-            refused, _ = await aiosmtplib.send(
-                message,
-                sender=self._envelope_from,
-                recipients=recipients,
-                hostname=cfg.host,
-                port=cfg.port,
-                username=cfg.username or None,
-                password=cfg.password or None,
-                use_tls=security == "tls",
-                # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
-                start_tls=security == "starttls",
-                tls_context=tls_context,
-                timeout=cfg.timeout,
-            )
+            # aiosmtplib's timeout is per command; this bounds the whole delivery within the row's lease.
+            async with asyncio.timeout(cfg.timeout * 4):
+                refused, _ = await aiosmtplib.send(
+                    message,
+                    sender=self._envelope_from,
+                    recipients=recipients,
+                    hostname=cfg.host,
+                    port=cfg.port,
+                    username=cfg.username or None,
+                    password=cfg.password or None,
+                    use_tls=security == "tls",
+                    # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
+                    start_tls=security == "starttls",
+                    tls_context=tls_context,
+                    timeout=cfg.timeout,
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return _classify_refusals({e.recipient: (e.code, e.message) for e in exc.recipients}, recipients)
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -335,23 +339,28 @@ def _release(db: Database) -> int:
     return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
 
 
-def _claim(db: Database, *, limit: int, lease: float, only: list[int] | None = None) -> list[dict]:
+def _claim(
+    db: Database, *, limit: int, lease: float, only: list[int] | None = None, busy: list[int] | None = None
+) -> list[dict]:
     """Take up to `limit` due rows, oldest first, and hide them for `lease` seconds.
 
     The lease keeps a row from being claimed twice (by the next pass, or by a
     second process such as `octorelay digest`) while it is in flight; if the
     process dies, the row is due again once the lease ends (or at once at the
-    next start, see `_release`).
+    next start, see `_release`). `busy` are this process's deliveries still in flight: never claimed again,
+    even past their lease.
     """
     now = clock.now()
     mine = f" AND id IN ({', '.join('?' * len(only))})" if only is not None else ""
+    if busy:
+        mine += f" AND id NOT IN ({', '.join('?' * len(busy))})"
     rows = [
         dict(r)
         for r in db.query(
             "SELECT id, kind, recipients, message, attempts, created_at FROM outbox"
             " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             f"{mine} ORDER BY id LIMIT ?",
-            [clock.iso(now), *(only or []), limit],
+            [clock.iso(now), *(only or []), *(busy or []), limit],
         )
     ]
     if rows:

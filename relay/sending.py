@@ -127,8 +127,11 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
         },
     )
     deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
-    # One Octopush call per 500 recipients; request_ids "<key>-1", "<key>-2"… when there are several.
-    for index, call in enumerate(split(req.campaign(recipients, request_id=req.request_key)), start=1):
+    # One Octopush call per 500 recipients. The request_id is the request's key and this campaign's id:
+    # fixed for every retry of this campaign, new for a repeat sent as new after 24 h (whose older call may
+    # have reached Octopush late, within its own 24 h). "-1", "-2"… are added when there are several calls.
+    request_id = f"{req.request_key}-{campaign_id}"
+    for index, call in enumerate(split(req.campaign(recipients, request_id=request_id)), start=1):
         send_id = queries.insert(
             db,
             "sends",

@@ -12,6 +12,7 @@ from email.utils import make_msgid
 import aiosmtplib
 import pytest
 
+from relay import clock
 from relay.passwords import make_hash
 from tests.conftest import wait_for
 
@@ -169,6 +170,20 @@ async def test_same_message_id_is_sent_once(daemon):
     await wait_for(lambda: sent(daemon))
     await asyncio.sleep(0.3)
     assert len(sent(daemon)) == 1
+
+
+async def test_a_repeat_after_24_hours_is_a_new_send_with_a_new_request_id(daemon):
+    """Sent as new after 24 h, even when Octopush saw the older call less than 24 h ago (it went out late)."""
+    to = "+33612345678@sms.example.org"
+    msg = message(to, "every other day")
+    await smtp_send(daemon, msg, [to])
+    await wait_for(lambda: sent(daemon))
+    await daemon.store.write(lambda db: db.execute("UPDATE campaigns SET created_at = ?", [clock.ago(hours=25)]))
+    _, text = await smtp_send(daemon, msg, [to])
+    assert "Queued as campaign" in text
+    await wait_for(lambda: len(sent(daemon)) == 2)
+    request_ids = [r["body"]["request_id"] for r in daemon.emulator.requests if isinstance(r["body"], dict)]
+    assert len(set(request_ids)) == 2
 
 
 async def test_an_unparsable_message_id_is_still_accepted(daemon):

@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         handler = COMMANDS[args.command if args.command != "db" else f"db-{args.db_command}"]
         return handler(config, args)
-    except RelayError as exc:
+    except (RelayError, OSError, sqlite3.Error) as exc:
         if os.environ.get("OCTORELAY_DEBUG") == "1":
             raise
+        if not isinstance(exc, RelayError):  # the database (storage.path) or a file a command was given
+            exc = f"{exc} ({type(exc).__name__}; check storage.path and the files named on the command line)"
         print(f"octorelay: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -69,9 +69,11 @@ def parse_when(value: str | None) -> str | None:
         return None
     value = value.strip()
     units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    if value[:-1].isdigit() and value[-1:] in units:
-        return ago(**{units[value[-1]]: int(value[:-1])})
     try:
+        if value[:-1].isdigit() and value[-1:] in units:
+            return ago(**{units[value[-1]]: int(value[:-1])})
         return iso(parse_iso(value))
+    except OverflowError:
+        raise ValueError(f"{value!r} reaches back before the year 1") from None
     except ValueError:
         raise ValueError(f"expected ISO 8601 (2026-11-24 or 2026-11-24T08:00:00Z) or 2h/3d/1w, not {value!r}") from None

@@ -198,10 +198,10 @@ def _merge(default: dict, user: dict, source: str, prefix: str) -> dict:
         where = f"{prefix}{key}"
         if key not in default:
             raise ConfigError(f"{source}: unknown key {where!r}")
-        if isinstance(default[key], dict) and key not in _FREE_TABLES:
+        if isinstance(default[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {where!r} must be a table")
-            merged[key] = _merge(default[key], value, source, where + ".")
+            merged[key] = value if key in _FREE_TABLES else _merge(default[key], value, source, where + ".")
         else:
             merged[key] = value
     return merged

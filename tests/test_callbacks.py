@@ -189,8 +189,11 @@ async def test_api_replies_and_campaign(daemon):
         assert data["count"] == 1 and data["replies"][0]["text"] == "some reply"
         async with http.get(f"{daemon.http_url}/api/replies?country=DE") as resp:
             assert (await resp.json())["count"] == 0
-        async with http.get(f"{daemon.http_url}/api/replies?since=yesterday") as resp:
-            assert resp.status == 400
+        for since in ("yesterday", "9999999d"):
+            async with http.get(f"{daemon.http_url}/api/replies?since={since}") as resp:
+                assert resp.status == 400, since
+        async with http.get(f"{daemon.http_url}/campaigns/99999999999999999999999") as resp:
+            assert resp.status == 404
         async with http.get(f"{daemon.http_url}/api/campaigns/sms_unknown") as resp:
             assert resp.status == 404
 

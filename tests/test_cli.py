@@ -50,6 +50,15 @@ def test_send_validation_errors_are_one_line_exit_1(tmp_path, capsys, args, mess
     assert err.count("\n") == 1 and message.lower() in err.lower() and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["replies"], ["callback-url"], ["db", "purge", "--older-than", "3"]])
+def test_a_database_that_cannot_be_opened_is_one_line_exit_1(tmp_path, capsys, command):
+    (tmp_path / "a-file").write_text("")
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=f'[storage]\npath = "{tmp_path / "a-file" / "x.db"}"\n')
+    assert run(*command, "-c", str(path)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "storage.path" in err and "Traceback" not in err
+
+
 def test_send_refused_by_octopush_is_exit_1(tmp_path, capsys):
     path = write_config(tmp_path / "c.toml", tmp_path, extra="[octopush.emulator]\ncredit = 0\n")
     assert run("send", "--to", "+33612345678", "--text", "hi", "-c", str(path)) == 1

@@ -68,6 +68,8 @@ def test_user_file_merges_over_defaults(tmp_path):
         ('[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\nevents = ["replies"]\n', "subscriptions[0].events"),
         ('[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\ncolour = 1\n', "subscriptions[0].colour"),
         ("[http\n", "not valid TOML"),
+        ('groups = "team.csv"\n', "groups"),
+        ('[http]\nui_users = "admin"\n', "http.ui_users"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, text, key):

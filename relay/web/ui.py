@@ -92,7 +92,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/conversations/{number}", conversation_page)
     app.router.add_post("/conversations/{number}", conversation_answer)
     app.router.add_get("/campaigns", campaigns_page)
-    app.router.add_get(r"/campaigns/{id:\d+}", campaign_page)
+    app.router.add_get(r"/campaigns/{id:\d{1,18}}", campaign_page)  # beyond SQLite's integers: the router's 404
     app.router.add_get("/attention", attention_page)
     app.router.add_get("/static/style.css", stylesheet)
 

@@ -395,7 +395,7 @@ def cmd_db_purge(config, args) -> int:
     db = connect(config.storage.path)
     try:
         with db.atomic():
-            counts = queries.purge(db, days=args.older_than)
+            counts = queries.purge(db, days=args.older_than, digests=[s.name for s in config.digests])
     finally:
         db.close()
     print(f"purged {counts['callbacks']} callbacks, {counts['outbox']} sent e-mails, {counts['messages']} message ids")

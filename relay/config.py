@@ -154,6 +154,10 @@ class Config:
     groups: dict[str, Path]
     subscriptions: tuple[Subscription, ...]
 
+    @property
+    def digests(self) -> list[Subscription]:
+        return [sub for sub in self.subscriptions if sub.mode == "digest"]
+
     def subscription(self, name: str) -> Subscription:
         for sub in self.subscriptions:
             if sub.name == name:

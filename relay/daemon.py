@@ -246,7 +246,8 @@ class Daemon:
 
     async def purge(self, days: int | None = None) -> dict:
         days = self.config.storage.retention_days if days is None else days
-        return await self.store.write(partial(queries.purge, days=days))
+        digests = [s.name for s in self.config.digests]
+        return await self.store.write(partial(queries.purge, days=days, digests=digests))
 
 
 class _Runner:

@@ -347,6 +347,8 @@ class Notifier:
         """
         sub = self.config.subscription(name)
         async with self._digest_lock:
+            # A subscription the daemon has not seen yet (added, not yet reloaded) starts from now here too.
+            await self.store.write(partial(queries.init_digests, names=[sub.name]))
             snapshot = await self.store.read(partial(_digest_events, sub=sub))
             until = now or clock.now()
             if not snapshot["rows"] and not sub.send_empty:

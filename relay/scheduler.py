@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from functools import partial
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -11,6 +12,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relay import clock
 from relay.config import Config, Subscription
+from relay.storage import queries
 
 log = logging.getLogger("relay.scheduler")
 
@@ -22,7 +24,7 @@ def digest_trigger(sub: Subscription) -> CronTrigger:
 def next_runs(config: Config, now: datetime | None = None) -> dict[str, datetime | None]:
     """Each digest subscription's next run, for check-config."""
     now = now or clock.now()
-    return {s.name: digest_trigger(s).get_next_fire_time(None, now) for s in config.subscriptions if s.mode == "digest"}
+    return {s.name: digest_trigger(s).get_next_fire_time(None, now) for s in config.digests}
 
 
 def missed(sub: Subscription, last_run_at: str | None, now: datetime) -> bool:
@@ -62,9 +64,9 @@ class Scheduler:
         s.add_job(d.notifier.check_credit, IntervalTrigger(hours=1), id="credit-check", next_run_time=clock.now())
         if config.storage.retention_days > 0:
             s.add_job(d.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
-        digests = [sub for sub in config.subscriptions if sub.mode == "digest"]
+        digests = config.digests
+        state = await d.store.write(partial(queries.init_digests, names=[sub.name for sub in digests]))
         now = clock.now()
-        state = await d.store.write(lambda db: _init_watermarks(db, [sub.name for sub in digests]))
         for sub in digests:
             s.add_job(
                 self._digest,
@@ -77,25 +79,17 @@ class Scheduler:
             )
             if missed(sub, state.get(sub.name), now):
                 log.info("digest %s: a run was missed while stopped; catching up once", sub.name)
-                s.add_job(self._digest, args=[sub.name], id=f"catch-up-{sub.name}", next_run_time=now)
+                # No grace limit: a busy start must not make APScheduler drop the catch-up as "missed".
+                s.add_job(
+                    self._digest,
+                    args=[sub.name],
+                    id=f"catch-up-{sub.name}",
+                    next_run_time=now,
+                    misfire_grace_time=None,
+                )
 
     async def _digest(self, name: str) -> None:
         try:
             await self.daemon.notifier.run_digest(name)
         except Exception:  # noqa: BLE001 - a job logs; the next run tries again
             log.exception("digest %s failed", name)
-
-
-def _init_watermarks(db, names: list[str]) -> dict[str, str | None]:
-    """A new digest starts from now (not from the first callback ever); returns each last run."""
-    top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
-    result = {}
-    for name in names:
-        row = db.execute("SELECT last_run_at FROM digests WHERE name = ?", [name]).fetchone()
-        if row is None:
-            now = clock.iso()
-            db.execute("INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?)", [name, top, now])
-            result[name] = now
-        else:
-            result[name] = row[0]
-    return result

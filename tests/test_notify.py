@@ -130,6 +130,17 @@ async def test_digest_holds_exactly_the_events_since_the_previous_run(make_daemo
     assert "reply 4" in second and "reply 1" not in second
 
 
+async def test_a_digest_run_before_the_daemon_saw_its_subscription_starts_from_now(make_daemon, sink):
+    """Added to the file and run by hand before a reload: the history is not e-mailed."""
+    daemon = await make_daemon(DIGEST.format(group_by="country"), smtp_port=sink.port)
+    await daemon.store.write(lambda db: db.execute("DELETE FROM digests"))
+    await post(daemon, reply(1), reply(2))
+    assert await daemon.notifier.run_digest("ops") is None
+    await post(daemon, reply(3))
+    msg = await daemon.notifier.run_digest("ops")
+    assert msg["Subject"].startswith("1 SMS replies")
+
+
 async def test_digest_by_date_and_dry_run_cli(make_daemon, sink, capsys):
     from relay.cli import main
 

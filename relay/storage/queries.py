@@ -296,17 +296,35 @@ def is_opted_out(db: Database, number: str) -> bool:
     return db.execute("SELECT 1 FROM optouts WHERE number = ?", [number]).fetchone() is not None
 
 
-def purge(db: Database, *, days: int) -> dict:
+def init_digests(db: Database, names: list[str]) -> dict[str, str | None]:
+    """A digest seen for the first time starts from now, not from the first callback ever; each one's last run."""
+    top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
+    result = {}
+    for name in names:
+        row = db.execute("SELECT last_run_at FROM digests WHERE name = ?", [name]).fetchone()
+        if row is None:
+            now = clock.iso()
+            db.execute("INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?)", [name, top, now])
+            result[name] = now
+        else:
+            result[name] = row[0]
+    return result
+
+
+def purge(db: Database, *, days: int, digests: list[str] | None = None) -> dict:
     """Delete replies, receipts, STOP events and sent mail older than `days` (opt-outs stay: they are law).
 
-    The newest callback is always kept so ids never restart below a digest's watermark.
+    The newest callback is always kept so ids never restart below a digest's watermark. `digests` are the
+    digest subscriptions of the configuration: a removed one's watermark no longer holds anything back.
     """
     cutoff = clock.ago(days=days)
-    # Never what a digest has still to send: only ids at or under every digest's watermark.
+    names = list(digests or [])
+    # Never what a digest has still to send: only ids at or under every current digest's watermark.
     callbacks = db.execute(
-        """DELETE FROM callbacks WHERE received_at < ? AND routed = 1 AND id < (SELECT max(id) FROM callbacks)
-           AND id <= coalesce((SELECT min(last_callback_id) FROM digests), id)""",
-        [cutoff],
+        f"""DELETE FROM callbacks WHERE received_at < ? AND routed = 1 AND id < (SELECT max(id) FROM callbacks)
+           AND id <= coalesce((SELECT min(last_callback_id) FROM digests
+                               WHERE name IN ({", ".join("?" * len(names))})), id)""",
+        [cutoff, *names],
     ).rowcount
     outbox = db.execute("DELETE FROM outbox WHERE status = 'sent' AND created_at < ?", [cutoff]).rowcount
     messages = db.execute("DELETE FROM messages WHERE created_at < ?", [cutoff]).rowcount

@@ -212,6 +212,12 @@ def test_format_flowed_signature_line_does_not_flow():
     assert extract_text(msg).text == "Hello world"
 
 
+def test_format_flowed_line_before_the_signature_does_not_swallow_it():
+    """A flowed line just before "-- ": the separator still stands alone, so the signature stays out."""
+    msg = message("Hello \n-- \nJohn Secret 0612\n", format="flowed")
+    assert extract_text(msg).text == "Hello"
+
+
 def test_blank_plain_part_falls_back_to_html():
     msg = EmailMessage()
     msg.set_content(" \n")

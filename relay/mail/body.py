@@ -149,10 +149,11 @@ def unflow(text: str, *, delsp: bool = False) -> list[Line]:
         stripped = line.lstrip(">")
         depth = len(line) - len(stripped)
         content = stripped[1:] if stripped.startswith(" ") else stripped
-        flowed = content.endswith(" ") and content != "-- "  # the signature separator never flows
+        separator = content == "-- "  # the signature separator neither flows nor is joined (RFC 3676 §4.3)
+        flowed = content.endswith(" ") and not separator
         if flowed and delsp:
             content = content[:-1]
-        if pending is not None and pending[0] == depth:
+        if pending is not None and pending[0] == depth and not separator:
             pending = (depth, pending[1] + content)
         else:
             if pending is not None:

@@ -217,7 +217,7 @@ def cmd_send(config, args) -> int:
 async def _send(config, args) -> int:
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient, parse_subject
-    from relay.octopush.client import OctopushClient, Recipient, has_stop_mention
+    from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.sending import SendQueue, SendRequest, queue_campaign
     from relay.storage import queries
@@ -244,8 +244,9 @@ async def _send(config, args) -> int:
     purpose = {"alert": "alert", "marketing": "wholesale", None: o.purpose}[args.purpose]
     sms_type = {"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type]
     text = args.text
-    if purpose == "wholesale" and config.smtp_in.stop_mention and not has_stop_mention(text, sms_type):
-        text = f"{text} {config.smtp_in.stop_mention}"
+    if purpose == "wholesale":
+        # Without a mention to add, validation refuses it below with Octopush's own reason.
+        text = with_stop_mention(text, sms_type, config.smtp_in.stop_mention) or text
     request = SendRequest(
         text=text,
         recipients=tuple(dict.fromkeys(recipients)),

@@ -360,6 +360,11 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         confirm=s.choice("confirm", ("all", "errors", "none")),
         stop_mention=s.get("stop_mention", str),
     )
+    if smtp_in.stop_mention:
+        from relay.octopush.client import TYPES, has_stop_mention
+
+        if not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
+            s.fail("stop_mention", "must hold 'STOP au <number>' (premium) or 'no PUB=STOP' (low-cost)")
     if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):

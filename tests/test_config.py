@@ -69,6 +69,7 @@ def test_user_file_merges_over_defaults(tmp_path):
         ('[[subscriptions]]\nname = "x"\nto = ["a@b.c"]\ncolour = 1\n', "subscriptions[0].colour"),
         ("[http\n", "not valid TOML"),
         ('groups = "team.csv"\n', "groups"),
+        ('[smtp_in]\nstop_mention = "Reply STOP to opt out"\n', "smtp_in.stop_mention"),
         ('[http]\nui_users = "admin"\n', "http.ui_users"),
     ],
 )

@@ -334,6 +334,16 @@ async def test_marketing_to_opted_out_number(daemon, sink):
     assert [r["phone_number"] for r in sent(daemon)[0]["recipients"]] == ["+33612345679"]
 
 
+async def test_the_configured_stop_mention_is_added_in_the_form_each_type_needs(make_daemon, sink):
+    daemon = await make_daemon('[smtp_in]\nstop_mention = "STOP au 30101"\n', smtp_port=sink.port)
+    to = "+33612345678@sms.example.org"
+    await smtp_send(daemon, message(to, "Promo premium", "[marketing] a"), [to])
+    await smtp_send(daemon, message(to, "Promo low cost", "[marketing] [low-cost] b"), [to])
+    await wait_for(lambda: len(sent(daemon)) == 2)
+    texts = sorted(s["text"] for s in sent(daemon))
+    assert texts == ["Promo low cost\nno PUB=STOP", "Promo premium\nSTOP au 30101"]
+
+
 async def test_confirmation_and_failure_e_mails(make_daemon, sink):
     daemon = await make_daemon(
         '[smtp_in]\nconfirm = "all"\n[octopush.emulator]\nreply_text = ""\n', smtp_port=sink.port

@@ -36,7 +36,7 @@ from relay.mail.parsing import (
     parse_subject,
     sender_glob_allows,
 )
-from relay.octopush.client import Recipient, has_stop_mention
+from relay.octopush.client import Recipient, stop_mention_missing, with_stop_mention
 from relay.sending import NothingToSend, SendRequest, queue_campaign, request_key
 
 log = logging.getLogger("relay.smtp")
@@ -189,12 +189,12 @@ class Handler:
         text = body.text
         purpose = tags.purpose or o.purpose
         sms_type = tags.type or o.type
-        if purpose == "wholesale" and not has_stop_mention(text, sms_type):
-            if not cfg.stop_mention:
+        if purpose == "wholesale":
+            marked = with_stop_mention(text, sms_type, cfg.stop_mention)
+            if marked is None:
                 self.listener.count("refused")
-                example = "STOP au 30101" if sms_type == "sms_premium" else "no PUB=STOP"
-                return refused(f"a marketing SMS must carry a STOP mention: add '{example}' to the text")
-            text = f"{text}\n{cfg.stop_mention}"
+                return refused(stop_mention_missing(sms_type, cfg.stop_mention))
+            text = marked
         message_id = parsed.message_id
         numbers = list(pending.recipients)
         request = SendRequest(

@@ -211,6 +211,8 @@ def _merge(default: dict, user: dict, source: str, prefix: str) -> dict:
     return merged
 
 
+NOT_A_HASH = "must be a password hash: `octorelay hash-password` (scrypt), or an Argon2 or Django pbkdf2_sha256 one"
+
 # Tables whose keys are the user's own names (users, groups) rather than settings.
 _FREE_TABLES = {"ui_users", "users", "groups"}
 
@@ -342,7 +344,7 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         h.fail("ui_users", f"listen = {str(http.listen)!r} is not loopback: add ui_users for the web interface")
     for user, hashed in http.ui_users.items():
         if not _is_hash(hashed):
-            h.fail(f"ui_users.{user}", "must be a password hash made by `octorelay hash-password`")
+            h.fail(f"ui_users.{user}", NOT_A_HASH)
 
     s = _section(raw, source, "smtp_in")
     smtp_in = SmtpIn(
@@ -373,7 +375,7 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         s.fail("users", "require_auth = true needs at least one user")
     for user, hashed in smtp_in.users.items():
         if not _is_hash(hashed):
-            s.fail(f"users.{user}", "must be a password hash made by `octorelay hash-password`")
+            s.fail(f"users.{user}", NOT_A_HASH)
     if not smtp_in.listen.loopback and not smtp_in.require_auth:
         # An envelope sender is trivially forged: outside loopback only AUTH tells who is sending SMS.
         s.fail("require_auth", f"listen = {str(smtp_in.listen)!r} is not loopback: set require_auth = true and users")

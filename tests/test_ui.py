@@ -200,6 +200,14 @@ async def test_a_page_rebound_to_loopback_is_refused(make_client):
         assert resp.status == 200, host
 
 
+async def test_an_argon2_hash_made_elsewhere_is_accepted(make_client):
+    import argon2
+
+    client, _ = await make_client(users={"bob": argon2.PasswordHasher().hash("s3cret")})
+    assert (await client.get("/replies", headers=basic("bob", "s3cret"))).status == 200
+    assert (await client.get("/replies", headers=basic("bob", "wrong"))).status == 401
+
+
 async def test_with_users_any_host_name_may_log_in(make_client):
     """Behind a reverse proxy, the Host is the public name: users (or the API token) are what guard it."""
     client, _ = await make_client(users={"alice": passwords.make_hash("s3cret")})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import getpass
 import io
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RelayError, OSError, sqlite3.Error) as exc:
         if os.environ.get("OCTORELAY_DEBUG") == "1":
             raise
+        message = str(exc)
         if not isinstance(exc, RelayError):  # the database (storage.path) or a file a command was given
-            exc = f"{exc} ({type(exc).__name__}; check storage.path and the files named on the command line)"
-        print(f"octorelay: {exc}", file=sys.stderr)
+            message += f" ({type(exc).__name__}; check storage.path and the files named on the command line)"
+        print(f"octorelay: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -219,6 +221,7 @@ async def _send(config, args) -> int:
     from relay.mail.parsing import Rejected, parse_recipient, parse_subject
     from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
+    from relay.octopush.errors import ValidationError
     from relay.sending import SendQueue, SendRequest, queue_campaign
     from relay.storage import queries
     from relay.storage.database import Store
@@ -246,7 +249,8 @@ async def _send(config, args) -> int:
     text = args.text
     if purpose == "wholesale":
         # Without a mention to add, validation refuses it below with Octopush's own reason.
-        text = with_stop_mention(text, sms_type, config.smtp_in.stop_mention) or text
+        with contextlib.suppress(ValidationError):
+            text = with_stop_mention(text, sms_type, config.smtp_in.stop_mention)
     request = SendRequest(
         text=text,
         recipients=tuple(dict.fromkeys(recipients)),

@@ -36,7 +36,8 @@ from relay.mail.parsing import (
     parse_subject,
     sender_glob_allows,
 )
-from relay.octopush.client import Recipient, stop_mention_missing, with_stop_mention
+from relay.octopush.client import Recipient, with_stop_mention
+from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign, request_key
 
 log = logging.getLogger("relay.smtp")
@@ -190,11 +191,11 @@ class Handler:
         purpose = tags.purpose or o.purpose
         sms_type = tags.type or o.type
         if purpose == "wholesale":
-            marked = with_stop_mention(text, sms_type, cfg.stop_mention)
-            if marked is None:
+            try:
+                text = with_stop_mention(text, sms_type, cfg.stop_mention)
+            except ValidationError as exc:
                 self.listener.count("refused")
-                return refused(stop_mention_missing(sms_type, cfg.stop_mention))
-            text = marked
+                return refused(str(exc))
         message_id = parsed.message_id
         numbers = list(pending.recipients)
         request = SendRequest(

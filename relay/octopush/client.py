@@ -109,8 +109,8 @@ def has_stop_mention(text: str, type: str) -> bool:
     return bool(pattern and pattern.search(text))
 
 
-def with_stop_mention(text: str, type: str, configured: str) -> str | None:
-    """A marketing text with the opt-out mention its type needs, or None when we cannot add it.
+def with_stop_mention(text: str, type: str, configured: str) -> str:
+    """A marketing text with the opt-out mention its type needs; ValidationError saying why when we cannot add it.
 
     `configured` is `smtp_in.stop_mention` (empty: add nothing). A premium SMS needs the operator's number
     ("STOP au 30101"), so only a configured mention that has one will do; the low-cost mention is fixed
@@ -118,22 +118,18 @@ def with_stop_mention(text: str, type: str, configured: str) -> str | None:
     """
     if has_stop_mention(text, type):
         return text
-    if not configured:
-        return None
-    if has_stop_mention(configured, type):
+    if configured and has_stop_mention(configured, type):
         return f"{text}\n{configured}"
-    return f"{text}\nno PUB=STOP" if type == "sms_low_cost" else None
-
-
-def stop_mention_missing(type: str, configured: str) -> str:
-    """Why `with_stop_mention` could not mark a text, in words the sender can act on."""
-    example = "STOP au 30101" if type == "sms_premium" else "no PUB=STOP"
+    if configured and type == "sms_low_cost":
+        return f"{text}\nno PUB=STOP"
     if configured:
-        return (
+        raise ValidationError(
             f"a premium marketing SMS must carry 'STOP au <number>' and smtp_in.stop_mention ({configured!r}) "
-            "has no number: add the mention to the text, or ask the operator to fix smtp_in.stop_mention"
+            "has no number: add the mention to the text, or ask the operator to fix smtp_in.stop_mention",
+            "text",
         )
-    return f"a marketing SMS must carry a STOP mention: add '{example}' to the text"
+    example = "STOP au 30101" if type == "sms_premium" else "no PUB=STOP"
+    raise ValidationError(f"a marketing SMS must carry a STOP mention: add '{example}' to the text", "text")
 
 
 def validate(c: Campaign, now: datetime | None = None) -> None:
@@ -331,7 +327,6 @@ __all__ = [
     "STOP_MENTIONS",
     "SendResult",
     "has_stop_mention",
-    "stop_mention_missing",
     "with_stop_mention",
     "is_valid_e164",
     "split",

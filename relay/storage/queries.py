@@ -119,22 +119,22 @@ def find_campaign(db: Database, ticket: str, number: str) -> dict | None:
     unknown ticket is otherwise another application's SMS on the same account, and its reply is not ours
     to e-mail to one of our senders.
     """
+    row = None
     if ticket:
         row = db.execute(
             """SELECT c.id, c.origin, c.sender_email FROM sends s JOIN campaigns c ON c.id = s.campaign_id
                WHERE s.ticket = ? LIMIT 1""",
             [ticket],
         ).fetchone()
-        if row:
-            return dict(zip(("id", "origin", "sender_email"), row, strict=True))
-    row = db.execute(
-        """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
-           WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
-           ORDER BY r.campaign_id DESC LIMIT 1""",
-        [number, clock.ago(days=LINK_WINDOW_DAYS)],
-    ).fetchone()
-    if row and ticket and not _has_untracked_send(db, row[0]):
-        return None
+    if row is None:
+        row = db.execute(
+            """SELECT c.id, c.origin, c.sender_email FROM recipients r JOIN campaigns c ON c.id = r.campaign_id
+               WHERE r.number = ? AND c.created_at >= ? AND c.status = 'sent'
+               ORDER BY r.campaign_id DESC LIMIT 1""",
+            [number, clock.ago(days=LINK_WINDOW_DAYS)],
+        ).fetchone()
+        if row and ticket and not _has_untracked_send(db, row[0]):
+            row = None
     return dict(zip(("id", "origin", "sender_email"), row, strict=True)) if row else None
 
 
@@ -311,20 +311,19 @@ def init_digests(db: Database, names: list[str]) -> dict[str, str | None]:
     return result
 
 
-def purge(db: Database, *, days: int, digests: list[str] | None = None) -> dict:
+def purge(db: Database, *, days: int, digests: list[str]) -> dict:
     """Delete replies, receipts, STOP events and sent mail older than `days` (opt-outs stay: they are law).
 
     The newest callback is always kept so ids never restart below a digest's watermark. `digests` are the
     digest subscriptions of the configuration: a removed one's watermark no longer holds anything back.
     """
     cutoff = clock.ago(days=days)
-    names = list(digests or [])
     # Never what a digest has still to send: only ids at or under every current digest's watermark.
     callbacks = db.execute(
         f"""DELETE FROM callbacks WHERE received_at < ? AND routed = 1 AND id < (SELECT max(id) FROM callbacks)
            AND id <= coalesce((SELECT min(last_callback_id) FROM digests
-                               WHERE name IN ({", ".join("?" * len(names))})), id)""",
-        [cutoff, *names],
+                               WHERE name IN ({", ".join("?" * len(digests))})), id)""",
+        [cutoff, *digests],
     ).rowcount
     outbox = db.execute("DELETE FROM outbox WHERE status = 'sent' AND created_at < ?", [cutoff]).rowcount
     messages = db.execute("DELETE FROM messages WHERE created_at < ?", [cutoff]).rowcount

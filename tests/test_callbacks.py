@@ -223,3 +223,29 @@ async def test_concurrent_callbacks_share_commits(daemon):
             lambda db: db.execute("SELECT count(*) = 0 FROM callbacks WHERE routed = 0").fetchone()[0]
         )
     )
+
+
+async def test_api_token_is_required_from_everyone_once_set(make_daemon):
+    """SPEC §3: with api_token (and ui_users) set, loopback and a same-host proxy's Host prove nothing."""
+    from relay import passwords
+
+    daemon = await make_daemon(
+        f'[http]\napi_token = "s3cret-token-xyz"\nui_users = {{ ops = "{passwords.make_hash("pw-long-enough")}" }}\n'
+    )
+    api = f"{daemon.http_url}/api/replies"
+    port = daemon.http_url.rsplit(":", 1)[1]
+    async with aiohttp.ClientSession() as http:
+        for headers in (
+            {},
+            {"Host": f"127.0.0.1:{port}"},
+            {"Host": "sms.example.org"},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic b3BzOnB3LWxvbmctZW5vdWdo"},
+            {"Authorization": "s3cret-token-xyz"},
+        ):
+            async with http.get(api, headers=headers) as resp:
+                assert resp.status == 401, headers
+                assert "api_token is set" in await resp.text()
+        for scheme in ("Bearer", "bearer"):
+            async with http.get(api, headers={"Authorization": f"{scheme} s3cret-token-xyz"}) as resp:
+                assert resp.status == 200, scheme

@@ -103,11 +103,17 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 
 def api_allowed(request: web.Request, api_token: str) -> bool:
-    """Bearer `api_token`, or any request from loopback."""
-    header = request.headers.get("Authorization", "")
-    if api_token and header.startswith("Bearer "):
-        return hmac.compare_digest(header[7:].strip().encode(), api_token.encode())
-    return open_on_loopback(request)
+    """Once `api_token` is set, only its bearer, from anywhere (SPEC §3); before that, loopback only.
+
+    Loopback proves nothing once a token exists: a reverse proxy on the same host relays every
+    outside request from 127.0.0.1, with whatever Host header the client chose.
+    """
+    if not api_token:
+        return open_on_loopback(request)
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), api_token.encode())
 
 
 @functools.cache

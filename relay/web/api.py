@@ -28,9 +28,11 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 
 def _require_api(request: web.Request) -> None:
-    if not api_allowed(request, request.app[RELAY].config.http.api_token):
+    token = request.app[RELAY].config.http.api_token
+    if not api_allowed(request, token):
+        need = "from every client, since http.api_token is set" if token else "outside loopback"
         raise web.HTTPUnauthorized(
-            text="the API needs 'Authorization: Bearer <api_token>' outside loopback\n",
+            text=f"the API needs 'Authorization: Bearer <api_token>' {need}\n",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

@@ -23,6 +23,11 @@ from relay.mail.parsing import MAX_TEXT, Body, Rejected
 Line = tuple[str, bool]  # a line of text, and whether it is quoted (">")
 
 MAX_PARTS = 500  # a message with more MIME parts than this is not a hand-written e-mail
+# No separator, attribution, header or footer line is longer than this, so longer lines are never matched:
+# each pattern call then stays short, and the worker thread that cleans a large e-mail gives the GIL back
+# to the event loop within microseconds (one 200,000-character search held it for tens of milliseconds).
+MAX_MARKER = 1000
+CHUNK = 65536  # whole-text passes run in slices of this size, for the same reason
 
 NO_TEXT = "the e-mail has no text to send: write the SMS text in the body, above any quoted message or signature"
 
@@ -183,8 +188,10 @@ _BORDER_TOP = etree.XPath(
     "//div[contains(translate(@style, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ ', 'abcdefghijklmnopqrstuvwxyz'),"
     " 'border-top:solid')]"
 )
-_HEADER_START = re.compile(r"^\s*\*?(from|de|von|da|van|från|fra|od)\s*\*?\s*:", re.IGNORECASE)
-_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+# Possessive quantifiers (`*+`) never give back what they took: `\s*\*?\s*` backtracked quadratically on a
+# long run of spaces (issue 14), and tests/test_regex_linear.py keeps every pattern here linear.
+_HEADER_START = re.compile(r"^\s*+\*?(?:from|de|von|da|van|från|fra|od)\s*+\*?\s*+:", re.IGNORECASE)
+_XML_DECLARATION = re.compile(r"^\s*+<\?xml[^>]*+>")
 _CONFIG = ParserConfig(css=CSS_PROFILES["strict"])  # "relaxed" indents nested divs
 
 
@@ -200,7 +207,7 @@ def html_to_text(html: str) -> str:
     for element in _OUTLOOK_START(tree)[:1]:
         _cut_from(element)
     for element in _BORDER_TOP(tree):
-        if _HEADER_START.match(element.text_content() or ""):
+        if _marker(_HEADER_START, (element.text_content() or "")[:MAX_MARKER]):
             _cut_from(element)
             break
     for element in _QUOTES(tree):
@@ -241,23 +248,24 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _INVISIBLE = re.compile(r"[\u00ad\u200b\u2060\ufeff]")
 _SPACES = re.compile(r"[\u00a0\u2007\u202f]")
 _ORIGINAL = re.compile(
-    r"^\s*-{2,}\s*(original message|message d'origine|message d’origine|ursprüngliche nachricht|mensaje original"
-    r"|messaggio originale|oorspronkelijk bericht|mensagem original)\s*-{2,}\s*$",
+    r"^\s*+-{2,}+\s*+(?:original message|message d'origine|message d’origine|ursprüngliche nachricht|mensaje original"
+    r"|messaggio originale|oorspronkelijk bericht|mensagem original)\s*+-{2,}+\s*+$",
     re.IGNORECASE,
 )
-_UNDERSCORES = re.compile(r"^\s*_{20,}\s*$")
+_BLANK_LINES = re.compile(r"\n{3,}+")
+_UNDERSCORES = re.compile(r"^\s*+_{20,}+\s*+$")
 _HEADER_DATE = re.compile(
-    r"^\s*\*?(sent|date|envoyé|gesendet|enviado|inviato|verzonden|skickat|datum|wysłano)\s*\*?\s*:", re.IGNORECASE
+    r"^\s*+\*?(?:sent|date|envoyé|gesendet|enviado|inviato|verzonden|skickat|datum|wysłano)\s*+\*?\s*+:", re.IGNORECASE
 )
 _WROTE = re.compile(
-    r"(wrote|writes|(?:a\s+)?écrit|schrieb|escribió|ha\s+scritto|schreef|skrev|kirjoitti|napisał|escreveu)\s*:\s*$",
+    r"(?:wrote|writes|(?:a\s++)?écrit|schrieb|escribió|ha\s++scritto|schreef|skrev|kirjoitti|napisał|escreveu)\s*+:\s*+$",
     re.IGNORECASE,
 )
-_ATTRIBUTION_START = re.compile(r"^\s*(on|le|am|el|il|op|den|em|w dniu)\s", re.IGNORECASE)
+_ATTRIBUTION_START = re.compile(r"^\s*+(?:on|le|am|el|il|op|den|em|w dniu)\s", re.IGNORECASE)
 _SIGN_OFF = re.compile(
-    r"^\s*((sent|envoyé) (from|de|depuis) (my|mon) \S+( \S+)?|get outlook for (ios|android)"
-    r"|obtenir outlook pour (ios|android)|sent from outlook for (ios|android)"
-    r"|envoyé de outlook pour (ios|android))\s*$",
+    r"^\s*+(?:(?:sent|envoyé) (?:from|de|depuis) (?:my|mon) \S++(?: \S++)?|get outlook for (?:ios|android)"
+    r"|obtenir outlook pour (?:ios|android)|sent from outlook for (?:ios|android)"
+    r"|envoyé de outlook pour (?:ios|android))\s*+$",
     re.IGNORECASE,
 )
 
@@ -271,11 +279,21 @@ def _plain_lines(text: str) -> list[Line]:
     return [(line, line.startswith(">")) for line in _clean_chars(_newlines(text)).split("\n")]
 
 
+def _marker(pattern: re.Pattern[str], line: str) -> bool:
+    """Whether a line short enough to be a marker starts with (`match`) the pattern."""
+    return len(line) <= MAX_MARKER and pattern.match(line) is not None
+
+
+def _ends_with(pattern: re.Pattern[str], line: str) -> bool:
+    """Whether a line short enough to be a marker contains (`search`) the pattern."""
+    return len(line) <= MAX_MARKER and pattern.search(line) is not None
+
+
 def _new_words(lines: list[Line]) -> str:
     texts = _drop_quotes(_cut(lines))
     texts = [line.rstrip() for line in texts]
     _drop_trailing(texts)
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(texts)).strip("\n")
+    return _BLANK_LINES.sub("\n\n", "\n".join(texts)).strip("\n")
 
 
 def _newlines(text: str) -> str:
@@ -284,6 +302,8 @@ def _newlines(text: str) -> str:
 
 def _clean_chars(text: str) -> str:
     """Drop control and invisible characters; clients' non-breaking spaces become spaces (they would force UCS-2)."""
+    if len(text) > CHUNK:
+        return "".join(_clean_chars(text[i : i + CHUNK]) for i in range(0, len(text), CHUNK))
     return _SPACES.sub(" ", _INVISIBLE.sub("", _CONTROL.sub("", text.replace("\t", " "))))
 
 
@@ -292,9 +312,9 @@ def _cut(lines: list[Line]) -> list[Line]:
     for i, (line, quoted) in enumerate(lines):
         if quoted:
             continue
-        if line.rstrip() == "--" or _ORIGINAL.match(line) or _UNDERSCORES.match(line):
+        if line.rstrip() == "--" or _marker(_ORIGINAL, line) or _marker(_UNDERSCORES, line):
             return lines[:i]
-        if _HEADER_START.match(line) and any(_HEADER_DATE.match(nxt) for nxt, _ in lines[i + 1 : i + 4]):
+        if _marker(_HEADER_START, line) and any(_marker(_HEADER_DATE, nxt) for nxt, _ in lines[i + 1 : i + 4]):
             return lines[:i]  # Outlook's "From: … Sent: …" block with no separator line above it
     return lines
 
@@ -314,10 +334,11 @@ def _drop_attribution(lines: list[str], keep: list[bool], before: int) -> None:
     j = before - 1
     while j >= 0 and not lines[j].strip():
         j -= 1
-    if j < 0 or not keep[j] or not _WROTE.search(lines[j]):
+    if j < 0 or not keep[j] or not _ends_with(_WROTE, lines[j]):
         return
     keep[j] = False
-    if not _ATTRIBUTION_START.match(lines[j]) and j > 0 and keep[j - 1] and _ATTRIBUTION_START.match(lines[j - 1]):
+    wrapped = j > 0 and keep[j - 1] and _marker(_ATTRIBUTION_START, lines[j - 1])
+    if wrapped and not _marker(_ATTRIBUTION_START, lines[j]):
         keep[j - 1] = False
 
 
@@ -326,12 +347,12 @@ def _drop_trailing(lines: list[str]) -> None:
     for pattern in (_WROTE, _SIGN_OFF):
         while lines and not lines[-1]:
             lines.pop()
-        if lines and pattern.search(lines[-1]):
+        if lines and _ends_with(pattern, lines[-1]):
             last = lines.pop()
             if (
                 pattern is _WROTE
-                and not _ATTRIBUTION_START.match(last)
+                and not _marker(_ATTRIBUTION_START, last)
                 and lines
-                and _ATTRIBUTION_START.match(lines[-1])
+                and _marker(_ATTRIBUTION_START, lines[-1])
             ):
                 lines.pop()

@@ -160,7 +160,7 @@ _VALUED = {"sender": "[sender:NAME]", "at": "[at:WHEN]"}
 _BRACKETED = re.compile(r"\[([^\[\]]*)\]")
 _TAG_NAME = re.compile(r"[a-z][a-z_-]{0,30}")
 _WORDISH = re.compile(r"[a-z][a-z _-]*[a-z]")
-_PREFIX = re.compile(r"^(?:(?:re|fwd?|tr|aw|wg|sv|rif|ref|réf)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*)+", re.IGNORECASE)
+_PREFIX = re.compile(r"^(?>(?:re|fwd?|tr|aw|wg|sv|rif|ref|réf)\s*+(?:\[\d++\]|\(\d++\))?\s*+:\s*+)++", re.IGNORECASE)
 _SENDER = re.compile(r"[a-zA-Z0-9 ]{3,11}")
 _SHORT_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{1,2}:\d{2})")
 
@@ -293,7 +293,7 @@ def parse_message(data: bytes) -> Message:
     return email.message_from_bytes(data)
 
 
-_ONE_MSG_ID = re.compile(r"\s*<[^<>\s]+>\s*")  # a well-formed Message-ID, which the modern parse keeps as is
+_ONE_MSG_ID = re.compile(r"<[^<>\s]++>")  # a well-formed Message-ID, which the modern parse keeps as is
 
 
 def header_text(msg: Message, name: str) -> str:
@@ -302,7 +302,7 @@ def header_text(msg: Message, name: str) -> str:
     name = name.lower()
     for key, value in msg.raw_items():
         if key.lower() == name:
-            if value.isascii() and "=?" not in value and (name != "message-id" or _ONE_MSG_ID.fullmatch(value)):
+            if value.isascii() and "=?" not in value and (name != "message-id" or _ONE_MSG_ID.fullmatch(value.strip())):
                 return " ".join(value.split())  # nothing to decode: what the modern parse would give, 10x cheaper
             try:
                 text = str(email.policy.default.header_fetch_parse(key, value))

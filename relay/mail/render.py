@@ -35,7 +35,7 @@ import relay
 # are encoded with LF, as Python's own senders do; the outbox serialises with
 # CRLF for SMTP (`POLICY.clone(linesep="\r\n")`).
 POLICY = email.policy.default.clone(cte_type="7bit", refold_source="none")
-_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
+_NEWLINES = re.compile(r"[\r\n]++")
 
 
 def packaged_templates() -> Path:
@@ -180,7 +180,7 @@ def _tidy_text(text: str) -> str:
 
 def one_line(value: str) -> str:
     """Collapse CR/LF (and the whitespace around them) to one space: a header value can never start a new header."""
-    return _NEWLINES.sub(" ", str(value)).strip()
+    return " ".join(part.strip() for part in _NEWLINES.split(str(value)) if part.strip())
 
 
 def make_msgid(domain: str) -> str:

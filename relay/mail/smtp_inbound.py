@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay import clock, passwords
 from relay.config import Config
 from relay.errors import RelayError
+from relay.mail.offload import ChildParser
 from relay.mail.parsing import (
     Body,
     NotOurDomain,
@@ -51,8 +52,10 @@ NO_RECIPIENT = "554 5.5.1 No valid recipients"
 TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 DUPLICATE_WINDOW = timedelta(hours=24)
 # Up to this size an e-mail is parsed on the event loop (0.2-1 ms for real clients' mail; 8 ms for the worst
-# HTML we found): a worker thread's hand-off cost more. A larger one (HTML to text) is parsed in a thread.
+# HTML we found): a worker thread's hand-off cost more. A larger one (HTML to text) is parsed in a thread,
+# and one over CHILD_PARSE in a child process (relay/mail/offload.py says why).
 INLINE_PARSE = 4 * 1024
+CHILD_PARSE = 256 * 1024
 # Up to this many recipients, queueing a campaign is a small write (Store.write): it may run on the event loop.
 SMALL_WRITE_RECIPIENTS = 50
 
@@ -176,8 +179,10 @@ class Handler:
         data = envelope.original_content or envelope.content
         if len(data) <= INLINE_PARSE:
             parsed = read_message(data, envelope.mail_from or "", cfg.region)
-        else:  # a large e-mail (HTML to text) takes CPU time: off the event loop, which answers callbacks
+        elif len(data) <= CHILD_PARSE:  # a large e-mail (HTML to text) takes CPU time: off the event loop
             parsed = await asyncio.to_thread(read_message, data, envelope.mail_from or "", cfg.region)
+        else:
+            parsed = await self.listener.child.run(read_message, data, envelope.mail_from or "", cfg.region)
         if parsed.automatic:
             self.listener.count("dropped_automatic")
             log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
@@ -303,6 +308,7 @@ class SmtpListener:
     def __init__(self, daemon):
         self.daemon = daemon
         self.handler = Handler(self)
+        self.child = ChildParser()
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self.address: tuple[str, int] | None = None
@@ -365,6 +371,7 @@ class SmtpListener:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
+        await self.child.close()
 
 
 def tls_context(cert: str, key: str, state_dir: Path) -> ssl.SSLContext:

@@ -15,6 +15,7 @@ import io
 import os
 import sqlite3
 import sys
+import time
 import urllib.parse
 from functools import partial
 
@@ -391,7 +392,6 @@ def cmd_db_backup(config, args) -> int:
 
 
 def cmd_db_purge(config, args) -> int:
-    from relay.storage import queries
     from relay.storage.database import connect, migrate
 
     if args.older_than < 1:
@@ -399,12 +399,40 @@ def cmd_db_purge(config, args) -> int:
     migrate(config.storage.path)
     db = connect(config.storage.path)
     try:
-        with db.atomic():
-            counts = queries.purge(db, days=args.older_than, digests=[s.name for s in config.digests])
+        counts = _purge_in_batches(db, days=args.older_than, digests=[s.name for s in config.digests])
     finally:
         db.close()
     print(f"purged {counts['callbacks']} callbacks, {counts['outbox']} sent e-mails, {counts['messages']} message ids")
     return 0
+
+
+PURGE_PAUSE = 0.02  # seconds at least between two batches of `db purge`
+
+
+def _purge_in_batches(db, *, days: int, digests: list[str]) -> dict:
+    """Short write transactions with pauses between them, so a running daemon's callbacks get the lock.
+
+    The daemon waits for a lock in growing sleeps (SQLite's busy handler): each pause is at least twice the
+    batch it follows, so the daemon's next try finds the lock free.
+    """
+    from relay.storage import queries
+
+    cutoff = clock.ago(days=days)
+    totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
+    while True:
+        started = time.monotonic()
+        db.execute("BEGIN IMMEDIATE")  # the write lock first: a deferred BEGIN could not upgrade past a commit
+        try:
+            counts = queries.purge_batch(db, cutoff=cutoff, digests=digests)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        for key, n in counts.items():
+            totals[key] += n
+        if queries.purge_done(counts):
+            return totals
+        time.sleep(max(PURGE_PAUSE, 2 * (time.monotonic() - started)))
 
 
 def cmd_hash_password() -> int:

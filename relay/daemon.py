@@ -36,6 +36,7 @@ from relay.web.app import create_app
 
 log = logging.getLogger("relay.daemon")
 STOP_TIMEOUT = 10.0
+PURGE_PAUSE = 0.005  # seconds between two purge batches
 
 
 class Daemon:
@@ -245,9 +246,20 @@ class Daemon:
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
 
     async def purge(self, days: int | None = None) -> dict:
+        """The retention purge in short batches, each its own commit: callbacks wait milliseconds, not seconds."""
         days = self.config.storage.retention_days if days is None else days
-        digests = [s.name for s in self.config.digests]
-        return await self.store.write(partial(queries.purge, days=days, digests=digests))
+        batch = partial(queries.purge_batch, cutoff=clock.ago(days=days), digests=[s.name for s in self.config.digests])
+        totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
+        while True:
+            counts = await self.store.write(batch)
+            for key, n in counts.items():
+                totals[key] += n
+            if queries.purge_done(counts):
+                break
+            await asyncio.sleep(PURGE_PAUSE)  # the writes that queued meanwhile commit before the next batch
+        if any(totals.values()):
+            log.info("purge: %(callbacks)d callbacks, %(outbox)d sent e-mails, %(messages)d message ids", totals)
+        return totals
 
 
 class _Runner:

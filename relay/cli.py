@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import csv
 import getpass
-import io
 import os
 import sqlite3
 import sys
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     replies.add_argument("--since", metavar="WHEN", help="ISO 8601 date/time, or 2h / 3d / 1w")
     replies.add_argument("--country", metavar="CC")
     replies.add_argument("--number", metavar="N")
-    replies.add_argument("--limit", type=int, default=100)
+    replies.add_argument("--limit", type=int, default=100, help="at most this many (0: all)")
     replies.add_argument("--format", choices=["table", "json", "csv"], default="table")
     digest = sub.add_parser("digest", parents=[common], help="build and send a subscription's digest now")
     digest.add_argument("name")
@@ -183,34 +182,43 @@ def cmd_replies(config, args) -> int:
     from relay.storage import queries
     from relay.storage.database import connect, migrate
 
+    try:
+        since = clock.parse_when(args.since)
+    except ValueError as exc:
+        raise RelayError(f"--since: {exc}") from None
     migrate(config.storage.path)
     db = connect(config.storage.path, readonly=True)
     try:
-        try:
-            since = clock.parse_when(args.since)
-        except ValueError as exc:
-            raise RelayError(f"--since: {exc}") from None
-        rows = queries.replies(db, since=since, country=args.country, number=args.number, limit=args.limit)
+        # Read a chunk at a time and written as it comes: an export of a million replies in constant memory.
+        rows = queries.iter_replies(db, since=since, country=args.country, number=args.number, limit=args.limit or None)
+        _print_replies(rows, args.format)
     finally:
         db.close()
+    return 0
+
+
+def _print_replies(rows, fmt: str) -> None:
     columns = ["occurred_at", "number", "country", "text", "answered", "ticket"]
-    if args.format == "json":
-        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif args.format == "csv":
-        out = io.StringIO()
+    out = sys.stdout
+    if fmt == "json":
+        out.write("[")
+        for i, row in enumerate(rows):
+            out.write(("," if i else "") + "\n" + orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+        out.write("\n]\n")
+    elif fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(columns)
         for row in rows:
             writer.writerow([row.get(c) or "" for c in columns])
-        sys.stdout.write(out.getvalue())
     else:
-        if not rows:
-            print("no replies")
+        empty = True
         for row in rows:
+            empty = False
             when = clock.parse_iso(row["occurred_at"]).strftime("%Y-%m-%d %H:%M")
             text = (row["text"] or "").replace("\n", " ")
             print(f"{when}  {row['number']:<16} {row['country'] or '--':<3} {text}")
-    return 0
+        if empty:
+            print("no replies")
 
 
 def cmd_send(config, args) -> int:

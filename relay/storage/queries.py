@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from sqlite_utils import Database
@@ -193,9 +193,17 @@ def replies(
     kinds: tuple[str, ...] = ("reply",),
     limit: int | None = 100,
     offset: int = 0,
+    before: tuple[str, int] | None = None,
 ) -> list[dict]:
-    """Stored replies, newest first, with the text of the SMS they answer."""
+    """Stored replies, newest first, with the text of the SMS they answer.
+
+    `before` (`occurred_at`, `id` of the last row of a previous call) continues from there: a keyset page
+    costs the same wherever it starts, and a row stored meanwhile never shifts one into the next page twice.
+    """
     where, params = _reply_filter(since=since, until=until, country=country, number=number, text=text, kinds=kinds)
+    if before is not None:
+        where += " AND cb.occurred_at <= ? AND (cb.occurred_at < ? OR cb.id < ?)"
+        params += [before[0], before[0], before[1]]
     sql = f"""SELECT cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status,
                      cb.sim_card_number, cb.date_raw, cb.occurred_at, cb.received_at, cb.campaign_id,
                      c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label
@@ -205,6 +213,24 @@ def replies(
         sql += " LIMIT ? OFFSET ?"
         params += [limit, offset]
     return [dict(r) for r in db.query(sql, params)]
+
+
+def iter_replies(db: Database, *, limit: int | None = None, chunk: int = 1000, **filters: Any) -> Iterator[dict]:
+    """Every reply under the filters (up to `limit`), newest first, read `chunk` rows at a time.
+
+    Memory stays constant however many there are, and no read transaction stays open between chunks
+    (a long one would keep the WAL from being checkpointed).
+    """
+    before = None
+    while limit is None or limit > 0:
+        size = chunk if limit is None else min(chunk, limit)
+        rows = replies(db, limit=size, before=before, **filters)
+        yield from rows
+        if len(rows) < size:
+            return
+        before = (rows[-1]["occurred_at"], rows[-1]["id"])
+        if limit is not None:
+            limit -= len(rows)
 
 
 def count_replies(db: Database, **filters: Any) -> int:

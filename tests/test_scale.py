@@ -11,7 +11,8 @@ from relay import clock
 from relay.cli import main
 from relay.storage import queries
 from relay.storage.database import connect, migrate
-from tests.conftest import write_config
+from tests.conftest import wait_for, write_config
+from tests.test_outbox import fast_backoff, make_outbox, queue, reply_message, smtp_out, status_is, store  # noqa: F401
 from tests.test_ui import make_client, make_relay  # noqa: F401, F811 - fixtures
 
 OLD = "2020-01-01T00:00:00.000000+00:00"
@@ -150,3 +151,28 @@ def test_cli_exports_stream_every_reply_once(tmp_path, capsys, monkeypatch):
     # Keyset pages of 13 give the same rows as one read, ties on the date included.
     assert [r["id"] for r in queries.iter_replies(db, chunk=13)] == [r["id"] for r in queries.replies(db, limit=None)]
     db.close()
+
+
+# ------------------------------------------------------------------ the outbox keeps no delivered body
+
+
+async def test_outbox_retries_whole_mail_and_drops_only_delivered_bodies(store, sink, make_outbox, tmp_path):  # noqa: F811
+    box = make_outbox(smtp_out(tmp_path, sink.port))
+    sink.fail_next = ["451 4.3.0 try later", "550 5.1.1 no such user"]
+    first = await queue(store, reply_message(text="first, retried\n"))
+    await box.start()
+    box.wake()
+    await status_is(store, first, "pending")
+    failed_and_later = [await queue(store, reply_message(text=f"mail {i}\n")) for i in range(3)]
+    box.wake()
+    for outbox_id in [first, *failed_and_later[1:]]:
+        await status_is(store, outbox_id, "sent")
+    await wait_for(lambda: len(sink.messages) == 3)
+    texts = sorted(m.get_body(("plain",)).get_content().strip() for _, _, m in sink.messages)
+    assert texts == ["first, retried", "mail 1", "mail 2"]  # the retry went whole, once
+    rows = {r["id"]: r for r in await store.read(lambda db: [dict(r) for r in db.query("SELECT * FROM outbox")])}
+    for outbox_id in [first, *failed_and_later[1:]]:
+        sent = rows[outbox_id]
+        assert sent["message"] == b"" and sent["message_id"] and sent["subject"] and sent["sent_at"]
+    failed = rows[failed_and_later[0]]
+    assert failed["status"] == "failed" and b"mail 0" in failed["message"]  # kept for the operator

@@ -303,8 +303,11 @@ def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None
 
 
 def depths(db: Database) -> dict:
-    outbox = dict(db.execute("SELECT status, count(*) FROM outbox WHERE status != 'sent' GROUP BY status").fetchall())
-    sends = dict(db.execute("SELECT status, count(*) FROM sends WHERE status != 'sent' GROUP BY status").fetchall())
+    # IN, not != 'sent': an index range over the few unsent rows instead of a scan of every sent one.
+    outbox = dict(
+        db.execute("SELECT status, count(*) FROM outbox WHERE status IN ('pending', 'failed') GROUP BY status")
+    )
+    sends = dict(db.execute("SELECT status, count(*) FROM sends WHERE status IN ('pending', 'failed') GROUP BY status"))
     oldest = db.execute("SELECT min(created_at) FROM outbox WHERE status = 'pending'").fetchone()[0]
     return {
         "outbox_pending": outbox.get("pending", 0),

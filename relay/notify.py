@@ -33,6 +33,7 @@ BATCH = 50  # callbacks routed per transaction; small, so rendering never holds 
 
 
 MAIL_TIME = "%Y-%m-%d %H:%M %Z"
+DIGEST_PART = 5000  # events per digest e-mail: ~4 MB of mail, ~30 MB of memory to build
 
 
 @dataclass
@@ -340,10 +341,13 @@ class Notifier:
     # ------------------------------------------------------------ digests
 
     async def run_digest(self, name: str, *, dry_run: bool = False, now: datetime | None = None):
-        """Build one digest of the events since the watermark; queue it and advance the watermark together.
+        """Build the digest of the events since the watermark; queue it and advance the watermark together.
 
-        Returns the message (queued, or only built with dry_run), or None when the
-        run was empty and `send_empty` is off.
+        More than `DIGEST_PART` events (a catch-up after weeks) go in several e-mails, "(part 2 of 7)", each
+        queued with the watermark advanced to its last event: memory and e-mail size stay bounded, and a
+        crash between two parts sends neither one twice nor skips one. Returns the first message (queued,
+        or only built with dry_run, which builds the first part only), or None when the run was empty and
+        `send_empty` is off.
         """
         sub = self.config.subscription(name)
         async with self._digest_lock:
@@ -357,26 +361,44 @@ class Notifier:
                         partial(_advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"])
                     )
                 return None
-            # Ten thousand entries take CPU time to render: a worker thread keeps callbacks answered meanwhile.
-            msg = await asyncio.to_thread(self._digest_message, sub, snapshot["rows"], snapshot["since"], until)
-            if dry_run:
-                return msg
-            mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
+            parts = max(1, -(-snapshot["total"] // DIGEST_PART))
+            first = None
+            for part in range(1, parts + 1):
+                if part > 1:
+                    snapshot = await self.store.read(
+                        partial(_digest_events, sub=sub, top=snapshot["top"], total=snapshot["total"])
+                    )
+                if part == parts:
+                    snapshot["end"] = snapshot["top"]  # the events of other kinds after the last one are done too
+                label = f" (part {part} of {parts})" if parts > 1 else ""
+                # Thousands of entries take CPU time to render: a worker thread keeps callbacks answered meanwhile.
+                msg = await asyncio.to_thread(
+                    self._digest_message, sub, snapshot["rows"], snapshot["since"], until, label
+                )
+                if dry_run:
+                    return msg
+                if not await self._queue_digest(sub, msg, snapshot):
+                    return first  # another run moved the watermark first
+                first = first or msg
+            return first
 
-            def queue(db: Database) -> bool:
-                if not _advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"]):
-                    return False  # another run moved the watermark first
-                remember(db, mail)
-                return True
+    async def _queue_digest(self, sub: Subscription, msg, snapshot: dict) -> bool:
+        mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
 
-            if await self.store.write(queue):
-                self.outbox.wake()
-                log.info("digest %s: %d events queued", sub.name, len(snapshot["rows"]))
-                return msg
-            return None
+        def queue(db: Database) -> bool:
+            if not _advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["end"]):
+                return False
+            remember(db, mail)
+            return True
 
-    def _digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime):
-        events = [self._event(row, sub.tz) for row in rows]
+        if await self.store.write(queue):
+            self.outbox.wake()
+            log.info("digest %s: %d events queued", sub.name, len(snapshot["rows"]))
+            return True
+        return False
+
+    def _digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime, part=""):
+        events = [self._event(row, sub.tz) for row in sorted(rows, key=lambda r: (r["occurred_at"] or "", r["id"]))]
         buckets: dict[str, list[dict]] = defaultdict(list)
         for event in events:
             if sub.group_by == "country":
@@ -406,7 +428,7 @@ class Notifier:
         return build_message(
             sender=self.config.smtp_out.sender,
             to=list(sub.to),
-            subject=f"{count} SMS replies \u2014 {sub.name}",
+            subject=f"{count} SMS replies \u2014 {sub.name}{part}",
             text=text,
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
@@ -445,25 +467,33 @@ def _unrouted(db: Database) -> list[dict]:
     ]
 
 
-def _digest_events(db: Database, *, sub: Subscription) -> dict:
+def _digest_events(db: Database, *, sub: Subscription, top: int | None = None, total: int | None = None) -> dict:
+    """The next `DIGEST_PART` events after the watermark (up to `top`, the newest id when the run began).
+
+    `end` is where the watermark goes once they are sent: the last one's id, or `top` with the last part.
+    """
     row = db.execute("SELECT last_callback_id, last_run_at FROM digests WHERE name = ?", [sub.name]).fetchone()
     watermark, since = (row[0], row[1]) if row else (0, None)
-    top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
+    if top is None:
+        top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
     kinds = [k for k in sub.events]
     where = f"cb.id > ? AND cb.id <= ? AND cb.kind IN ({', '.join('?' * len(kinds))})"
     params: list = [watermark, top, *kinds]
     if sub.countries:
         where += f" AND cb.country IN ({', '.join('?' * len(sub.countries))})"
         params += list(sub.countries)
+    if total is None:
+        total = db.execute(f"SELECT count(*) FROM callbacks cb WHERE {where}", params).fetchone()[0]
     rows = [
         dict(r)
         for r in db.query(
             f"SELECT {_EVENT_COLUMNS} FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id "
-            f"WHERE {where} ORDER BY cb.occurred_at, cb.id",
-            params,
+            f"WHERE {where} ORDER BY cb.id LIMIT ?",
+            [*params, DIGEST_PART],
         )
     ]
-    return {"rows": rows, "watermark": watermark, "top": top, "since": since}
+    end = rows[-1]["id"] if len(rows) == DIGEST_PART else top
+    return {"rows": rows, "watermark": watermark, "top": top, "end": end, "total": total, "since": since}
 
 
 def _advance(db: Database, *, sub: str, expected: int, to: int) -> bool:

@@ -176,3 +176,40 @@ async def test_outbox_retries_whole_mail_and_drops_only_delivered_bodies(store, 
         assert sent["message"] == b"" and sent["message_id"] and sent["subject"] and sent["sent_at"]
     failed = rows[failed_and_later[0]]
     assert failed["status"] == "failed" and b"mail 0" in failed["message"]  # kept for the operator
+
+
+# ------------------------------------------------------------------ a catch-up digest is split
+
+
+async def test_a_large_digest_is_split_and_every_event_goes_exactly_once(make_daemon, sink, monkeypatch):
+    from relay import notify
+    from tests.test_notify import DIGEST, post, reply, to
+
+    monkeypatch.setattr(notify, "DIGEST_PART", 7)
+    daemon = await make_daemon(DIGEST.format(group_by="country"), smtp_port=sink.port)
+    await post(daemon, *(reply(i) for i in range(30)))
+    # The third part fails to commit (a crash there): the first two stay sent, the rest waits for the next run.
+    real, calls = notify.Notifier._queue_digest, []
+
+    async def flaky(self, sub, msg, snapshot):
+        calls.append(msg["Subject"])
+        if len(calls) == 3:
+            raise RuntimeError("the disk went away")
+        return await real(self, sub, msg, snapshot)
+
+    monkeypatch.setattr(notify.Notifier, "_queue_digest", flaky)
+    try:
+        await daemon.notifier.run_digest("ops")
+    except RuntimeError:
+        pass
+    assert calls == [f"7 SMS replies \u2014 ops (part {i} of 5)" for i in (1, 2, 3)]
+    monkeypatch.setattr(notify.Notifier, "_queue_digest", real)
+    first = await daemon.notifier.run_digest("ops")
+    assert first["Subject"] == "7 SMS replies \u2014 ops (part 1 of 3)"
+    assert await daemon.notifier.run_digest("ops") is None
+    mails = await wait_for(lambda: len(to(sink, "ops@example.org")) == 5 and to(sink, "ops@example.org"))
+    seen = []
+    for mail in mails:
+        text = mail.get_body(("plain",)).get_content()
+        seen += [i for i in range(30) if f"reply {i}\n" in text or f"reply {i}\r\n" in text]
+    assert sorted(seen) == list(range(30))  # every event once across the parts

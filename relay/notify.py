@@ -33,7 +33,7 @@ BATCH = 50  # callbacks routed per transaction; small, so rendering never holds 
 
 
 MAIL_TIME = "%Y-%m-%d %H:%M %Z"
-DIGEST_PART = 5000  # events per digest e-mail: ~4 MB of mail, ~30 MB of memory to build
+DIGEST_PART = 2000  # events per digest e-mail: ~2 MB of mail, tens of MB of memory to build
 
 
 @dataclass

@@ -63,6 +63,7 @@ def test_purge_batches_delete_exactly_the_old_rows_and_each_stays_small(tmp_path
         if queries.purge_done(counts, limit=20):
             break
     assert len(batches) > 3
+    _counts_are_exact(db)
     after = {r[0] for r in db.execute("SELECT id FROM callbacks")}
     assert before - after == expected
     assert sum(b["callbacks"] for b in batches) == len(expected)
@@ -79,6 +80,34 @@ def test_purge_batches_delete_exactly_the_old_rows_and_each_stays_small(tmp_path
         )
     )
     assert "COVERING INDEX idx_outbox_status_created" in plan
+    db.close()
+
+
+def _counts_are_exact(db) -> None:
+    """The counts the triggers keep equal a count of the rows."""
+    kept = {(k, c): n for k, c, n in db.execute("SELECT kind, country, n FROM callback_counts WHERE n != 0")}
+    actual = db.execute("SELECT kind, coalesce(country, ''), count(*) FROM callbacks GROUP BY 1, 2").fetchall()
+    assert kept == {(k, c): n for k, c, n in actual}
+
+
+def test_reply_counts_follow_inserts_updates_deletes_and_migration(tmp_path):
+    path = tmp_path / "c.db"
+    migrate(path)
+    db = connect(path)
+    _fill(db.conn, 40)
+    db.execute("UPDATE callbacks SET country = 'DE' WHERE id % 3 = 0")
+    db.execute("UPDATE callbacks SET kind = 'stop' WHERE id % 5 = 0")
+    db.execute("DELETE FROM callbacks WHERE id % 4 = 0")
+    _counts_are_exact(db)
+    # The migration counts what an older database holds.
+    db.execute("DROP TABLE callback_counts")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_callback_counts'")
+    for trigger in ("insert", "delete", "update"):
+        db.execute(f"DROP TRIGGER callback_counts_{trigger}")
+    db.close()
+    migrate(path)
+    db = connect(path)
+    _counts_are_exact(db)
     db.close()
 
 

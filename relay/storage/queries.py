@@ -17,6 +17,7 @@ from relay import clock
 from relay.octopush.callbacks import Callback
 
 LINK_WINDOW_DAYS = 30
+NO_COUNTRY = "-"  # `country` filter value for callbacks whose number has no country
 
 
 # ------------------------------------------------------------------ meta
@@ -233,6 +234,11 @@ def iter_replies(db: Database, *, limit: int | None = None, chunk: int = 1000, *
             limit -= len(rows)
 
 
+def reply_counts(db: Database) -> list[tuple[str, int]]:
+    """(country, replies) for every country ('' for none), from the counts the triggers of m007 keep."""
+    return db.execute("SELECT country, n FROM callback_counts WHERE kind = 'reply' AND n > 0").fetchall()
+
+
 def count_replies(db: Database, **filters: Any) -> int:
     where, params = _reply_filter(**filters)
     return db.execute(f"SELECT count(*) FROM callbacks cb WHERE {where}", params).fetchone()[0]
@@ -255,7 +261,9 @@ def _reply_filter(
     if until:
         clauses.append("cb.occurred_at < ?")
         params.append(until)
-    if country:
+    if country == NO_COUNTRY:
+        clauses.append("coalesce(cb.country, '') = ''")
+    elif country:
         clauses.append("cb.country = ?")
         params.append(country.upper())
     if number:

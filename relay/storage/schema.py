@@ -208,6 +208,43 @@ def m006_scale_indexes(db: Database) -> None:
     # Covering (status is a column, not a partial index's condition, which SQLite would check in the row).
     db.execute("CREATE INDEX IF NOT EXISTS idx_outbox_status_created ON outbox (status, created_at)")
     db.execute("CREATE INDEX IF NOT EXISTS idx_outbox_claim ON outbox (status, id, next_attempt_at)")
+    db.execute("DROP INDEX IF EXISTS idx_outbox_status_next_attempt_at")  # the claim index serves its queries
     # (kind, country, occurred_at) serves what (country, occurred_at) did, and the replies page's kind filter.
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_kind_country ON callbacks (kind, country, occurred_at)")
     db.execute("DROP INDEX IF EXISTS idx_callbacks_country_occurred_at")
+
+
+@migrations()
+def m007_callback_counts(db: Database) -> None:
+    """Callbacks per kind and country, kept by triggers: the replies page's menu and total without a scan.
+
+    Counting 600,000 replies by country took hundreds of milliseconds on every page view; a trigger costs
+    one small upsert on a page that each commit touches anyway. Any insert or delete path (the purge
+    too) keeps the counts right, because the database does it.
+    """
+    db.execute(
+        """CREATE TABLE callback_counts (kind TEXT NOT NULL, country TEXT NOT NULL, n INTEGER NOT NULL,
+                                         PRIMARY KEY (kind, country)) WITHOUT ROWID"""
+    )
+    db.execute(
+        """INSERT INTO callback_counts (kind, country, n)
+           SELECT kind, coalesce(country, ''), count(*) FROM callbacks GROUP BY kind, coalesce(country, '')"""
+    )
+    db.execute(
+        """CREATE TRIGGER callback_counts_insert AFTER INSERT ON callbacks BEGIN
+               INSERT INTO callback_counts (kind, country, n) VALUES (new.kind, coalesce(new.country, ''), 1)
+               ON CONFLICT (kind, country) DO UPDATE SET n = n + 1;
+           END"""
+    )
+    db.execute(
+        """CREATE TRIGGER callback_counts_delete AFTER DELETE ON callbacks BEGIN
+               UPDATE callback_counts SET n = n - 1 WHERE kind = old.kind AND country = coalesce(old.country, '');
+           END"""
+    )
+    db.execute(
+        """CREATE TRIGGER callback_counts_update AFTER UPDATE OF kind, country ON callbacks BEGIN
+               UPDATE callback_counts SET n = n - 1 WHERE kind = old.kind AND country = coalesce(old.country, '');
+               INSERT INTO callback_counts (kind, country, n) VALUES (new.kind, coalesce(new.country, ''), 1)
+               ON CONFLICT (kind, country) DO UPDATE SET n = n + 1;
+           END"""
+    )

@@ -237,26 +237,42 @@ class Section:
 
 
 def country_counts(db: Database, **filters: Any) -> list[tuple[str, int]]:
-    """(ISO code, replies) for every country under the filters, most replies first."""
-    where, params = queries._reply_filter(**filters)
-    sql = f"""SELECT coalesce(cb.country, '') AS cc, count(*) AS n FROM callbacks cb
-              WHERE {where} GROUP BY cc ORDER BY n DESC, cc"""
-    return [(row[0], row[1]) for row in db.execute(sql, params).fetchall()]
+    """(ISO code, replies) for every country under the filters, most replies first.
+
+    Without filters, from the counts the database keeps; else grouped on the column itself, so
+    (kind, country, occurred_at) answers it alone, in order, with no table lookup. A number without a
+    country ('' or NULL) is counted under ''.
+    """
+    if not any(filters.values()):
+        found = queries.reply_counts(db)  # kept by triggers: no scan
+    else:
+        where, params = queries._reply_filter(**filters)
+        sql = f"SELECT cb.country, count(*) FROM callbacks cb WHERE {where} GROUP BY cb.country"
+        found = db.execute(sql, params).fetchall()
+    counts: dict[str, int] = {}
+    for code, n in found:
+        counts[code or ""] = counts.get(code or "", 0) + n
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-def replies_by_country(db: Database, *, limit: int, offset: int, **filters: Any) -> list[dict]:
-    """Replies ordered like the country view (largest country first, newest first within it)."""
-    where, params = queries._reply_filter(**filters)
-    sql = f"""WITH counts AS (
-                  SELECT coalesce(cb.country, '') AS cc, count(*) AS n FROM callbacks cb WHERE {where} GROUP BY cc)
-              SELECT cb.id, cb.kind, cb.ticket, cb.number, coalesce(cb.country, '') AS country, cb.text,
-                     cb.date_raw, cb.occurred_at, cb.campaign_id, c.text AS answered, c.label AS campaign_label
-              FROM callbacks cb
-              JOIN counts ON counts.cc = coalesce(cb.country, '')
-              LEFT JOIN campaigns c ON c.id = cb.campaign_id
-              WHERE {where}
-              ORDER BY counts.n DESC, counts.cc, cb.occurred_at DESC, cb.id DESC LIMIT ? OFFSET ?"""
-    return [dict(r) for r in db.query(sql, params + params + [limit, offset])]
+def replies_by_country(db: Database, *, counts: list[tuple[str, int]], limit: int, offset: int, **filters: Any):
+    """The country view's page: largest country first, newest first within it, one indexed read per country.
+
+    `counts` (from `country_counts`) say where the page starts, so no query sorts every reply.
+    """
+    rows: list[dict] = []
+    for code, n in counts:
+        if offset >= n:
+            offset -= n
+            continue
+        found = queries.replies(
+            db, limit=limit - len(rows), offset=offset, **{**filters, "country": code or queries.NO_COUNTRY}
+        )
+        offset = 0
+        rows += [{**row, "country": code} for row in found]
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def _day_bounds(day: date, tz: ZoneInfo) -> tuple[str, str]:
@@ -266,14 +282,20 @@ def _day_bounds(day: date, tz: ZoneInfo) -> tuple[str, str]:
 
 
 def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
-    """Everything the replies page shows, read on one reader connection."""
+    """Everything the replies page shows, read on one reader connection.
+
+    The country menu's counts (every country under the other filters) also give the total and the country
+    view's sections: one pass over the matching replies, not one per question.
+    """
     filters = f.filters()
-    total = queries.count_replies(db, **filters)
+    menu = country_counts(db, **{**filters, "country": None})
+    counts = dict(menu)
+    total = counts.get(f.country, 0) if f.country else sum(counts.values())
     offset = (f.page - 1) * PAGE_SIZE
     sections: list[Section] = []
     if f.view == "country":
-        counts = dict(country_counts(db, **filters))
-        for row in replies_by_country(db, limit=PAGE_SIZE, offset=offset, **filters):
+        order = [(f.country, total)] if f.country else menu
+        for row in replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:
                 code = row["country"]
                 title = f"{country_label(code)} ({code})" if code else country_label(code)
@@ -287,8 +309,6 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
                 count = queries.count_replies(db, since=since, until=until, **filters)
                 sections.append(Section(day.isoformat(), day.strftime("%A %d %B %Y"), count, []))
             sections[-1].rows.append(row)
-    # The country menu lists every country that has replies under the other filters.
-    menu = country_counts(db, **{**filters, "country": None})
     return {"total": total, "sections": sections, "countries": menu}
 
 

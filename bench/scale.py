@@ -205,10 +205,11 @@ def rewind_digest(path: Path, name: str, events: int) -> int:
     db = connect(path)
     try:
         ids = [r["id"] for r in queries.replies(db, kinds=("reply", "stop"), limit=events)]
-        with db.atomic():
-            queries.init_digests(db, [name])
-            current = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [name]).fetchone()[0]
-            _advance(db, sub=name, expected=current, to=min(ids) - 1)
+        db.execute("BEGIN IMMEDIATE")  # the daemon writes meanwhile: take the write lock first
+        queries.init_digests(db, [name])
+        current = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [name]).fetchone()[0]
+        _advance(db, sub=name, expected=current, to=min(ids) - 1)
+        db.execute("COMMIT")
     finally:
         db.close()
     return len(ids)

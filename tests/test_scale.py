@@ -242,3 +242,15 @@ async def test_a_large_digest_is_split_and_every_event_goes_exactly_once(make_da
         text = mail.get_body(("plain",)).get_content()
         seen += [i for i in range(30) if f"reply {i}\n" in text or f"reply {i}\r\n" in text]
     assert sorted(seen) == list(range(30))  # every event once across the parts
+
+
+async def test_the_daemons_purge_runs_batch_after_batch_to_the_end(make_daemon):
+    daemon = await make_daemon()
+    expected = await daemon.store.write(lambda db: _fill(db.conn, 450))
+    assert len(expected) > 2 * queries.PURGE_BATCH  # several batches
+    counts = await daemon.purge(30)
+    assert counts["callbacks"] == len(expected)
+    left = await daemon.store.read(
+        lambda db: db.execute("SELECT count(*) FROM callbacks WHERE received_at = ? AND routed = 1", [OLD]).fetchone()
+    )
+    assert left[0] == 0

@@ -304,6 +304,12 @@ async def _send(config, args) -> int:
             await component.stop()
     if result["status"] == "failed":
         raise RelayError(f"not sent: {result['error']}")
+    aside = next((s for s in result["sends"] if s["status"] == "set_aside"), None)
+    if aside is not None:
+        raise RelayError(
+            f"not sent: it failed {aside['failures']} times ({aside['last_failure']}); it is set aside until "
+            "someone retries it from the web interface's Attention page (/attention)"
+        )
     tickets = ", ".join(t for t in result["tickets"]) or "(already sent earlier: same request)"
     cost = result.get("cost")
     print(f"ticket {tickets}")

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import getpass
 import io
+import logging
 import os
 import sqlite3
 import sys
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 config.smtp_out.password,
             ],
         )
+        if quiet:
+            # The store's own error lines repeat what its StoreError says in the one line below.
+            logging.getLogger("relay.storage").setLevel(logging.CRITICAL)
         handler = COMMANDS[args.command if args.command != "db" else f"db-{args.db_command}"]
         return handler(config, args)
     except (RelayError, OSError, sqlite3.Error) as exc:

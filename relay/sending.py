@@ -252,8 +252,13 @@ class SendQueue:
                 if row["id"] not in self._inflight:
                     task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
                     self._inflight[row["id"]] = task
-                    task.add_done_callback(lambda t, i=row["id"]: self._inflight.pop(i, None))
+                    task.add_done_callback(partial(self._done, row["id"]))
             await backoff.nap(self._wake, 30)
+
+    def _done(self, send_id: int, task: asyncio.Task) -> None:
+        # Only now may the next read pick the row again (one given back after an error, say).
+        self._inflight.pop(send_id, None)
+        self._wake.set()
 
     async def _send(self, send_id: int) -> None:
         try:
@@ -264,8 +269,6 @@ class SendQueue:
         except Exception as exc:  # noqa: BLE001 - keep the queue alive; the row goes back, or is set aside
             log.exception("send #%d: unexpected error", send_id)
             await self._give_back(send_id, exc)
-        finally:
-            self.wake()  # rows beyond the last read (LIMIT) are waiting for a free slot
 
     async def _give_back(self, send_id: int, exc: Exception) -> None:
         """After an unexpected error: back to the queue after a pause, or set aside after MAX_FAILURES.

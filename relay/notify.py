@@ -24,6 +24,7 @@ from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
+from relay.octopush.callbacks import is_e164
 from relay.octopush.errors import ALERT_CODES
 from relay.storage import queries
 from relay.storage.database import Store, StoreError
@@ -184,7 +185,8 @@ class Notifier:
             "status": row["status"] or "",
             "answered": row.get("answered"),
             "ticket": row["ticket"] or "",
-            "reply_to": f"{row['number']}@{domain}",
+            # Only a phone number makes an address: a row stored before numbers were checked may hold anything.
+            "reply_to": f"{row['number']}@{domain}" if is_e164(row["number"]) else "",
         }
 
     def needs_mail(self, row: dict) -> bool:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from relay.octopush.callbacks import classify
 from relay.octopush.emulator import Emulator
-from relay.web.callbacks import BadBody, parse_body
+from relay.web.callbacks import BadBody, parse_body, raw_text
 from tests.conftest import live_mode, wait_for, write_config
 
 pytestmark = pytest.mark.fault
@@ -238,7 +238,7 @@ def test_callback_parser_never_crashes(body, content_type):
         fields = parse_body(body, content_type)
     except BadBody:
         return
-    callback = classify(fields if isinstance(fields, dict) else {}, raw=body.decode("utf-8"), content_type=content_type)
+    callback = classify(fields if isinstance(fields, dict) else {}, raw=raw_text(body), content_type=content_type)
     assert callback.kind in ("reply", "delivery", "stop", "unrecognised")
     assert len(callback.dedup_key) == 64
 

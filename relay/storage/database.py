@@ -82,14 +82,17 @@ def private_dir(path: Path) -> None:
 
 
 def private_file(path: Path) -> None:
-    """Create `path` empty and 0600, or take group and other permissions away from one that has them.
+    """Create `path` empty and 0600, or take group and other permissions away from one of ours that has them.
 
     SQLite gives its -wal and -shm files the database's own mode, so a private database keeps them private.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        tighten(path)
+        return
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
     finally:
         os.close(fd)
 
@@ -97,7 +100,8 @@ def private_file(path: Path) -> None:
 def tighten(path: Path) -> None:
     """0600 for an existing file of ours that others can read (an older version's database, its WAL)."""
     with contextlib.suppress(OSError):
-        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
             os.chmod(path, 0o600)
 
 

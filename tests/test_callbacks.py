@@ -294,6 +294,9 @@ async def test_untrusted_fields_are_stored_answered_200_and_never_mailed_to(make
         for case in unroutable + routable:
             async with http.post(url(daemon), **case) as resp:
                 assert resp.status == 200, (case, await resp.text())
+        # What neither parser can read stays a 400, also nested deeper than Python's recursion limit.
+        async with http.post(url(daemon), data=b"[" * 60000, headers=json_type) as resp:
+            assert resp.status == 400
     assert await count(daemon) == len(unroutable) + len(routable)
     assert await count(daemon, "unrecognised") == len(unroutable)
     await wait_for(lambda: len(sink.messages) == len(routable))

@@ -43,7 +43,7 @@ def parse_body(body: bytes, content_type: str) -> dict | list | str | int | floa
         except orjson.JSONDecodeError:
             try:
                 return json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
                 if "json" in content_type:
                     raise BadBody("the body is not valid JSON") from None
     if "=" in text or content_type.startswith("application/x-www-form-urlencoded"):

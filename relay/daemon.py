@@ -264,6 +264,8 @@ class Daemon:
         depth = await self.store.read(queries.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
+        for work, count in depth["set_aside"].items():
+            self.metrics.set_aside.labels(work).set(count)
 
     async def purge(self, days: int | None = None) -> dict:
         days = self.config.storage.retention_days if days is None else days

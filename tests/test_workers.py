@@ -129,6 +129,8 @@ async def test_a_send_that_always_raises_is_set_aside_and_the_queue_goes_on(make
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         assert (await health(http, daemon))["set_aside"]["send"] == 1
+        async with http.get(f"{daemon.http_url}/metrics") as resp:
+            assert 'octorelay_set_aside{work="send"} 1.0' in await resp.text()
         async with http.get(f"{daemon.http_url}/attention") as resp:
             (form,) = retry_forms(await resp.text())
         assert form["work"] == "send"

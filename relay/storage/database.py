@@ -114,7 +114,9 @@ class DaemonLock:
 
     def __init__(self, database: Path):
         self.database = Path(database)
-        self.path = self.database.with_name(self.database.name + ".lock")
+        # Beside the real file: the same database reached through a symbolic link or another path is one lock.
+        real = self.database.resolve()
+        self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
 
     async def start(self) -> None:

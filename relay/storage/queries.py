@@ -298,11 +298,12 @@ def depths(db: Database) -> dict:
 
 MAX_FAILURES = 5  # a row that fails this often is set aside instead of being tried again and again
 
-# Each worker's rows: (table, the column that says where a row is, its value when set aside, when waiting).
+# Each worker's rows: (table, the column that says where a row is, its value while a worker has it, when set
+# aside, when waiting for a worker).
 _WORK = {
-    "routing": ("callbacks", "routed", -1, 0),
-    "confirmation": ("campaigns", "notified", -1, 0),
-    "send": ("sends", "status", "set_aside", "pending"),
+    "routing": ("callbacks", "routed", 0, -1, 0),
+    "confirmation": ("campaigns", "notified", 0, -1, 0),
+    "send": ("sends", "status", "sending", "set_aside", "pending"),
 }
 
 
@@ -311,12 +312,13 @@ def note_failures(db: Database, *, work: str, failures: dict[int, str]) -> dict[
 
     Returns each row's failures so far (MAX_FAILURES or more: it is set aside now).
     """
-    table, column, aside, _ = _WORK[work]
+    table, column, working, aside, _ = _WORK[work]
     counts = {}
     for row_id, reason in failures.items():
         row = db.execute(
-            f"UPDATE {table} SET failures = failures + 1, last_failure = ? WHERE id = ? RETURNING failures",
-            [reason[:2000], row_id],
+            f"UPDATE {table} SET failures = failures + 1, last_failure = ? WHERE id = ? AND {column} = ? "
+            "RETURNING failures",
+            [reason[:2000], row_id, working],
         ).fetchone()
         if row is None:
             continue
@@ -328,7 +330,7 @@ def note_failures(db: Database, *, work: str, failures: dict[int, str]) -> dict[
 
 def retry_set_aside(db: Database, *, work: str, row_id: int, deadline: str | None = None) -> bool:
     """An operator's retry: the row waits for its worker again, with a fresh count; False if it was not aside."""
-    table, column, aside, waiting = _WORK[work]
+    table, column, _, aside, waiting = _WORK[work]
     sets = f"{column} = ?, failures = 0" + (", deadline = ?" if deadline else "")
     params = [waiting, *([deadline] if deadline else []), row_id, aside]
     return db.execute(f"UPDATE {table} SET {sets} WHERE id = ? AND {column} = ?", params).rowcount > 0
@@ -376,7 +378,7 @@ def count_set_aside(db: Database) -> dict[str, int]:
 
 def mark_done(db: Database, *, work: str, ids: list[int]) -> None:
     """The notifier has queued these rows' e-mails: routed callbacks, or notified campaigns."""
-    table, column, _, _ = _WORK[work]
+    table, column = _WORK[work][:2]
     if ids:
         db.execute(f"UPDATE {table} SET {column} = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
 

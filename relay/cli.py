@@ -12,6 +12,7 @@ import contextlib
 import csv
 import getpass
 import io
+import logging
 import os
 import sqlite3
 import sys
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 config.smtp_out.password,
             ],
         )
+        if quiet:
+            # The store's own error lines repeat what its StoreError says in the one line below.
+            logging.getLogger("relay.storage").setLevel(logging.CRITICAL)
         handler = COMMANDS[args.command if args.command != "db" else f"db-{args.db_command}"]
         return handler(config, args)
     except (RelayError, OSError, sqlite3.Error) as exc:
@@ -304,6 +308,12 @@ async def _send(config, args) -> int:
             await component.stop()
     if result["status"] == "failed":
         raise RelayError(f"not sent: {result['error']}")
+    aside = next((s for s in result["sends"] if s["status"] == "set_aside"), None)
+    if aside is not None:
+        raise RelayError(
+            f"not sent: it failed {aside['failures']} times ({aside['last_failure']}); it is set aside until "
+            "someone retries it from the web interface's Attention page (/attention)"
+        )
     tickets = ", ".join(t for t in result["tickets"]) or "(already sent earlier: same request)"
     cost = result.get("cost")
     print(f"ticket {tickets}")

@@ -32,16 +32,26 @@ def local(iso_text: str | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M") -> st
     return parse_iso(iso_text).astimezone(tz).strftime(fmt)
 
 
+FIRST_YEAR = 2000  # Octopush dates before this, or after next year, cannot be true: the relay does not trust them
+
+
 def from_octopush(text: str) -> datetime | None:
-    """Octopush dates are `Y-m-d H:i:s` in Europe/Paris local time; None when unreadable."""
+    """Octopush dates are `Y-m-d H:i:s` in Europe/Paris local time; None when unreadable or out of range.
+
+    Out of range: before 2000 or after next year. Such a date (year 1 cannot even be converted to UTC) is
+    not believed; the caller uses the time the callback arrived instead.
+    """
     text = text.strip() if isinstance(text, str) else ""
     # fromisoformat is ~10x faster than strptime, but reads more shapes: check this one first.
     if len(text) != 19 or text[4] != "-" or text[7] != "-" or text[10] != " " or text[13] != ":" or text[16] != ":":
         return None
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=OCTOPUSH_TZ)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return None
+    if not FIRST_YEAR <= moment.year <= now().year + 1:
+        return None
+    return moment.replace(tzinfo=OCTOPUSH_TZ)
 
 
 def to_octopush(moment: datetime) -> str:

@@ -1,8 +1,9 @@
 """The daemon: starts components in dependency order, stops them in reverse, owns the signals.
 
-Order: store → outbox → Octopush client (and emulator) → send queue →
-notifier → HTTP → SMTP → scheduler → READY=1. Stopping goes backwards, so
-listeners close first and workers finish what they hold.
+Order: the database's lock → store (and the digests' starting points) →
+outbox → Octopush client (and emulator) → send queue → notifier → HTTP → SMTP
+→ scheduler → READY=1. Stopping goes backwards, so listeners close first and
+workers finish what they hold. `/healthz` says `starting` until READY.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue
 from relay.storage import queries
-from relay.storage.database import Store
+from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
 
@@ -45,7 +46,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
+        self.lock = DaemonLock(config.storage.path)
         self.store = Store(config.storage.path)
+        self.ready = False  # every component is up: /healthz stops answering "starting"
         self.callback_token = ""
         self.groups = load_groups(config.groups, config.smtp_in.region)
         self.renderer = Renderer(config.templates_dir)
@@ -61,6 +64,8 @@ class Daemon:
         self.http_address: tuple[str, int] | None = None
         self._started: list = []
         self._stop_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._all_up = asyncio.Event()  # set once every component has started
 
     # ------------------------------------------------------------ addresses
 
@@ -80,10 +85,14 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         try:
+            await self._up(self.lock)
             await self._up(self.store)
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
         self.callback_token = cfg.http.callback_token or await self.store.write(queries.ensure_callback_token)
+        # A new digest starts here, before any listener accepts: every callback acknowledged from now on is
+        # in one of its runs.
+        await self.store.write(partial(queries.init_digests, names=[sub.name for sub in cfg.digests]))
         self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
         await self._up(self.outbox)
 
@@ -138,6 +147,8 @@ class Daemon:
         self.scheduler = Scheduler(self)
         await self._up(self.scheduler)
         await self._up(self.watchdog)
+        self.ready = True
+        self._all_up.set()
         systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
         log.info(
             "octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode
@@ -148,6 +159,7 @@ class Daemon:
         self._started.append(component)
 
     async def stop(self) -> None:
+        self.ready = False
         systemd.stopping()
         while self._started:
             component = self._started.pop()
@@ -163,10 +175,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_event.set)
+        # From the start: a SIGHUP right after READY=1 (or before it) must not kill the process. A reload
+        # waits until every component is in place.
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.start()
-            # Only now: a reload needs every component in place.
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
             if self.config.source == config_mod.DEFAULT_NAME:
                 self._print_demo()
             await self._stop_event.wait()
@@ -181,7 +194,15 @@ class Daemon:
         self._stop_event.set()
 
     async def reload(self) -> bool:
-        """Re-read the configuration file; a broken file is refused and the running one stays."""
+        """Re-read the configuration file; a broken file is refused and the running one stays.
+
+        One at a time: a second SIGHUP waits for the first reload to finish, so their jobs never collide.
+        """
+        await self._all_up.wait()
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         systemd.reloading()
         try:
             new = config_mod.load(self.config_path)
@@ -243,6 +264,8 @@ class Daemon:
         depth = await self.store.read(queries.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
+        for work, count in depth["set_aside"].items():
+            self.metrics.set_aside.labels(work).set(count)
 
     async def purge(self, days: int | None = None) -> dict:
         days = self.config.storage.retention_days if days is None else days

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import unicodedata
 import uuid
@@ -40,6 +41,7 @@ from relay.mail.parsing import (
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign, request_key
+from relay.storage.database import private_dir
 
 log = logging.getLogger("relay.smtp")
 
@@ -395,7 +397,7 @@ def make_self_signed(cert_path: Path, key_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(cert_path.parent)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "octorelay")])
     now = datetime.now(UTC)
@@ -410,8 +412,16 @@ def make_self_signed(cert_path: Path, key_path: Path) -> None:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, key_pem)
+    _write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """0600 whatever the umask (SPEC §8), also over a file left with wider permissions."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)
+        handle.write(data)

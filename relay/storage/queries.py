@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlite_utils import Database
@@ -289,7 +290,97 @@ def depths(db: Database) -> dict:
         "unrecognised_callbacks": db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[
             0
         ],
+        "set_aside": count_set_aside(db),
     }
+
+
+# ------------------------------------------------------------------ rows set aside
+
+MAX_FAILURES = 5  # a row that fails this often is set aside instead of being tried again and again
+
+# Each worker's rows: (table, the column that says where a row is, its value while a worker has it, when set
+# aside, when waiting for a worker).
+_WORK = {
+    "routing": ("callbacks", "routed", 0, -1, 0),
+    "confirmation": ("campaigns", "notified", 0, -1, 0),
+    "send": ("sends", "status", "sending", "set_aside", "pending"),
+}
+
+
+def note_failures(db: Database, *, work: str, failures: dict[int, str]) -> dict[int, int]:
+    """Count one more failure for each row ({id: reason}); at MAX_FAILURES a row is set aside.
+
+    Returns each row's failures so far (MAX_FAILURES or more: it is set aside now).
+    """
+    table, column, working, aside, _ = _WORK[work]
+    counts = {}
+    for row_id, reason in failures.items():
+        row = db.execute(
+            f"UPDATE {table} SET failures = failures + 1, last_failure = ? WHERE id = ? AND {column} = ? "
+            "RETURNING failures",
+            [reason[:2000], row_id, working],
+        ).fetchone()
+        if row is None:
+            continue
+        counts[row_id] = row[0]
+        if row[0] >= MAX_FAILURES:
+            db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ?", [aside, row_id])
+    return counts
+
+
+def retry_set_aside(db: Database, *, work: str, row_id: int, deadline: str | None = None) -> bool:
+    """An operator's retry: the row waits for its worker again, with a fresh count; False if it was not aside."""
+    table, column, _, aside, waiting = _WORK[work]
+    sets = f"{column} = ?, failures = 0" + (", deadline = ?" if deadline else "")
+    params = [waiting, *([deadline] if deadline else []), row_id, aside]
+    return db.execute(f"UPDATE {table} SET {sets} WHERE id = ? AND {column} = ?", params).rowcount > 0
+
+
+def set_aside(db: Database, *, limit: int = 200) -> dict[str, list[dict]]:
+    """The rows set aside, newest first, for the Attention page."""
+    return {
+        "routing": [
+            dict(r)
+            for r in db.query(
+                """SELECT id, kind, number, text, received_at, failures, last_failure FROM callbacks
+                   WHERE routed = -1 ORDER BY id DESC LIMIT ?""",
+                [limit],
+            )
+        ],
+        "confirmation": [
+            dict(r)
+            for r in db.query(
+                """SELECT id, label, status, sender_email, finished_at, failures, last_failure FROM campaigns
+                   WHERE notified = -1 ORDER BY id DESC LIMIT ?""",
+                [limit],
+            )
+        ],
+        "send": [
+            dict(r)
+            for r in db.query(
+                """SELECT s.id, s.campaign_id, s.chunk, c.label, c.origin, c.sender_email, s.created_at, s.failures,
+                          s.last_failure
+                   FROM sends s JOIN campaigns c ON c.id = s.campaign_id
+                   WHERE s.status = 'set_aside' ORDER BY s.id DESC LIMIT ?""",
+                [limit],
+            )
+        ],
+    }
+
+
+def count_set_aside(db: Database) -> dict[str, int]:
+    return {
+        "routing": db.execute("SELECT count(*) FROM callbacks WHERE routed = -1").fetchone()[0],
+        "confirmation": db.execute("SELECT count(*) FROM campaigns WHERE notified = -1").fetchone()[0],
+        "send": db.execute("SELECT count(*) FROM sends WHERE status = 'set_aside'").fetchone()[0],
+    }
+
+
+def mark_done(db: Database, *, work: str, ids: list[int]) -> None:
+    """The notifier has queued these rows' e-mails: routed callbacks, or notified campaigns."""
+    table, column = _WORK[work][:2]
+    if ids:
+        db.execute(f"UPDATE {table} SET {column} = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
 
 
 def is_opted_out(db: Database, number: str) -> bool:
@@ -331,9 +422,12 @@ def purge(db: Database, *, days: int, digests: list[str]) -> dict:
 
 
 def backup(db: Database, target: str) -> None:
-    """SQLite's online backup: a consistent copy while the daemon keeps writing."""
+    """SQLite's online backup: a consistent copy while the daemon keeps writing; 0600, like the database."""
     import sqlite3
 
+    from relay.storage.database import private_file
+
+    private_file(Path(target))
     dest = sqlite3.connect(target)
     try:
         db.conn.backup(dest)

@@ -194,3 +194,16 @@ def m005_unrouted_index(db: Database) -> None:
     """Most callbacks are now stored routed: index only those the notifier still has to read."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_unrouted ON callbacks (id) WHERE routed = 0")
     db.execute("DROP INDEX IF EXISTS idx_callbacks_routed")
+
+
+@migrations()
+def m006_failures_set_aside(db: Database) -> None:
+    """A row whose handling keeps failing is counted, then set aside for an operator instead of blocking its worker.
+
+    Set aside: a callback `routed = -1`, a campaign's confirmation `notified = -1`, a send `status = 'set_aside'`.
+    """
+    for table in ("callbacks", "campaigns", "sends"):
+        db[table].add_column("failures", int, not_null_default=0)
+        db[table].add_column("last_failure", str)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_set_aside ON callbacks (id) WHERE routed = -1")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_set_aside ON campaigns (id) WHERE notified = -1")

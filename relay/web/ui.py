@@ -2,9 +2,10 @@
 
 Server-rendered Jinja2 pages that work without JavaScript (the CSP forbids any
 script and any inline style). Every route applies one access rule: open on
-loopback when `http.ui_users` is empty, HTTP basic auth otherwise. The one
-form that changes something (an SMS answer) carries a CSRF token, because a
-browser sends basic-auth credentials with cross-site requests too.
+loopback when `http.ui_users` is empty, HTTP basic auth otherwise. The forms
+that change something (an SMS answer, a retry on the Attention page) carry a
+CSRF token, because a browser sends basic-auth credentials with cross-site
+requests too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import re
 import secrets
 import urllib.parse
@@ -43,6 +45,7 @@ from relay.storage import queries
 from relay.web.access import ui_user
 from relay.web.keys import RELAY
 
+log = logging.getLogger("relay.web")
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000  # beyond any real page; keeps OFFSET inside SQLite's integers
 CONVERSATION_LIMIT = 500  # items of each direction shown on a conversation page
@@ -94,6 +97,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/campaigns", campaigns_page)
     app.router.add_get(r"/campaigns/{id:\d{1,18}}", campaign_page)  # beyond SQLite's integers: the router's 404
     app.router.add_get("/attention", attention_page)
+    app.router.add_post("/attention/retry", attention_retry)
     app.router.add_get("/static/style.css", stylesheet)
 
 
@@ -419,6 +423,15 @@ def _set_session(request: web.Request, response: web.Response, nonce: str) -> No
     response.set_cookie(SESSION_COOKIE, nonce, path="/", httponly=True, samesite="Strict", secure=request.secure)
 
 
+def check_csrf(request: web.Request, form: Any, advice: str) -> None:
+    """A form that changes something must carry the token of this browser's session cookie, else 403."""
+    nonce = request.cookies.get(SESSION_COOKIE, "")
+    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
+    token = str(form.get("csrf", ""))
+    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise web.HTTPForbidden(text=f"403: this form expired or came from another site; {advice}\n")
+
+
 def _canonical(number: str) -> str:
     e164, _ = normalise_number(number)
     return e164
@@ -466,13 +479,7 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
     config = relay_.config
     number = _canonical(request.match_info["number"])
     form = await request.post()
-    nonce = request.cookies.get(SESSION_COOKIE, "")
-    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
-    token = str(form.get("csrf", ""))
-    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise web.HTTPForbidden(
-            text="403: this form expired or came from another site; reload the conversation and send again\n"
-        )
+    check_csrf(request, form, "reload the conversation and send again")
     text = str(form.get("text", "")).replace("\r\n", "\n").strip()
     form_key = str(form.get("key", ""))
     if not _FORM_KEY.fullmatch(form_key):
@@ -598,7 +605,7 @@ def load_attention(db: Database) -> dict:
             [ATTENTION_LIMIT],
         )
     ]
-    return {"unrecognised": unrecognised, "mails": mails, "sends": sends}
+    return {"unrecognised": unrecognised, "mails": mails, "sends": sends, "set_aside": queries.set_aside(db)}
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -612,7 +619,41 @@ def _json_list(text: str | None) -> list[str]:
 @ui
 async def attention_page(request: web.Request) -> web.StreamResponse:
     data = await request.app[RELAY].store.read(load_attention)
-    return render(request, "attention.html", **data)
+    nonce, new = _session(request)
+    retried = request.query.get("retried", "")
+    response = render(
+        request,
+        "attention.html",
+        csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
+        retried=retried if retried in SET_ASIDE_WORK else "",
+        **data,
+    )
+    if new:
+        _set_session(request, response, nonce)
+    return response
+
+
+SET_ASIDE_WORK = ("routing", "confirmation", "send")
+
+
+@ui
+async def attention_retry(request: web.Request) -> web.StreamResponse:
+    """Put a row set aside after repeated failures back in its worker's queue (a button of the Attention page)."""
+    relay_ = request.app[RELAY]
+    form = await request.post()
+    check_csrf(request, form, "reload the Attention page and try again")
+    work, row_id = str(form.get("work", "")), str(form.get("id", ""))
+    if work not in SET_ASIDE_WORK or not row_id.isdigit() or len(row_id) > 18:
+        raise web.HTTPBadRequest(text="400: expected work=routing|confirmation|send and a row id\n")
+    # A send's retries get a new deadline, as a new request would (within Octopush's 24 h request_id window).
+    deadline = clock.iso(clock.now() + timedelta(seconds=relay_.config.octopush.retry_for)) if work == "send" else None
+    retried = await relay_.store.write(
+        partial(queries.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
+    )
+    if retried:
+        log.info("attention: %s #%s retried by %s", work, row_id, request.get("ui_user") or "a loopback user")
+        (relay_.sender.wake if work == "send" else relay_.notifier.wake)()
+    raise web.HTTPSeeOther(f"/attention?retried={work}" if retried else "/attention")
 
 
 # ------------------------------------------------------------------ static

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import time
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def mail(body: str = "Hello there", subject: str = "Test") -> EmailMessage:
-    msg = EmailMessage()
+    msg = EmailMessage(policy=SMTP_POLICY)  # CRLF line ends, as on the wire
     msg["From"], msg["To"], msg["Subject"] = FROM, TO, subject
     msg["Message-ID"] = make_msgid(domain="example.org")
     msg.set_content(body)
@@ -116,7 +117,9 @@ async def test_callbacks_are_answered_while_many_slow_connections_are_held(make_
     daemon = await make_daemon()  # the default 30 s timeout: every slow connection stays for the whole test
     host, port = daemon.http_address
     slow = [await asyncio.open_connection(host, port) for _ in range(150)]
-    drips = [asyncio.create_task(drip(w, b"GET / HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 100, 0.5)) for _, w in slow]
+    drips = [
+        asyncio.create_task(drip(w, b"GET / HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 100, 0.5)) for _, w in slow
+    ]
     try:
         async with aiohttp.ClientSession() as session:
             times = [await post_callback(session, daemon, n) for n in range(20)]
@@ -153,3 +156,259 @@ async def _healthz(session, daemon) -> bool:
             return response.status in (200, 503) and b"status" in await response.read()
     except aiohttp.ClientError:
         return False
+
+
+# ---------------------------------------------------------------- SMTP: slow clients, endless sessions, the cap
+
+
+async def test_idle_and_dripping_smtp_sessions_are_closed(make_daemon):
+    daemon = await make_daemon("[smtp_in]\ncommand_timeout = 1\n")
+    host, port = daemon.smtp.address
+    idle = await asyncio.open_connection(host, port)
+    dripping = await asyncio.open_connection(host, port)
+    in_data = await asyncio.open_connection(host, port)  # a message that never ends
+    for reader, _ in (idle, dripping, in_data):
+        assert (await reader.readline()).startswith(b"220 ")
+    in_data[1].write(f"EHLO x\r\nMAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n".encode())
+    started = time.monotonic()
+    tasks = [
+        asyncio.create_task(drip(dripping[1], b"EHLO " + b"x" * 100 + b"\r\n", 0.2)),
+        asyncio.create_task(drip(in_data[1], b"Subject: slow\r\n\r\n" + b"y" * 100, 0.2)),
+    ]
+    for reader, _ in (idle, dripping, in_data):
+        await closed_by_server(reader, timeout=5)
+    assert time.monotonic() - started < 4
+    for task in tasks:
+        await task
+    for _, writer in (idle, dripping, in_data):
+        writer.close()
+
+
+async def test_a_noop_loop_cannot_keep_a_session_forever(make_daemon):
+    daemon = await make_daemon("[smtp_in]\ncommand_timeout = 1\nsession_limit = 2\n")
+    host, port = daemon.smtp.address
+    reader, writer = await asyncio.open_connection(host, port)
+    await reader.readline()
+    started, answers = time.monotonic(), []
+    async with asyncio.timeout(6):
+        while not answers or answers[-1].startswith(b"250"):
+            writer.write(b"NOOP\r\n" if len(answers) % 2 else b"RSET\r\n")
+            answers.append(await reader.readline())
+            await asyncio.sleep(0.3)
+    assert answers[-1].startswith(b"421 4.4.2"), answers[-3:]
+    assert 1.8 < time.monotonic() - started < 4
+    assert await closed_by_server(reader, timeout=2) == b""
+    writer.close()
+
+
+async def test_the_smtp_cap_refuses_with_421_and_says_so_in_the_log(make_daemon, caplog):
+    daemon = await make_daemon("[smtp_in]\nmax_connections = 3\n")
+    host, port = daemon.smtp.address
+    held = [await asyncio.open_connection(host, port) for _ in range(3)]
+    for reader, _ in held:
+        assert (await reader.readline()).startswith(b"220 ")
+    with caplog.at_level(logging.WARNING, logger="relay.auth"):
+        reader, writer = await asyncio.open_connection(host, port)
+        assert (await closed_by_server(reader, timeout=5)).startswith(b"421 4.7.0 ")
+    assert "SMTP listener full" in caplog.text and "smtp_in.max_connections" in caplog.text
+    writer.close()
+    held[0][1].write(b"QUIT\r\n")
+    await closed_by_server(held[0][0], timeout=5)
+
+    def send():  # a place is free again
+        with smtplib.SMTP(host, port, timeout=10) as s:
+            s.sendmail(FROM, [TO], mail().as_bytes())
+
+    await asyncio.to_thread(send)
+    for _, w in held:
+        w.close()
+
+
+async def test_callbacks_are_answered_while_many_smtp_sessions_are_held(make_daemon):
+    daemon = await make_daemon()
+    host, port = daemon.smtp.address
+    held = [await asyncio.open_connection(host, port) for _ in range(100)]
+    drips = [asyncio.create_task(drip(w, b"EHLO " + b"x" * 100, 0.5)) for _, w in held]
+    try:
+        async with aiohttp.ClientSession() as session:
+            times = [await post_callback(session, daemon, n) for n in range(20)]
+        assert max(times) < 0.5, times
+    finally:
+        for task in drips:
+            task.cancel()
+        for _, writer in held:
+            writer.close()
+
+
+# ---------------------------------------------------------------- SMTP: size, structure, refusals in the log
+
+
+def smtp_session(daemon) -> smtplib.SMTP:
+    host, port = daemon.smtp.address
+    session = smtplib.SMTP(host, port, timeout=10)
+    session.ehlo()
+    return session
+
+
+async def test_size_counts_the_message_as_received_not_its_doubled_dots(make_daemon):
+    daemon = await make_daemon("[smtp_in]\nmax_size = 2000\n")
+    # Lines starting with a dot are sent with a second one (RFC 5321 §4.5.2): on the wire this message is
+    # a third larger than the 1,900 bytes it is.
+    msg = mail("Hello\n" + ".\n" * 560).as_bytes()
+    assert len(msg) < 2000 < len(msg) + msg.count(b"\r\n.")
+
+    def session():
+        with smtp_session(daemon) as s:
+            assert s.esmtp_features["size"] == "2000"
+            code, _ = s.mail(FROM, ["SIZE=2001"])
+            assert code == 552
+            s.rset()
+            s.mail(FROM, [f"SIZE={len(msg)}"])
+            s.rcpt(TO)
+            code, text = s.data(msg)
+            assert code == 250, text
+            s.mail(FROM)
+            s.rcpt(TO)
+            return s.data(mail(("x" * 70 + "\n") * 30).as_bytes())
+
+    code, text = await asyncio.to_thread(session)
+    assert (code, text[:5]) == (552, b"5.3.4"), text
+
+
+def nested(depth: int) -> bytes:
+    head = "From: alice@example.org\r\nTo: +33612345678@sms.example.org\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+    opening = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n' for i in range(depth))
+    closing = "".join(f"\r\n--b{i}--\r\n" for i in reversed(range(depth)))
+    return (head + opening + "Content-Type: text/plain\r\n\r\nhello" + closing).encode()
+
+
+@pytest.mark.parametrize("depth", [3000, 60])
+async def test_a_message_nested_too_deep_is_refused_for_good(make_daemon, caplog, depth):
+    daemon = await make_daemon()
+
+    def send():
+        with smtp_session(daemon) as s:
+            s.mail(FROM)
+            s.rcpt(TO)
+            return s.data(nested(depth))
+
+    with caplog.at_level(logging.INFO):
+        code, text = await asyncio.to_thread(send)
+    assert code == 554 and text.startswith(b"5.6.0 ") and b"nested" in text, text
+    assert "RecursionError" not in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_every_smtp_refusal_is_logged_with_the_peer_the_sender_and_the_reason(make_daemon, caplog):
+    daemon = await make_daemon("[smtp_in]\nmax_size = 3000\n")
+
+    def session():
+        with smtp_session(daemon) as s:
+            s.mail(FROM)
+            assert s.rcpt("nobody@sms.example.org")[0] == 550
+            assert s.rcpt(TO)[0] == 250
+            assert s.data(mail(("x" * 70 + "\n") * 45).as_bytes())[0] == 552
+            s.mail(FROM)
+            s.rcpt(TO)
+            assert s.data(mail("hi", subject="[simulte] typo").as_bytes())[0] == 550
+
+    with caplog.at_level(logging.INFO, logger="relay.smtp"):
+        await asyncio.to_thread(session)
+    lines = [r.getMessage() for r in caplog.records if r.name == "relay.smtp" and "refused" in r.getMessage()]
+    assert len(lines) == 3, lines
+    for line, answer in zip(lines, ("550 5.1.1", "552 5.3.4", "550 5.6.0"), strict=True):
+        assert "127.0.0.1" in line and FROM in line and answer in line, line
+    assert "nobody" in lines[0] and "simulte" in lines[2]
+
+
+# ---------------------------------------------------------------- guessing passwords
+
+
+def test_the_guard_blocks_an_address_for_a_minute_after_5_failures_within_a_minute():
+    now = [1000.0]
+    guard = LoginGuard(clock=lambda: now[0])
+    for _ in range(4):
+        guard.failed("203.0.113.7", "test")
+        now[0] += 20  # 4 failures over 80 s: never 5 within a minute
+    assert guard.retry_after("203.0.113.7") == 0
+    for _ in range(4):
+        guard.failed("203.0.113.7", "test")
+    assert 59 < guard.retry_after("203.0.113.7") <= 60
+    assert guard.retry_after("203.0.113.8") == 0  # another address is not concerned
+    now[0] += 61
+    assert guard.retry_after("203.0.113.7") == 0
+    # IPv6: one subscriber's /64 is one address
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
+
+
+async def test_the_web_interface_answers_429_after_5_failed_logins(make_daemon, caplog):
+    daemon = await make_daemon(f'[http.ui_users]\nann = "{make_hash("right")}"\n')
+    url = f"{daemon.http_url}/replies"
+    with caplog.at_level(logging.INFO, logger="relay.auth"):
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers=basic("ann", "right")) as response:
+                assert response.status == 200
+            for guess in range(5):
+                async with session.get(url, headers=basic("ann", f"guess{guess}")) as response:
+                    assert response.status == 401
+            async with session.get(url, headers=basic("ann", "right")) as response:
+                assert response.status == 429
+                assert 0 < int(response.headers["Retry-After"]) <= 60
+    failed = [r.getMessage() for r in caplog.records if "login failed from 127.0.0.1" in r.getMessage()]
+    assert len(failed) == 5 and "'ann'" in failed[0] and "guess" not in caplog.text
+    assert "login refused from 127.0.0.1" in caplog.text
+
+
+def tls_login(daemon, user: str, password: str) -> tuple[int, bytes]:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the listener's self-signed certificate
+    with smtp_session(daemon) as s:
+        s.starttls(context=context)
+        s.ehlo()
+        return s.docmd(
+            "AUTH", "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        )  # one mechanism: smtplib's login() tries several
+
+
+async def test_smtp_auth_answers_454_after_5_failed_logins_counted_with_the_web_interface(make_daemon, caplog):
+    hashed = make_hash("right")
+    daemon = await make_daemon(
+        f'[http.ui_users]\nann = "{hashed}"\n[smtp_in]\nrequire_auth = true\n[smtp_in.users]\nann = "{hashed}"\n'
+    )
+    assert (await asyncio.to_thread(tls_login, daemon, "ann", "right"))[0] == 235
+    with caplog.at_level(logging.INFO, logger="relay.auth"):
+        for guess in range(3):
+            assert (await asyncio.to_thread(tls_login, daemon, "ann", f"guess{guess}"))[0] == 535
+        async with aiohttp.ClientSession() as session:
+            for guess in range(2):  # the same address guessing on the web interface: the same count
+                async with session.get(f"{daemon.http_url}/", headers=basic("ann", f"web{guess}")) as response:
+                    assert response.status == 401
+        code, text = await asyncio.to_thread(tls_login, daemon, "ann", "right")
+    assert code == 454 and text.startswith(b"4.7.0 "), text
+    assert "login failed from 127.0.0.1: SMTP AUTH PLAIN as 'ann'" in caplog.text
+    assert "login refused from 127.0.0.1: SMTP AUTH" in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("fail2ban-regex") is None, reason="fail2ban is not installed (CI installs it)")
+async def test_the_fail2ban_filter_finds_the_daemons_failed_logins(spawn, tmp_path):
+    from tests.conftest import write_config
+
+    path = write_config(tmp_path / "octorelay.toml", tmp_path, extra=f'[http.ui_users]\nann = "{make_hash("right")}"\n')
+    proc = await spawn(path)
+    async with aiohttp.ClientSession() as session:
+        for guess in range(7):
+            async with session.get(f"{proc.http_url}/replies", headers=basic("ann", f"guess{guess}")) as response:
+                assert response.status == (401 if guess < 5 else 429)
+    await proc.stop()
+    log_file = Path(proc.log.name)
+    assert "login failed from 127.0.0.1" in log_file.read_text()
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["fail2ban-regex", "-o", "ip", str(log_file), str(ROOT / "systemd/fail2ban/filter.d/octorelay.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ips = result.stdout.split()
+    assert ips.count("127.0.0.1") == 8, result.stdout  # 5 failures, the block, and 2 refusals

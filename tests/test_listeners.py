@@ -390,10 +390,12 @@ async def test_smtp_auth_answers_454_after_5_failed_logins_counted_with_the_web_
 
 
 @pytest.mark.skipif(shutil.which("fail2ban-regex") is None, reason="fail2ban is not installed (CI installs it)")
-async def test_the_fail2ban_filter_finds_the_daemons_failed_logins(spawn, tmp_path):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_the_fail2ban_filter_finds_the_daemons_failed_logins(spawn, tmp_path, log_format):
     from tests.conftest import write_config
 
-    path = write_config(tmp_path / "octorelay.toml", tmp_path, extra=f'[http.ui_users]\nann = "{make_hash("right")}"\n')
+    extra = f'[log]\nformat = "{log_format}"\n[http.ui_users]\nann = "{make_hash("right")}"\n'
+    path = write_config(tmp_path / "octorelay.toml", tmp_path, extra=extra)
     proc = await spawn(path)
     async with aiohttp.ClientSession() as session:
         for guess in range(7):

@@ -414,3 +414,19 @@ async def test_the_fail2ban_filter_finds_the_daemons_failed_logins(spawn, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     ips = result.stdout.split()
     assert ips.count("127.0.0.1") == 8, result.stdout  # 5 failures, the block, and 2 refusals
+
+
+async def test_the_daemon_process_cuts_idle_clients_too(spawn, tmp_path):
+    """`octorelay run` (with uvloop when installed) runs the same watchdogs."""
+    from tests.conftest import write_config
+
+    extra = "[http]\nrequest_timeout = 1\n[smtp_in]\ncommand_timeout = 1\n"
+    proc = await spawn(write_config(tmp_path / "octorelay.toml", tmp_path, extra=extra))
+    host, port = proc.http_url.removeprefix("http://").rsplit(":", 1)
+    http = await asyncio.open_connection(host, int(port))
+    smtp = await asyncio.open_connection(*proc.smtp)
+    for reader, _ in (http, smtp):
+        await closed_by_server(reader, timeout=5)
+    for _, writer in (http, smtp):
+        writer.close()
+    assert "no complete request within 1 s" in proc.output()

@@ -122,7 +122,8 @@ class RelaySMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.listener = listener
         self._session_timer: asyncio.TimerHandle | None = None
-        self._counted = False
+        listener.cap.held += 1  # counted from its creation, so a burst of accepts cannot overshoot the cap
+        self._counted = True
 
     @property
     def peer_host(self) -> str:
@@ -132,8 +133,6 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         if self._session_timer is None:  # not again for the TLS transport after STARTTLS
-            self.listener.cap.held += 1
-            self._counted = True
             limit = self.listener.daemon.config.smtp_in.session_limit
             self._session_timer = self.loop.call_later(limit, self._session_over, limit)
 

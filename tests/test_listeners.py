@@ -298,6 +298,30 @@ async def test_a_message_nested_too_deep_is_refused_for_good(make_daemon, caplog
     assert "RecursionError" not in caplog.text and "Traceback" not in caplog.text
 
 
+def siblings(count: int) -> bytes:
+    """`count` multipart/alternative parts side by side in one multipart/mixed: wide, not deep."""
+    head = "From: alice@example.org\r\nTo: +33612345678@sms.example.org\r\nSubject: wide\r\nMIME-Version: 1.0\r\n"
+    alternative = (
+        'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n--alt\r\nContent-Type: text/plain\r\n\r\n'
+        "see attached\r\n--alt--\r\n"
+    )
+    parts = "".join(f"--top\r\n{alternative}" for _ in range(count))
+    return (head + f'Content-Type: multipart/mixed; boundary="top"\r\n\r\n{parts}--top--\r\n').encode()
+
+
+async def test_many_multiparts_side_by_side_are_not_too_deep(make_daemon):
+    daemon = await make_daemon()
+
+    def send():
+        with smtp_session(daemon) as s:
+            s.mail(FROM)
+            s.rcpt(TO)
+            return s.data(siblings(80))
+
+    code, text = await asyncio.to_thread(send)
+    assert code == 250, text
+
+
 async def test_every_smtp_refusal_is_logged_with_the_peer_the_sender_and_the_reason(make_daemon, caplog):
     daemon = await make_daemon("[smtp_in]\nmax_size = 3000\n")
 

@@ -385,15 +385,17 @@ def nests_deeper_than(data: bytes, limit: int) -> bool:
     its cost grows with the depth squared (2 s of CPU for 1,000 levels), so a deep message is refused unparsed.
 
     An upper bound from the bytes alone: each `boundary=` opens a level until its closing `--boundary--`
-    line. Nearly all mail has fewer `multipart/` mentions than `limit` and is not scanned at all.
+    line (the parser's own errors and slowness stay the backstop for what this misses). Nearly all mail has
+    fewer `multipart/` mentions than `limit` and is not scanned at all.
     """
     if data.lower().count(b"multipart/") <= limit:
         return False
     stack: list[bytes] = []
     for line in data.split(b"\n"):
-        found = line.lower().find(b"boundary=")
-        if found >= 0:
-            stack.append(line[found + 9 :].strip().split(b";")[0].strip(b"\"' \t\r"))
+        found = line.lower().find(b"boundary")
+        value = line[found + 8 :].lstrip() if found >= 0 else b""
+        if value[:1] in (b"=", b"*"):  # `boundary=x`, `boundary = x` (the stdlib reads both), `boundary*0=x`
+            stack.append(value.partition(b"=")[2].strip().split(b";")[0].strip(b"\"' \t\r"))
             if len(stack) > limit:
                 return True
         elif line.startswith(b"--"):

@@ -90,7 +90,7 @@ async def test_idle_and_dripping_http_connections_are_closed_while_callbacks_are
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         for n in range(3):  # meanwhile, callbacks are answered at once
-            assert await post_callback(session, daemon, n) < 0.5
+            assert await post_callback(session, daemon, n) < 1.0
         for reader, _ in (idle, head, body):
             await closed_by_server(reader, timeout=5)
     assert time.monotonic() - started < 4
@@ -123,7 +123,7 @@ async def test_callbacks_are_answered_while_many_slow_connections_are_held(make_
     try:
         async with aiohttp.ClientSession() as session:
             times = [await post_callback(session, daemon, n) for n in range(20)]
-        assert max(times) < 0.5, times
+        assert max(times) < 1.0, times
         assert all(not w.is_closing() for _, w in slow)  # held, not cut: the cap (512) is not reached
     finally:
         for task in drips:
@@ -232,7 +232,7 @@ async def test_callbacks_are_answered_while_many_smtp_sessions_are_held(make_dae
     try:
         async with aiohttp.ClientSession() as session:
             times = [await post_callback(session, daemon, n) for n in range(20)]
-        assert max(times) < 0.5, times
+        assert max(times) < 1.0, times
     finally:
         for task in drips:
             task.cancel()
@@ -448,9 +448,14 @@ async def test_the_daemon_process_cuts_idle_clients_too(spawn, tmp_path):
     proc = await spawn(write_config(tmp_path / "octorelay.toml", tmp_path, extra=extra))
     host, port = proc.http_url.removeprefix("http://").rsplit(":", 1)
     http = await asyncio.open_connection(host, int(port))
+    body = await asyncio.open_connection(host, int(port))  # complete headers, then a body that never comes
+    body[1].write(b"POST /octopush/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nab")
     smtp = await asyncio.open_connection(*proc.smtp)
-    for reader, _ in (http, smtp):
+    for reader, _ in (http, body, smtp):
         await closed_by_server(reader, timeout=5)
-    for _, writer in (http, smtp):
+    for _, writer in (http, body, smtp):
         writer.close()
-    assert "no complete request within 1 s" in proc.output()
+    await proc.stop()
+    output = Path(proc.log.name).read_text()
+    assert output.count("no complete request within 1 s") == 2
+    assert "Traceback" not in output

@@ -459,3 +459,47 @@ async def test_the_daemon_process_cuts_idle_clients_too(spawn, tmp_path):
     output = Path(proc.log.name).read_text()
     assert output.count("no complete request within 1 s") == 2
     assert "Traceback" not in output
+
+
+async def test_a_slow_reader_of_a_large_answer_is_not_cut(make_daemon):
+    """The clock runs for the client's request, not for its reading of the answer: a large CSV export read
+    slowly, for longer than the timeout, arrives whole."""
+    import socket
+
+    from relay.octopush.callbacks import classify
+    from relay.storage import queries
+
+    daemon = await make_daemon("[http]\nrequest_timeout = 1\n")
+
+    def fill(db):  # 5,000 replies of 1.5 KB: a 7.5 MB CSV export, more than the sockets' buffers hold (4 MB)
+        for n in range(5000):
+            fields = {**REPLY, "ticket": f"t{n}", "text": f"{n} " + "x" * 1500}
+            queries.store_callback(db, classify(fields, raw="{}", content_type="application/json"), lambda row: False)
+
+    await daemon.store.write(fill)
+    host, port = daemon.http_address
+
+    def download(pause: float, seconds: float) -> tuple[int, bool]:
+        """Once the answer starts, read 64 KB every `pause` s for `seconds`, then read on until the end;
+        how much came, and whether the server cut the connection."""
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect((host, port))
+        s.sendall(b"GET /replies.csv HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        try:
+            received = len(s.recv(65536))
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                time.sleep(pause)
+                received += len(s.recv(65536))
+            while data := s.recv(65536):
+                received += len(data)
+            return received, False
+        except ConnectionResetError:
+            return received, True
+        finally:
+            s.close()
+
+    received, cut = await asyncio.to_thread(download, 0.2, 3.5)
+    assert received > 7_500_000 and not cut, (received, cut)  # read slowly over three timeouts: all of it

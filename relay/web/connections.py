@@ -54,14 +54,21 @@ class Watched(asyncio.Protocol):
 
     def _too_slow(self) -> None:
         self._timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            peer = self.transport.get_extra_info("peername")
-            log.info(
-                "HTTP connection from %s closed: no complete request within %.0f s (http.request_timeout)",
-                peer[0] if peer else "unknown",
-                self.timeout,
-            )
-            self.transport.close()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size():
+            # The client is still reading its last answer (a large CSV export over a slow link). How fast it
+            # reads cannot be told from here (the kernel's buffers hold megabytes), so that is not cut; the
+            # connection cap bounds such readers.
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._too_slow)
+            return
+        peer = self.transport.get_extra_info("peername")
+        log.info(
+            "HTTP connection from %s closed: no complete request within %.0f s (http.request_timeout)",
+            peer[0] if peer else "unknown",
+            self.timeout,
+        )
+        self.transport.close()
 
     # -- the transport's events, forwarded
 

@@ -503,3 +503,23 @@ async def test_a_slow_reader_of_a_large_answer_is_not_cut(make_daemon):
 
     received, cut = await asyncio.to_thread(download, 0.2, 3.5)
     assert received > 7_500_000 and not cut, (received, cut)  # read slowly over three timeouts: all of it
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[http]\nrequest_timeout = 0\n", "http.request_timeout"),
+        ("[http]\nmax_connections = -1\n", "http.max_connections"),
+        ("[smtp_in]\ncommand_timeout = 0\n", "smtp_in.command_timeout"),
+        ("[smtp_in]\nsession_limit = -5\n", "smtp_in.session_limit"),
+        ('[smtp_in]\nmax_connections = "many"\n', "smtp_in.max_connections"),
+    ],
+)
+def test_the_listener_limits_are_checked_at_start(tmp_path, text, key):
+    from relay import config as config_mod
+    from relay.errors import ConfigError
+
+    path = tmp_path / "octorelay.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config_mod.load(path, env={})

@@ -523,3 +523,19 @@ def test_the_listener_limits_are_checked_at_start(tmp_path, text, key):
     path.write_text(text)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_mod.load(path, env={})
+
+
+async def test_a_reload_applies_the_smtp_cap_and_timeouts_to_new_sessions(make_daemon, tmp_path):
+    from tests.conftest import write_config
+
+    daemon = await make_daemon()
+    write_config(Path(daemon.config_path), tmp_path, extra="[smtp_in]\nmax_connections = 1\ncommand_timeout = 1\n")
+    assert await daemon.reload()
+    host, port = daemon.smtp.address
+    first = await asyncio.open_connection(host, port)
+    assert (await first[0].readline()).startswith(b"220 ")
+    second = await asyncio.open_connection(host, port)
+    assert (await closed_by_server(second[0], timeout=5)).startswith(b"421 4.7.0 ")
+    await closed_by_server(first[0], timeout=5)  # idle for the new 1 s timeout
+    for _, writer in (first, second):
+        writer.close()

@@ -516,7 +516,9 @@ class SmtpListener:
         return AuthResult(success=ok, handled=False)  # a failure is logged and counted by RelaySMTP._checked
 
     def reconfigure(self, config: Config) -> None:
-        """Allowed senders, users and groups come from daemon.config at each command: nothing to rebind."""
+        """Allowed senders, users, groups and the timeouts come from daemon.config at each command or session;
+        only the cap is held here."""
+        self.cap.limit = config.smtp_in.max_connections
 
     async def stop(self) -> None:
         if self._server is not None:

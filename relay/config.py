@@ -75,6 +75,8 @@ class Http:
     callback_token: str = field(repr=False)
     api_token: str = field(repr=False)
     ui_users: dict[str, str] = field(repr=False)
+    request_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class SmtpIn:
     max_recipients: int
     max_size: int
     max_commands: int
+    command_timeout: float
+    session_limit: float
+    max_connections: int
     confirm: str
     stop_mention: str
 
@@ -339,6 +344,8 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         callback_token=h.secret("callback_token", env, "OCTORELAY_CALLBACK_TOKEN"),
         api_token=h.secret("api_token", env, "OCTORELAY_API_TOKEN"),
         ui_users=h.mapping("ui_users"),
+        request_timeout=h.positive("request_timeout"),
+        max_connections=h.positive("max_connections", int),
     )
     if not http.listen.loopback and not http.ui_users:
         h.fail("ui_users", f"listen = {str(http.listen)!r} is not loopback: add ui_users for the web interface")
@@ -359,6 +366,9 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         max_recipients=s.positive("max_recipients", int),
         max_size=s.positive("max_size", int),
         max_commands=s.positive("max_commands", int),
+        command_timeout=s.positive("command_timeout"),
+        session_limit=s.positive("session_limit"),
+        max_connections=s.positive("max_connections", int),
         confirm=s.choice("confirm", ("all", "errors", "none")),
         stop_mention=s.get("stop_mention", str),
     )

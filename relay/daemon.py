@@ -22,6 +22,7 @@ from relay import config as config_mod
 from relay.config import Config
 from relay.errors import RelayError
 from relay.groups import contacts, load_groups
+from relay.guard import LoginGuard
 from relay.mail.outbox import Outbox
 from relay.mail.render import Renderer
 from relay.metrics import Metrics
@@ -34,6 +35,7 @@ from relay.storage import queries
 from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
+from relay.web.connections import CappedSite
 
 log = logging.getLogger("relay.daemon")
 STOP_TIMEOUT = 10.0
@@ -47,6 +49,7 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         self.lock = DaemonLock(config.storage.path)
+        self.logins = LoginGuard()  # failed logins per address, shared by the web interface and SMTP AUTH
         self.store = Store(config.storage.path)
         self.ready = False  # every component is up: /healthz stops answering "starting"
         self.callback_token = ""
@@ -130,13 +133,18 @@ class Daemon:
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
         await self._runner.setup()
         self._started.append(_Runner(self._runner))
-        site = web.TCPSite(self._runner, cfg.http.listen.host, cfg.http.listen.port, reuse_address=True)
+        site = CappedSite(
+            self._runner,
+            cfg.http.listen.host,
+            cfg.http.listen.port,
+            max_connections=cfg.http.max_connections,
+            timeout=cfg.http.request_timeout,
+        )
         try:
             await site.start()
         except OSError as exc:
             raise RelayError(f"http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}") from None
-        sock = site._server.sockets[0]  # the bound address, for port 0
-        self.http_address = sock.getsockname()[:2]
+        self.http_address = site.address  # the bound address, for port 0
         if self.emulator:
             self.emulator.callback_url = f"{self.http_url}/octopush/{self.callback_token}"
 
@@ -149,6 +157,7 @@ class Daemon:
         await self._up(self.watchdog)
         self.ready = True
         self._all_up.set()
+        check_open_files(cfg)
         systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
         log.info(
             "octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode
@@ -271,6 +280,29 @@ class Daemon:
         days = self.config.storage.retention_days if days is None else days
         digests = [s.name for s in self.config.digests]
         return await self.store.write(partial(queries.purge, days=days, digests=digests))
+
+
+# Files the daemon needs besides its listeners' connections: the database, logs, outgoing connections.
+FILES_BESIDES_CONNECTIONS = 64
+
+
+def check_open_files(cfg: Config) -> None:
+    """Warn when the listeners' caps do not fit under the open-file limit: the cap would never be reached,
+    and a flood would make accept() fail for everyone instead."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError):
+        return
+    need = cfg.http.max_connections + cfg.smtp_in.max_connections + FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and need > soft:
+        log.warning(
+            "http.max_connections + smtp_in.max_connections need about %d open files, but the limit is %d: "
+            "raise it (LimitNOFILE= in the unit, ulimit -n) or lower them",
+            need,
+            soft,
+        )
 
 
 class _Runner:

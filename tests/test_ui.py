@@ -22,6 +22,7 @@ from aiohttp import web
 
 from relay import clock, passwords
 from relay import config as config_mod
+from relay.guard import LoginGuard
 from relay.octopush.callbacks import classify
 from relay.octopush.client import OctopushClient, Recipient
 from relay.octopush.emulator import Emulator
@@ -43,6 +44,7 @@ class Relay:
     sender: SendQueue
     emulator: Emulator
     metrics: object = None
+    logins: LoginGuard = dataclasses.field(default_factory=LoginGuard)
 
 
 def make_config(tmp_path: Path, *, users: dict[str, str] | None = None, templates_dir: Path | None = None):

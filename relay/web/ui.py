@@ -18,6 +18,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import re
 import secrets
 import urllib.parse
@@ -36,13 +37,14 @@ from sqlite_utils import Database
 
 from relay import clock
 from relay.config import Config
+from relay.guard import printable
 from relay.mail.render import amount, country_label, intl, packaged_templates
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
-from relay.web.access import ui_user
+from relay.web.access import basic_login, ui_user
 from relay.web.keys import RELAY
 
 log = logging.getLogger("relay.web")
@@ -138,9 +140,23 @@ def ui(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        users = request.app[RELAY].config.http.ui_users
-        # Verifying a password hash costs tens of milliseconds by design: keep it off the event loop.
-        user = await asyncio.to_thread(ui_user, request, users) if users else ui_user(request, users)
+        relay_ = request.app[RELAY]
+        users = relay_.config.http.ui_users
+        if users:
+            peer = request.remote or "unknown"
+            left = relay_.logins.refused(peer, "web interface")
+            if left:
+                raise web.HTTPTooManyRequests(
+                    text=f"429: too many failed logins from your address; try again in {math.ceil(left)} s\n",
+                    headers={"Retry-After": str(math.ceil(left))},
+                )
+            # Verifying a password hash costs tens of milliseconds by design: keep it off the event loop.
+            user = await asyncio.to_thread(ui_user, request, users)
+            login = basic_login(request)
+            if user is None and login is not None:
+                relay_.logins.failed(peer, f"web interface as {printable(login)}")
+        else:
+            user = ui_user(request, users)
         if user is None:
             raise web.HTTPUnauthorized(
                 text="401: the web interface needs a user name and password\n",

@@ -358,7 +358,7 @@ class Notifier:
                     )
                 return None
             # Ten thousand entries take CPU time to render: a worker thread keeps callbacks answered meanwhile.
-            msg = await asyncio.to_thread(self._digest_message, sub, snapshot["rows"], snapshot["since"], until)
+            msg = await asyncio.to_thread(self.digest_message, sub, snapshot["rows"], snapshot["since"], until)
             if dry_run:
                 return msg
             mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
@@ -375,7 +375,7 @@ class Notifier:
                 return msg
             return None
 
-    def _digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime):
+    def digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime):
         events = [self._event(row, sub.tz) for row in rows]
         buckets: dict[str, list[dict]] = defaultdict(list)
         for event in events:
@@ -443,6 +443,13 @@ def _unrouted(db: Database) -> list[dict]:
             [BATCH],
         )
     ]
+
+
+def pending_digest(db: Database, *, sub: Subscription) -> dict | None:
+    """What the next run of `sub` holds, read only (`digest --dry-run`); None when it has never run: it starts then."""
+    if db.execute("SELECT 1 FROM digests WHERE name = ?", [sub.name]).fetchone() is None:
+        return None
+    return _digest_events(db, sub=sub)
 
 
 def _digest_events(db: Database, *, sub: Subscription) -> dict:

@@ -198,7 +198,8 @@ def replies(
     where, params = _reply_filter(since=since, until=until, country=country, number=number, text=text, kinds=kinds)
     sql = f"""SELECT cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status,
                      cb.sim_card_number, cb.date_raw, cb.occurred_at, cb.received_at, cb.campaign_id,
-                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label
+                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label,
+                     c.origin AS campaign_origin
               FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
               WHERE {where} ORDER BY cb.occurred_at DESC, cb.id DESC"""
     if limit is not None:

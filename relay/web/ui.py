@@ -10,16 +10,14 @@ browser sends basic-auth credentials with cross-site requests too.
 from __future__ import annotations
 
 import asyncio
-import csv
 import functools
 import hashlib
 import hmac
-import io
 import json
 import re
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
@@ -28,18 +26,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
-import phonenumbers
 from aiohttp import web
 from sqlite_utils import Database
 
-from relay import clock
+from relay import clock, numbers
 from relay.config import Config
-from relay.mail.render import amount, country_label, intl, packaged_templates
-from relay.octopush.callbacks import normalise_number
+from relay.mail.render import amount, country_label, intl, packaged_templates, sent_by
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
+from relay.web import exports
 from relay.web.access import ui_user
 from relay.web.keys import RELAY
 
@@ -47,13 +44,9 @@ PAGE_SIZE = 50
 MAX_PAGE = 1_000_000  # beyond any real page; keeps OFFSET inside SQLite's integers
 CONVERSATION_LIMIT = 500  # items of each direction shown on a conversation page
 ATTENTION_LIMIT = 200
-DEFAULT_TIMEZONE = "Europe/Paris"
 SESSION_COOKIE = "octorelay_session"
 REALM = 'Basic realm="octorelay", charset="UTF-8"'
-# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORM_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_NUMBER_NOISE = re.compile(r"[\s.\-()/]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,7 +100,9 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount)
+    env.filters.update(
+        intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount, sent_by=sent_by
+    )
     return env
 
 
@@ -116,17 +111,11 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
 
 def ui_timezone(config: Config) -> ZoneInfo:
     """Pages show local time: the first subscription's timezone, else Octopush's own (Europe/Paris)."""
-    return ZoneInfo(config.subscriptions[0].timezone if config.subscriptions else DEFAULT_TIMEZONE)
+    return config.display_tz
 
 
 def conversation_url(number: str) -> str:
     return "/conversations/" + urllib.parse.quote(number or "", safe="+")
-
-
-def neutralise(value: object) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading formula character gets a quote in front."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def ui(handler: Handler) -> Handler:
@@ -168,17 +157,8 @@ def _region(config: Config) -> str:
 
 
 def read_number(value: str, region: str) -> str:
-    """A number typed by a person: E.164 when phonenumbers reads it as valid, else the digits as typed."""
-    text = _NUMBER_NOISE.sub("", value or "")[:32]
-    if not text:
-        return ""
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return text
-    if phonenumbers.is_valid_number(parsed):
-        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return text
+    """A number typed in the filter: E.164 when it is a whole number in any form, else its digits (a fragment)."""
+    return numbers.search_term((value or "")[:64], region) or ""
 
 
 # ------------------------------------------------------------------ replies
@@ -197,14 +177,14 @@ class ReplyFilter:
     @classmethod
     def from_query(cls, query: Any, region: str) -> ReplyFilter:
         view = query.get("view", "date")
-        country = query.get("country", "").strip().upper()
+        country = numbers.country_code(query.get("country", "")[:64]) or ""
         try:
             page = min(MAX_PAGE, max(1, int(query.get("page", "1"))))
         except ValueError:
             page = 1
         return cls(
             view=view if view in ("date", "country") else "date",
-            country=country if len(country) == 2 and country.isalpha() else "",
+            country=country,
             number=read_number(query.get("number", ""), region),
             q=query.get("q", "").strip()[:200],
             page=page,
@@ -317,29 +297,11 @@ async def replies_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-CSV_HEADER = ("time", "time_utc", "number", "country", "country_name", "text", "answered_sms", "ticket", "campaign_id")
-
-
 def build_csv(db: Database, *, filters: dict[str, Any], tz: ZoneInfo) -> bytes:
     """Every reply under the filters (all pages), newest first, as spreadsheet-safe UTF-8 CSV."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_HEADER)
-    for row in queries.replies(db, limit=None, **filters):
-        cells: Iterable[object] = (
-            clock.local(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
-            row["occurred_at"],
-            row["number"],
-            row["country"],
-            country_label(row["country"]) if row["country"] else "",
-            row["text"],
-            row["answered"],
-            row["ticket"],
-            row["campaign_id"],
-        )
-        writer.writerow([neutralise(cell) for cell in cells])
+    text = exports.replies_csv(queries.replies(db, limit=None, **filters), tz)
     # The byte-order mark makes Excel read the file as UTF-8 rather than the local code page.
-    return ("\ufeff" + out.getvalue()).encode("utf-8")
+    return ("\ufeff" + text).encode("utf-8")
 
 
 @ui
@@ -419,9 +381,13 @@ def _set_session(request: web.Request, response: web.Response, nonce: str) -> No
     response.set_cookie(SESSION_COOKIE, nonce, path="/", httponly=True, samesite="Strict", secure=request.secure)
 
 
-def _canonical(number: str) -> str:
-    e164, _ = normalise_number(number)
-    return e164
+def _canonical(request: web.Request) -> numbers.Number:
+    """The conversation's number from the URL, in any form SPEC §5 accepts; what is not a phone number is a 404."""
+    given = request.match_info["number"]
+    number = numbers.parse(given[:64], _region(request.app[RELAY].config))
+    if number is None:
+        raise web.HTTPNotFound(text=f"404: {given[:64]!r} is not a phone number\n")
+    return number
 
 
 async def _show_conversation(
@@ -435,7 +401,7 @@ async def _show_conversation(
         request,
         "conversation.html",
         number=number,
-        country=normalise_number(number)[1],
+        country=numbers.parse(number, _region(relay_.config)).country,
         csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
         form_key=form_key or secrets.token_urlsafe(18),
         text=text,
@@ -453,9 +419,8 @@ async def _show_conversation(
 
 @ui
 async def conversation_page(request: web.Request) -> web.StreamResponse:
-    given = request.match_info["number"]
-    number = _canonical(given)
-    if number != given:
+    number = _canonical(request).e164
+    if number != request.match_info["number"]:
         raise web.HTTPMovedPermanently(conversation_url(number))
     return await _show_conversation(request, number)
 
@@ -464,7 +429,7 @@ async def conversation_page(request: web.Request) -> web.StreamResponse:
 async def conversation_answer(request: web.Request) -> web.StreamResponse:
     relay_ = request.app[RELAY]
     config = relay_.config
-    number = _canonical(request.match_info["number"])
+    number = _canonical(request).e164
     form = await request.post()
     nonce = request.cookies.get(SESSION_COOKIE, "")
     expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -160,7 +160,7 @@ class Notifier:
                 html=html,
                 message_id=make_msgid(domain),
                 in_reply_to=original or None,
-                references=[original] if original else [],
+                references=thread(row.get("thread_refs"), original),
                 reply_to=event["reply_to"],
             )
             mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
@@ -289,7 +289,7 @@ class Notifier:
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
             in_reply_to=original or None,
-            references=[original] if original else [],
+            references=thread(campaign.get("thread_refs"), original),
         )
         number = context["recipients"][0] if len(context["recipients"]) == 1 else ""
         return Mail(name, (campaign["sender_email"],), msg, number, campaign["id"])
@@ -394,10 +394,12 @@ class Notifier:
             titles = {k: k for k in order}
         groups = [{"title": titles[k], "count": len(buckets[k]), "entries": buckets[k]} for k in order]
         count = len(events)
+        summary = digest_summary(events)
         text, html = self.renderer.render(
             "digest",
             name=sub.name,
             count=count,
+            summary=summary,
             group_by=sub.group_by,
             groups=groups,
             since=clock.local(since, sub.tz, MAIL_TIME) if since else "the start",
@@ -406,11 +408,32 @@ class Notifier:
         return build_message(
             sender=self.config.smtp_out.sender,
             to=list(sub.to),
-            subject=f"{count} SMS replies \u2014 {sub.name}",
+            subject=f"{summary} \u2014 {sub.name}",
             text=text,
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
         )
+
+
+_KIND_NAMES = {
+    "reply": ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
+    "delivery": ("delivery report", "delivery reports"),
+    "stop": ("STOP", "STOPs"),
+}
+
+
+def digest_summary(events: list[dict]) -> str:
+    """What a digest holds, each kind counted apart (SPEC §4): "3 SMS replies, 7 delivery reports, 1 STOP"."""
+    counts = Counter(event["kind"] for event in events)
+    parts = [f"{counts[kind]} {names[counts[kind] != 1]}" for kind, names in _KIND_NAMES.items() if counts[kind]]
+    return ", ".join(parts) or "0 SMS replies"
+
+
+def thread(parent_refs: str | None, parent: str) -> list[str]:
+    """A reply's References (RFC 5322 §3.6.4): its parent's References followed by the parent's Message-ID."""
+    if not parent:
+        return []
+    return [ref for ref in (parent_refs or "").split() if ref != parent] + [parent]
 
 
 def _author_gets(row: dict) -> bool:
@@ -431,7 +454,7 @@ def remember(db: Database, mail: Mail) -> None:
 
 _EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
                     cb.received_at, cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
-                    c.message_id, c.label"""
+                    c.message_id, c.thread_refs, c.label"""
 
 
 def _unrouted(db: Database) -> list[dict]:

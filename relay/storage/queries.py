@@ -242,6 +242,23 @@ def _reply_filter(
     return " AND ".join(clauses), params
 
 
+def country_summary(db: Database, **filters: Any) -> list[dict]:
+    """Per country under the reply filters: replies, distinct numbers, last reply; most replies first."""
+    where, params = _reply_filter(**filters)
+    sql = f"""SELECT coalesce(cb.country, '') AS country, count(*) AS replies, count(DISTINCT cb.number) AS numbers,
+                     max(cb.occurred_at) AS last_at
+              FROM callbacks cb WHERE {where} GROUP BY 1 ORDER BY replies DESC, country"""
+    return [dict(r) for r in db.query(sql, params)]
+
+
+def reply_hours(db: Database, **filters: Any) -> list[tuple[str, str, int]]:
+    """(UTC hour "2026-11-24T08", country, replies) under the reply filters: the chart buckets them into local days."""
+    where, params = _reply_filter(**filters)
+    sql = f"""SELECT substr(cb.occurred_at, 1, 13) AS hour, coalesce(cb.country, ''), count(*)
+              FROM callbacks cb WHERE {where} AND cb.occurred_at IS NOT NULL GROUP BY 1, 2"""
+    return [(r[0], r[1], r[2]) for r in db.execute(sql, params).fetchall()]
+
+
 def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None = None) -> dict | None:
     """One campaign with its calls, recipients (delivery states) and replies."""
     if ticket is not None:

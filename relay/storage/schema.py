@@ -194,3 +194,9 @@ def m005_unrouted_index(db: Database) -> None:
     """Most callbacks are now stored routed: index only those the notifier still has to read."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_unrouted ON callbacks (id) WHERE routed = 0")
     db.execute("DROP INDEX IF EXISTS idx_callbacks_routed")
+
+
+@migrations()
+def m006_campaign_thread(db: Database) -> None:
+    """The asking e-mail's own References, so a reply's References is the whole chain (RFC 5322 §3.6.4)."""
+    db["campaigns"].add_column("thread_refs", str)

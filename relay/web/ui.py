@@ -36,7 +36,7 @@ from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
-from relay.web import exports
+from relay.web import chart, exports
 from relay.web.access import ui_user
 from relay.web.keys import RELAY
 
@@ -230,7 +230,8 @@ def replies_by_country(db: Database, *, limit: int, offset: int, **filters: Any)
     sql = f"""WITH counts AS (
                   SELECT coalesce(cb.country, '') AS cc, count(*) AS n FROM callbacks cb WHERE {where} GROUP BY cc)
               SELECT cb.id, cb.kind, cb.ticket, cb.number, coalesce(cb.country, '') AS country, cb.text,
-                     cb.date_raw, cb.occurred_at, cb.campaign_id, c.text AS answered, c.label AS campaign_label
+                     cb.date_raw, cb.occurred_at, cb.campaign_id, c.text AS answered, c.label AS campaign_label,
+                     c.sender_email AS campaign_sender, c.origin AS campaign_origin
               FROM callbacks cb
               JOIN counts ON counts.cc = coalesce(cb.country, '')
               LEFT JOIN campaigns c ON c.id = cb.campaign_id
@@ -251,8 +252,14 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     total = queries.count_replies(db, **filters)
     offset = (f.page - 1) * PAGE_SIZE
     sections: list[Section] = []
+    summary: list[dict] = []
+    graph = None
     if f.view == "country":
-        counts = dict(country_counts(db, **filters))
+        summary = queries.country_summary(db, **filters)
+        graph = chart.build(
+            queries.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
+        )
+        counts = {r["country"]: r["replies"] for r in summary}
         for row in replies_by_country(db, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:
                 code = row["country"]
@@ -269,7 +276,7 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
             sections[-1].rows.append(row)
     # The country menu lists every country that has replies under the other filters.
     menu = country_counts(db, **{**filters, "country": None})
-    return {"total": total, "sections": sections, "countries": menu}
+    return {"total": total, "sections": sections, "countries": menu, "summary": summary, "chart": graph}
 
 
 @ui

@@ -117,10 +117,10 @@ def build(hours: list[tuple[str, str, int]], tz: ZoneInfo, names: dict[str, str]
 
 
 def _nice(peak: int) -> int:
-    """The axis top: a round number at or above the peak (1, 2, 4, 6, 8, 10, 20, 40 …)."""
+    """The axis top: a round number at or above the peak (1, 2, 3, 4, 5, 6, 8, 10, 20, 30 …)."""
     scale = 1
     while True:
-        for step in (1, 2, 4, 6, 8):
+        for step in (1, 2, 3, 4, 5, 6, 8):
             if step * scale >= peak:
                 return step * scale
         scale *= 10

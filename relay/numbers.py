@@ -20,6 +20,10 @@ _DIGITS = re.compile(r"\+?[0-9]{3,20}")
 _FRAGMENT = re.compile(r"\+?[0-9]{1,20}")
 
 
+# Names people use that ISO 3166 does not.
+_ALIASES = {"UK": "GB", "ENGLAND": "GB", "USA": "US", "HOLLAND": "NL"}
+
+
 class Number(NamedTuple):
     e164: str  # "+33612345678"
     country: str  # ISO code, "FR"; "" when phonenumbers cannot place it
@@ -72,6 +76,8 @@ def country_code(text: str) -> str | None:
     text = " ".join((text or "").split())
     if not text:
         return None
+    if text.upper() in _ALIASES:
+        return _ALIASES[text.upper()]
     try:
         country = pycountry.countries.lookup(text)
     except LookupError:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import phonenumbers
-
+from relay import numbers
 from relay.errors import ConfigError
 from relay.octopush.client import Recipient
 
@@ -33,13 +32,10 @@ def load_group(name: str, path: Path, region: str, source: str = "") -> tuple[Re
     for line, row in enumerate(rows, start=start):
         if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
             continue
-        try:
-            parsed = phonenumbers.parse(row[0].strip(), region)
-            if not phonenumbers.is_valid_number(parsed):
-                raise phonenumbers.NumberParseException(0, "invalid")
-        except phonenumbers.NumberParseException:
-            raise ConfigError(f"{where}: {path} line {line}: {row[0]!r} is not a valid phone number") from None
-        number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        parsed = numbers.parse(row[0].strip(), region)  # any form SPEC §5 accepts, as in an e-mail's address
+        if parsed is None:
+            raise ConfigError(f"{where}: {path} line {line}: {row[0]!r} is not a valid phone number")
+        number = parsed.e164
         if number in seen:
             continue
         seen.add(number)

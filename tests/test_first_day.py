@@ -396,3 +396,34 @@ async def test_pages_name_the_campaign_and_its_sender_and_chart_countries(make_d
         async with http.get(f"{daemon.http_url}/campaigns") as resp:
             campaigns = await resp.text()
         assert "command line" in campaigns and "alice@example.org" in campaigns and "cli<" not in campaigns
+
+
+async def test_send_posts_the_emulators_callbacks_only_to_a_daemon_of_its_database(tmp_path):
+    """Where no daemon ever ran, the emulator's receipt and reply go nowhere (not to whatever owns http.listen)."""
+    from aiohttp import web
+
+    received: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        received.append(request.path)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        path = write_config(
+            tmp_path / "c.toml",
+            tmp_path,
+            extra=f'[http]\nlisten = "127.0.0.1:{port}"\n[octopush.emulator]\nreply_after = 0\n',
+        )
+        result = await run_cli("send", "--to", "0612345678", "--text", "hi", "-c", str(path), cwd=tmp_path)
+        assert result.returncode == 0 and "ticket sms_" in result.stdout, result.stderr
+        await asyncio.sleep(0.5)
+        assert received == []
+    finally:
+        await runner.cleanup()

@@ -53,7 +53,7 @@ class Daemon:
         self.store = Store(config.storage.path)
         self.ready = False  # every component is up: /healthz stops answering "starting"
         self.callback_token = ""
-        self.groups = load_groups(config.groups, config.smtp_in.region)
+        self.groups = load_groups(config.groups, config.smtp_in.region, config.source)
         self.renderer = Renderer(config.templates_dir)
         self.emulator: Emulator | None = None
         self.client: OctopushClient | None = None
@@ -215,7 +215,7 @@ class Daemon:
         systemd.reloading()
         try:
             new = config_mod.load(self.config_path)
-            groups = load_groups(new.groups, new.smtp_in.region)
+            groups = load_groups(new.groups, new.smtp_in.region, new.source)
             renderer = Renderer(new.templates_dir)
         except Exception as exc:  # noqa: BLE001 - a reload never takes the daemon down
             log.error("reload refused, the running configuration stays: %s", exc)

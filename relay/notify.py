@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -216,7 +216,7 @@ class Notifier:
                 html=html,
                 message_id=make_msgid(domain),
                 in_reply_to=original or None,
-                references=[original] if original else [],
+                references=thread(row.get("thread_refs"), original),
                 reply_to=event["reply_to"],
             )
             mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
@@ -349,7 +349,7 @@ class Notifier:
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
             in_reply_to=original or None,
-            references=[original] if original else [],
+            references=thread(campaign.get("thread_refs"), original),
         )
         number = context["recipients"][0] if len(context["recipients"]) == 1 else ""
         return Mail(name, (campaign["sender_email"],), msg, number, campaign["id"])
@@ -418,7 +418,7 @@ class Notifier:
                     )
                 return None
             # Ten thousand entries take CPU time to render: a worker thread keeps callbacks answered meanwhile.
-            msg = await asyncio.to_thread(self._digest_message, sub, snapshot["rows"], snapshot["since"], until)
+            msg = await asyncio.to_thread(self.digest_message, sub, snapshot["rows"], snapshot["since"], until)
             if dry_run:
                 return msg
             mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
@@ -435,7 +435,7 @@ class Notifier:
                 return msg
             return None
 
-    def _digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime):
+    def digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime):
         events = [self._event(row, sub.tz) for row in rows]
         buckets: dict[str, list[dict]] = defaultdict(list)
         for event in events:
@@ -454,10 +454,12 @@ class Notifier:
             titles = {k: k for k in order}
         groups = [{"title": titles[k], "count": len(buckets[k]), "entries": buckets[k]} for k in order]
         count = len(events)
+        summary = digest_summary(events)
         text, html = self.renderer.render(
             "digest",
             name=sub.name,
             count=count,
+            summary=summary,
             group_by=sub.group_by,
             groups=groups,
             since=clock.local(since, sub.tz, MAIL_TIME) if since else "the start",
@@ -466,7 +468,7 @@ class Notifier:
         return build_message(
             sender=self.config.smtp_out.sender,
             to=list(sub.to),
-            subject=f"{count} SMS replies \u2014 {sub.name}",
+            subject=f"{summary} \u2014 {sub.name}",
             text=text,
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
@@ -484,6 +486,27 @@ def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
         for mail in row_mails:
             remember(db, mail)
     queries.mark_done(db, work=work, ids=list(mails))
+
+
+_KIND_NAMES = {
+    "reply": ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
+    "delivery": ("delivery report", "delivery reports"),
+    "stop": ("STOP", "STOPs"),
+}
+
+
+def digest_summary(events: list[dict]) -> str:
+    """What a digest holds, each kind counted apart (SPEC §4): "3 SMS replies, 7 delivery reports, 1 STOP"."""
+    counts = Counter(event["kind"] for event in events)
+    parts = [f"{counts[kind]} {names[counts[kind] != 1]}" for kind, names in _KIND_NAMES.items() if counts[kind]]
+    return ", ".join(parts) or "0 SMS replies"
+
+
+def thread(parent_refs: str | None, parent: str) -> list[str]:
+    """A reply's References (RFC 5322 §3.6.4): its parent's References followed by the parent's Message-ID."""
+    if not parent:
+        return []
+    return [ref for ref in (parent_refs or "").split() if ref != parent] + [parent]
 
 
 def _author_gets(row: dict) -> bool:
@@ -504,7 +527,7 @@ def remember(db: Database, mail: Mail) -> None:
 
 _EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
                     cb.received_at, cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
-                    c.message_id, c.label"""
+                    c.message_id, c.thread_refs, c.label"""
 
 
 def _unrouted(db: Database) -> list[dict]:
@@ -516,6 +539,13 @@ def _unrouted(db: Database) -> list[dict]:
             [BATCH],
         )
     ]
+
+
+def pending_digest(db: Database, *, sub: Subscription) -> dict | None:
+    """What the next run of `sub` holds, read only (`digest --dry-run`); None when it has never run: it starts then."""
+    if db.execute("SELECT 1 FROM digests WHERE name = ?", [sub.name]).fetchone() is None:
+        return None
+    return _digest_events(db, sub=sub)
 
 
 def _digest_events(db: Database, *, sub: Subscription) -> dict:

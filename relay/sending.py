@@ -53,6 +53,7 @@ class SendRequest:
     origin: str = "cli"
     sender_email: str = ""
     message_id: str = ""
+    thread_refs: tuple[str, ...] = ()  # the asking e-mail's References (else its In-Reply-To), oldest first
     label: str = ""
     confirm: str = "none"
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -109,6 +110,7 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "origin": req.origin,
             "sender_email": req.sender_email,
             "message_id": req.message_id,
+            "thread_refs": " ".join(req.thread_refs) or None,
             "label": req.label,
             "text": req.text,
             "type": req.type,

@@ -14,6 +14,7 @@ import pytest
 
 from relay.cli import main
 from relay.storage import queries
+from relay.storage.database import migrate
 from tests.conftest import wait_for, write_config
 
 REPLY = {
@@ -125,7 +126,7 @@ async def test_backup_during_writes_is_consistent(daemon, tmp_path, capsys):
 
 async def test_purge_deletes_old_events_but_keeps_opt_outs(tmp_path, capsys):
     path = write_config(tmp_path / "c.toml", tmp_path)
-    assert main(["callback-url", "-c", str(path)]) == 0  # creates the database
+    migrate(tmp_path / "octorelay.db")
     conn = sqlite3.connect(tmp_path / "octorelay.db")
     for i, when in enumerate(
         ["2020-01-01T00:00:00.000000+00:00", "2020-01-02T00:00:00.000000+00:00", "2099-01-01T00:00:00.000000+00:00"]

@@ -313,6 +313,7 @@ class Handler:
             origin="email",
             sender_email=envelope.mail_from.strip("<> "),
             message_id=message_id,
+            thread_refs=tuple(parsed.thread),
             label=tags.label or await self._thread_label(parsed.references),
             confirm=cfg.confirm,
             request_key=request_key(message_id, numbers) if message_id else uuid.uuid4().hex,
@@ -359,12 +360,16 @@ class Handler:
         return await self.listener.daemon.store.read(lookup)
 
 
+MAX_THREAD = 50  # Message-IDs of References kept: the chain's newest; a header can be as long as a message
+
+
 @dataclass
 class Parsed:
     """What DATA needs from the message."""
 
     message_id: str = ""
     references: list[str] = field(default_factory=list)  # In-Reply-To and References, oldest first
+    thread: list[str] = field(default_factory=list)  # its References, else its In-Reply-To (RFC 5322 §3.6.4)
     automatic: str | None = None
     rejected: str | None = None
     unreadable: str | None = None  # why the structure cannot be read: 554, never a retry
@@ -439,6 +444,7 @@ def _read_message(data: bytes, mail_from: str, region: str) -> Parsed:
     parsed = Parsed(
         message_id=header_text(msg, "Message-ID"),
         references=f"{header_text(msg, 'In-Reply-To')} {header_text(msg, 'References')}".split(),
+        thread=(header_text(msg, "References") or header_text(msg, "In-Reply-To")).split()[-MAX_THREAD:],
     )
     try:
         parsed.tags = parse_subject(header_text(msg, "Subject"), region=region)

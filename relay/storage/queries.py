@@ -199,7 +199,8 @@ def replies(
     where, params = _reply_filter(since=since, until=until, country=country, number=number, text=text, kinds=kinds)
     sql = f"""SELECT cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status,
                      cb.sim_card_number, cb.date_raw, cb.occurred_at, cb.received_at, cb.campaign_id,
-                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label
+                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label,
+                     c.origin AS campaign_origin
               FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
               WHERE {where} ORDER BY cb.occurred_at DESC, cb.id DESC"""
     if limit is not None:
@@ -240,6 +241,23 @@ def _reply_filter(
         clauses.append("cb.text LIKE ?")
         params.append(f"%{text}%")
     return " AND ".join(clauses), params
+
+
+def country_summary(db: Database, **filters: Any) -> list[dict]:
+    """Per country under the reply filters: replies, distinct numbers, last reply; most replies first."""
+    where, params = _reply_filter(**filters)
+    sql = f"""SELECT coalesce(cb.country, '') AS country, count(*) AS replies, count(DISTINCT cb.number) AS numbers,
+                     max(cb.occurred_at) AS last_at
+              FROM callbacks cb WHERE {where} GROUP BY 1 ORDER BY replies DESC, country"""
+    return [dict(r) for r in db.query(sql, params)]
+
+
+def reply_hours(db: Database, **filters: Any) -> list[tuple[str, str, int]]:
+    """(UTC hour "2026-11-24T08", country, replies) under the reply filters: the chart buckets them into local days."""
+    where, params = _reply_filter(**filters)
+    sql = f"""SELECT substr(cb.occurred_at, 1, 13) AS hour, coalesce(cb.country, ''), count(*)
+              FROM callbacks cb WHERE {where} AND cb.occurred_at IS NOT NULL GROUP BY 1, 2"""
+    return [(r[0], r[1], r[2]) for r in db.execute(sql, params).fetchall()]
 
 
 def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None = None) -> dict | None:

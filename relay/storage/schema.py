@@ -207,3 +207,9 @@ def m006_failures_set_aside(db: Database) -> None:
         db[table].add_column("last_failure", str)
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_set_aside ON callbacks (id) WHERE routed = -1")
     db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_set_aside ON campaigns (id) WHERE notified = -1")
+
+
+@migrations()
+def m007_campaign_thread(db: Database) -> None:
+    """The asking e-mail's own References, so a reply's References is the whole chain (RFC 5322 §3.6.4)."""
+    db["campaigns"].add_column("thread_refs", str)

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import clock
+from relay import clock, numbers
 from relay.storage import queries
 from relay.web.access import api_allowed
 from relay.web.keys import RELAY
@@ -50,13 +50,27 @@ async def api_replies(request: web.Request) -> web.Response:
         limit = max(1, min(1000, int(q.get("limit", "100"))))
     except ValueError:
         raise web.HTTPBadRequest(text="limit: expected a whole number\n") from None
+    region = request.app[RELAY].config.smtp_in.region
+    number = country = None
+    if q.get("number"):
+        number = numbers.search_term(q["number"][:64], region)
+        if number is None:
+            raise web.HTTPBadRequest(
+                text=f"number: {q['number'][:64]!r} is not a phone number (+33612345678, 0612345678)\n"
+            )
+    if q.get("country"):
+        country = numbers.country_code(q["country"][:64])
+        if country is None:
+            raise web.HTTPBadRequest(
+                text=f"country: {q['country'][:64]!r} is not a country code or name (BE, Belgium)\n"
+            )
     rows = await request.app[RELAY].store.read(
         partial(
             queries.replies,
             since=read_when(q.get("since"), "since"),
             until=read_when(q.get("until"), "until"),
-            country=q.get("country") or None,
-            number=q.get("number") or None,
+            country=country,
+            number=number,
             limit=limit,
         )
     )

@@ -11,18 +11,16 @@ requests too.
 from __future__ import annotations
 
 import asyncio
-import csv
 import functools
 import hashlib
 import hmac
-import io
 import json
 import logging
 import math
 import re
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
@@ -31,19 +29,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
-import phonenumbers
 from aiohttp import web
 from sqlite_utils import Database
 
-from relay import clock
+from relay import clock, numbers
 from relay.config import Config
 from relay.guard import printable
-from relay.mail.render import amount, country_label, intl, packaged_templates
-from relay.octopush.callbacks import normalise_number
+from relay.mail.render import amount, country_label, intl, packaged_templates, sent_by
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
+from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
 from relay.web.keys import RELAY
 
@@ -52,13 +49,9 @@ PAGE_SIZE = 50
 MAX_PAGE = 1_000_000  # beyond any real page; keeps OFFSET inside SQLite's integers
 CONVERSATION_LIMIT = 500  # items of each direction shown on a conversation page
 ATTENTION_LIMIT = 200
-DEFAULT_TIMEZONE = "Europe/Paris"
 SESSION_COOKIE = "octorelay_session"
 REALM = 'Basic realm="octorelay", charset="UTF-8"'
-# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORM_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_NUMBER_NOISE = re.compile(r"[\s.\-()/]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,7 +106,9 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount)
+    env.filters.update(
+        intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount, sent_by=sent_by
+    )
     return env
 
 
@@ -122,17 +117,11 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
 
 def ui_timezone(config: Config) -> ZoneInfo:
     """Pages show local time: the first subscription's timezone, else Octopush's own (Europe/Paris)."""
-    return ZoneInfo(config.subscriptions[0].timezone if config.subscriptions else DEFAULT_TIMEZONE)
+    return config.display_tz
 
 
 def conversation_url(number: str) -> str:
     return "/conversations/" + urllib.parse.quote(number or "", safe="+")
-
-
-def neutralise(value: object) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading formula character gets a quote in front."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def ui(handler: Handler) -> Handler:
@@ -188,17 +177,8 @@ def _region(config: Config) -> str:
 
 
 def read_number(value: str, region: str) -> str:
-    """A number typed by a person: E.164 when phonenumbers reads it as valid, else the digits as typed."""
-    text = _NUMBER_NOISE.sub("", value or "")[:32]
-    if not text:
-        return ""
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return text
-    if phonenumbers.is_valid_number(parsed):
-        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return text
+    """A number typed in the filter: E.164 when it is a whole number in any form, else its digits (a fragment)."""
+    return numbers.search_term((value or "")[:64], region) or ""
 
 
 # ------------------------------------------------------------------ replies
@@ -217,14 +197,14 @@ class ReplyFilter:
     @classmethod
     def from_query(cls, query: Any, region: str) -> ReplyFilter:
         view = query.get("view", "date")
-        country = query.get("country", "").strip().upper()
+        country = numbers.country_code(query.get("country", "")[:64]) or ""
         try:
             page = min(MAX_PAGE, max(1, int(query.get("page", "1"))))
         except ValueError:
             page = 1
         return cls(
             view=view if view in ("date", "country") else "date",
-            country=country if len(country) == 2 and country.isalpha() else "",
+            country=country,
             number=read_number(query.get("number", ""), region),
             q=query.get("q", "").strip()[:200],
             page=page,
@@ -270,7 +250,8 @@ def replies_by_country(db: Database, *, limit: int, offset: int, **filters: Any)
     sql = f"""WITH counts AS (
                   SELECT coalesce(cb.country, '') AS cc, count(*) AS n FROM callbacks cb WHERE {where} GROUP BY cc)
               SELECT cb.id, cb.kind, cb.ticket, cb.number, coalesce(cb.country, '') AS country, cb.text,
-                     cb.date_raw, cb.occurred_at, cb.campaign_id, c.text AS answered, c.label AS campaign_label
+                     cb.date_raw, cb.occurred_at, cb.campaign_id, c.text AS answered, c.label AS campaign_label,
+                     c.sender_email AS campaign_sender, c.origin AS campaign_origin
               FROM callbacks cb
               JOIN counts ON counts.cc = coalesce(cb.country, '')
               LEFT JOIN campaigns c ON c.id = cb.campaign_id
@@ -291,8 +272,14 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     total = queries.count_replies(db, **filters)
     offset = (f.page - 1) * PAGE_SIZE
     sections: list[Section] = []
+    summary: list[dict] = []
+    graph = None
     if f.view == "country":
-        counts = dict(country_counts(db, **filters))
+        summary = queries.country_summary(db, **filters)
+        graph = chart.build(
+            queries.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
+        )
+        counts = {r["country"]: r["replies"] for r in summary}
         for row in replies_by_country(db, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:
                 code = row["country"]
@@ -309,7 +296,7 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
             sections[-1].rows.append(row)
     # The country menu lists every country that has replies under the other filters.
     menu = country_counts(db, **{**filters, "country": None})
-    return {"total": total, "sections": sections, "countries": menu}
+    return {"total": total, "sections": sections, "countries": menu, "summary": summary, "chart": graph}
 
 
 @ui
@@ -337,29 +324,11 @@ async def replies_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-CSV_HEADER = ("time", "time_utc", "number", "country", "country_name", "text", "answered_sms", "ticket", "campaign_id")
-
-
 def build_csv(db: Database, *, filters: dict[str, Any], tz: ZoneInfo) -> bytes:
     """Every reply under the filters (all pages), newest first, as spreadsheet-safe UTF-8 CSV."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_HEADER)
-    for row in queries.replies(db, limit=None, **filters):
-        cells: Iterable[object] = (
-            clock.local(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
-            row["occurred_at"],
-            row["number"],
-            row["country"],
-            country_label(row["country"]) if row["country"] else "",
-            row["text"],
-            row["answered"],
-            row["ticket"],
-            row["campaign_id"],
-        )
-        writer.writerow([neutralise(cell) for cell in cells])
+    text = exports.replies_csv(queries.replies(db, limit=None, **filters), tz)
     # The byte-order mark makes Excel read the file as UTF-8 rather than the local code page.
-    return ("\ufeff" + out.getvalue()).encode("utf-8")
+    return ("\ufeff" + text).encode("utf-8")
 
 
 @ui
@@ -448,9 +417,13 @@ def check_csrf(request: web.Request, form: Any, advice: str) -> None:
         raise web.HTTPForbidden(text=f"403: this form expired or came from another site; {advice}\n")
 
 
-def _canonical(number: str) -> str:
-    e164, _ = normalise_number(number)
-    return e164
+def _canonical(request: web.Request) -> numbers.Number:
+    """The conversation's number from the URL, in any form SPEC §5 accepts; what is not a phone number is a 404."""
+    given = request.match_info["number"]
+    number = numbers.parse(given[:64], _region(request.app[RELAY].config))
+    if number is None:
+        raise web.HTTPNotFound(text=f"404: {given[:64]!r} is not a phone number\n")
+    return number
 
 
 async def _show_conversation(
@@ -464,7 +437,7 @@ async def _show_conversation(
         request,
         "conversation.html",
         number=number,
-        country=normalise_number(number)[1],
+        country=numbers.parse(number, _region(relay_.config)).country,
         csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
         form_key=form_key or secrets.token_urlsafe(18),
         text=text,
@@ -482,9 +455,8 @@ async def _show_conversation(
 
 @ui
 async def conversation_page(request: web.Request) -> web.StreamResponse:
-    given = request.match_info["number"]
-    number = _canonical(given)
-    if number != given:
+    number = _canonical(request).e164
+    if number != request.match_info["number"]:
         raise web.HTTPMovedPermanently(conversation_url(number))
     return await _show_conversation(request, number)
 
@@ -493,7 +465,7 @@ async def conversation_page(request: web.Request) -> web.StreamResponse:
 async def conversation_answer(request: web.Request) -> web.StreamResponse:
     relay_ = request.app[RELAY]
     config = relay_.config
-    number = _canonical(request.match_info["number"])
+    number = _canonical(request).e164
     form = await request.post()
     check_csrf(request, form, "reload the conversation and send again")
     text = str(form.get("text", "")).replace("\r\n", "\n").strip()

@@ -8,6 +8,14 @@ FIRST = 1.5  # seconds: the first retry comes within about 2 s
 CEILING = 300.0  # at most 5 minutes apart
 
 
+ROW_PAUSE = 0.5  # seconds, times its failures so far: before a row that raised is tried again
+
+
+def row_pause(failures: int) -> float:
+    """Before a row that failed is tried again: short, since after a few failures it is set aside anyway."""
+    return ROW_PAUSE * max(1, failures)
+
+
 def delay(attempt: int) -> float:
     """Seconds to wait before retry number `attempt` (1-based): doubling, with jitter."""
     base = min(CEILING, FIRST * 2 ** max(0, attempt - 1))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import getpass
+import logging
 import os
 import sqlite3
 import sys
 import time
 import urllib.parse
+from datetime import timedelta
 from functools import partial
 
 import orjson
@@ -43,13 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--type", choices=["premium", "low-cost"])
     send.add_argument("--purpose", choices=["alert", "marketing"])
     send.add_argument("--sender", metavar="S")
-    send.add_argument("--at", metavar="WHEN", help="ISO 8601, or 'YYYY-MM-DD HH:MM' in smtp_in.region's timezone")
+    send.add_argument(
+        "--at", metavar="WHEN", help="ISO 8601 (without an offset: smtp_in.region's time), or 30m / 2h / 1d from now"
+    )
     send.add_argument("--replies", action=argparse.BooleanOptionalAction, default=None)
     send.add_argument("--simulate", action="store_true", help="Octopush validates but sends nothing")
     replies = sub.add_parser("replies", parents=[common], help="stored replies, newest first")
     replies.add_argument("--since", metavar="WHEN", help="ISO 8601 date/time, or 2h / 3d / 1w")
-    replies.add_argument("--country", metavar="CC")
-    replies.add_argument("--number", metavar="N")
+    replies.add_argument("--country", metavar="CC", help="ISO code or English name: BE, Belgium")
+    replies.add_argument("--number", metavar="N", help="any form: +33612345678, 0612345678, '+33 6 12 34 56 78'")
     replies.add_argument("--limit", type=int, default=100, help="at most this many (0: all)")
     replies.add_argument("--format", choices=["table", "json", "csv"], default="table")
     digest = sub.add_parser("digest", parents=[common], help="build and send a subscription's digest now")
@@ -61,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup = dbsub.add_parser("backup", parents=[common], help="online backup to FILE")
     backup.add_argument("file")
     purge = dbsub.add_parser("purge", parents=[common], help="delete old replies, receipts and sent mail")
-    purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    purge.add_argument(
+        "--older-than", required=True, metavar="AGE", help="30 (days), 12h, 7d, 4w, or an ISO 8601 date/time"
+    )
     sub.add_parser("hash-password", parents=[common], help="hash a password for ui_users or smtp_in.users")
     return parser
 
@@ -71,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "hash-password":
             return cmd_hash_password()
-        config = config_mod.load(args.config)
+        command = args.command if args.command != "db" else f"db-{args.db_command}"
+        uses = SECRETS_USED.get(command)
+        if command == "digest" and args.dry_run:
+            uses = ()
+        config = config_mod.load(args.config, secrets=uses)
         from relay import logs
 
         quiet = args.command != "run"
@@ -85,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                 config.smtp_out.password,
             ],
         )
-        handler = COMMANDS[args.command if args.command != "db" else f"db-{args.db_command}"]
+        if quiet:
+            # The store's own error lines repeat what its StoreError says in the one line below.
+            logging.getLogger("relay.storage").setLevel(logging.CRITICAL)
+        handler = COMMANDS[command]
         return handler(config, args)
     except (RelayError, OSError, sqlite3.Error) as exc:
         if os.environ.get("OCTORELAY_DEBUG") == "1":
@@ -108,6 +120,20 @@ def _run_async(coro) -> int:
         return asyncio.run(coro)
 
 
+def _existing_db(config):
+    """A read-only connection to the database, or None when there is none yet: commands that read create nothing."""
+    from relay.storage.database import connect
+
+    path = config.storage.path
+    if path.parent.exists() and not path.parent.is_dir():
+        raise RelayError(f"{path.parent} is not a directory (storage.path = {path})")
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise RelayError(f"{path} is not a database file (storage.path)")
+    return connect(path, readonly=True)
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -121,11 +147,14 @@ def cmd_check_config(config, args) -> int:
     from relay.groups import load_groups
     from relay.scheduler import next_runs
 
-    groups = load_groups(config.groups, config.smtp_in.region)
+    groups = load_groups(config.groups, config.smtp_in.region, config.source)
     o = config.octopush
     print(f"configuration: {config.source} — valid")
     print(f"octopush: mode {o.mode}" + (f", {o.base_url}" if o.mode != "emulator" else " (offline emulator)"))
-    print(f"  api_login {o.api_login or '(not set)'}, api_key {'(set)' if o.api_key else '(not set)'}")
+    key_state = (
+        "(set)" if o.api_key else "(in a file this user cannot read)" if _unread(config, "octopush") else "(not set)"
+    )
+    print(f"  api_login {o.api_login or '(not set)'}, api_key {key_state}")
     print(f"  defaults: type {o.type}, purpose {o.purpose}, replies {'on' if o.with_replies else 'off'}")
     print(f"http: listening on {config.http.listen}, public URL {config.http.public_url}")
     host = urllib.parse.urlsplit(config.http.public_url).hostname or ""
@@ -158,67 +187,118 @@ def cmd_check_config(config, args) -> int:
         print(f"subscription {sub.name}: {what}")
     if not config.subscriptions:
         print("subscriptions: none (replies only go to the people who sent SMS by e-mail)")
+    for unread in config.unread_secrets:
+        # A systemd credential is readable by the service only: the daemon reads it, not an admin's shell.
+        print(f"note: cannot read {unread} from here; the daemon must be able to")
     return 0
+
+
+def _unread(config, section: str) -> bool:
+    return any(u.startswith(section + ".") for u in config.unread_secrets)
 
 
 def cmd_callback_url(config, args) -> int:
     from relay.storage import queries
-    from relay.storage.database import connect, migrate
 
     token = config.http.callback_token
     if not token:
-        migrate(config.storage.path)
-        db = connect(config.storage.path)
+        db = _existing_db(config)
         try:
-            with db.atomic():
-                token = queries.ensure_callback_token(db)
+            token = queries.meta_get(db, "callback_token") if db is not None else None
         finally:
-            db.close()
+            if db is not None:
+                db.close()
+    if not token:
+        raise RelayError(
+            f"no callback token yet: the daemon makes one at its first start (octorelay run) in {config.storage.path}, "
+            "or set http.callback_token"
+        )
     print(f"{config.http.public_url}/octopush/{token}")
     return 0
 
 
 def cmd_replies(config, args) -> int:
+    from relay import numbers
     from relay.storage import queries
-    from relay.storage.database import connect, migrate
 
+    tz = config.display_tz
     try:
-        since = clock.parse_when(args.since)
+        since = clock.parse_when(args.since, tz)
     except ValueError as exc:
         raise RelayError(f"--since: {exc}") from None
-    migrate(config.storage.path)
-    db = connect(config.storage.path, readonly=True)
+    number = country = None
+    if args.number:
+        number = numbers.search_term(args.number, config.smtp_in.region)
+        if number is None:
+            raise RelayError(f"--number: {args.number!r} is not a phone number (+33612345678, 0612345678)")
+    if args.country:
+        country = numbers.country_code(args.country)
+        if country is None:
+            raise RelayError(f"--country: {args.country!r} is not a country code or English name (BE, Belgium)")
+    db = _existing_db(config)
     try:
-        # Read a chunk at a time and written as it comes: an export of a million replies in constant memory.
-        rows = queries.iter_replies(db, since=since, country=args.country, number=args.number, limit=args.limit or None)
-        _print_replies(rows, args.format)
+        # Read a thousand at a time and printed as they come: a full export runs in constant memory.
+        filters = {"since": since, "country": country, "number": number, "limit": args.limit or None}
+        rows = iter(()) if db is None else queries.iter_replies(db, **filters)
+        if args.format == "json":
+            _print_json(rows)
+        elif args.format == "csv":
+            _print_csv(rows, tz)
+        else:
+            table = list(rows)
+            if not table:
+                print("no replies" + ("" if db is not None else f" (no database yet at {config.storage.path})"))
+            else:
+                _replies_table(table, tz)
     finally:
-        db.close()
+        if db is not None:
+            db.close()
     return 0
 
 
-def _print_replies(rows, fmt: str) -> None:
-    columns = ["occurred_at", "number", "country", "text", "answered", "ticket"]
+def _print_json(rows) -> None:
+    """A JSON array written one reply at a time."""
     out = sys.stdout
-    if fmt == "json":
-        out.write("[")
-        for i, row in enumerate(rows):
-            out.write(("," if i else "") + "\n" + orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
-        out.write("\n]\n")
-    elif fmt == "csv":
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([row.get(c) or "" for c in columns])
-    else:
-        empty = True
-        for row in rows:
-            empty = False
-            when = clock.parse_iso(row["occurred_at"]).strftime("%Y-%m-%d %H:%M")
-            text = (row["text"] or "").replace("\n", " ")
-            print(f"{when}  {row['number']:<16} {row['country'] or '--':<3} {text}")
-        if empty:
-            print("no replies")
+    out.write("[")
+    for i, row in enumerate(rows):
+        out.write(("," if i else "") + "\n" + orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+    out.write("\n]\n")
+
+
+def _print_csv(rows, tz, chunk: int = 1000) -> None:
+    """The replies CSV (`exports`), written a thousand rows at a time."""
+    from itertools import islice
+
+    from relay.web import exports
+
+    rows = iter(rows)
+    batch, first = list(islice(rows, chunk)), True
+    while first or batch:
+        sys.stdout.write(exports.replies_csv(batch, tz, header=first))
+        batch, first = list(islice(rows, chunk)), False
+
+
+def _replies_table(rows: list[dict], tz) -> None:
+    """The replies as a table with a header, in local time (the web's zone, named in the header)."""
+    from relay.mail.render import intl, sent_by
+
+    header = (f"TIME ({tz.key})", "NUMBER", "CC", "TEXT", "CAMPAIGN", "SENT BY")
+    table = [
+        (
+            clock.local(row["occurred_at"], tz, "%Y-%m-%d %H:%M %Z"),
+            intl(row["number"]),
+            row["country"] or "--",
+            " ".join((row["text"] or "").split()),
+            f"#{row['campaign_id']} {row['campaign_label'] or ''}".strip() if row["campaign_id"] else "",
+            sent_by(row["campaign_sender"], row["campaign_origin"]) if row["campaign_id"] else "",
+        )
+        for row in rows
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
+    widths[3] = min(widths[3], 60)
+    for r in [header, *table]:
+        cells = [str(c) if i != 3 or len(str(c)) <= 60 else str(c)[:59] + "…" for i, c in enumerate(r)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
 
 
 def cmd_send(config, args) -> int:
@@ -227,7 +307,7 @@ def cmd_send(config, args) -> int:
 
 async def _send(config, args) -> int:
     from relay.groups import load_groups
-    from relay.mail.parsing import Rejected, parse_recipient, parse_subject
+    from relay.mail.parsing import Rejected, parse_recipient
     from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.octopush.errors import ValidationError
@@ -236,7 +316,7 @@ async def _send(config, args) -> int:
     from relay.storage.database import Store
 
     o = config.octopush
-    groups = load_groups(config.groups, config.smtp_in.region)
+    groups = load_groups(config.groups, config.smtp_in.region, config.source)
     recipients: list[Recipient] = []
     try:
         for item in args.to:
@@ -250,9 +330,17 @@ async def _send(config, args) -> int:
                 recipients.extend(groups[address.value])
             else:
                 recipients.append(Recipient(address.value))
-        send_at = parse_subject(f"[at:{args.at}]", region=config.smtp_in.region).send_at if args.at else None
     except Rejected as exc:
         raise RelayError(exc.reason) from None
+    send_at = None
+    if args.at:
+        tz = clock.region_timezone(config.smtp_in.region)
+        try:
+            send_at = clock.parse_future(args.at, tz)
+        except ValueError as exc:
+            raise RelayError(f"--at: {exc}") from None
+        if send_at <= clock.now():
+            raise RelayError(f"--at: {send_at.astimezone(tz):%Y-%m-%d %H:%M %Z} is in the past; give a future time")
     purpose = {"alert": "alert", "marketing": "wholesale", None: o.purpose}[args.purpose]
     sms_type = {"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type]
     text = args.text
@@ -274,19 +362,23 @@ async def _send(config, args) -> int:
         label="octorelay send",
     )
     request.validate()
+    had_database = config.storage.path.exists()
     store = Store(config.storage.path)
     components = [store]
     await store.start()
     try:
         base_url, login, key = o.base_url, o.api_login, o.api_key
         if o.mode == "emulator":
-            token = config.http.callback_token or await store.write(queries.ensure_callback_token)
-            listen = config.http.listen
+            # The emulator's receipt and reply go to this database's daemon: one must have run here (it made the
+            # token), else they would go to whatever listens on http.listen.
+            token = config.http.callback_token or (
+                await store.read(partial(queries.meta_get, key="callback_token")) if had_database else None
+            )
             emulator = Emulator(
                 reply_text=o.emulator.reply_text,
                 reply_after=o.emulator.reply_after,
                 credit=o.emulator.credit,
-                callback_url=f"http://{listen}/octopush/{token}",
+                callback_url=f"http://{config.http.listen}/octopush/{token}" if token else None,
             )
             await emulator.start()
             components.append(emulator)
@@ -313,6 +405,12 @@ async def _send(config, args) -> int:
             await component.stop()
     if result["status"] == "failed":
         raise RelayError(f"not sent: {result['error']}")
+    aside = next((s for s in result["sends"] if s["status"] == "set_aside"), None)
+    if aside is not None:
+        raise RelayError(
+            f"not sent: it failed {aside['failures']} times ({aside['last_failure']}); it is set aside until "
+            "someone retries it from the web interface's Attention page (/attention)"
+        )
     tickets = ", ".join(t for t in result["tickets"]) or "(already sent earlier: same request)"
     cost = result.get("cost")
     print(f"ticket {tickets}")
@@ -337,7 +435,14 @@ async def _digest(config, args) -> int:
     from relay.notify import Notifier
     from relay.storage.database import Store
 
-    config.subscription(args.name)  # a clear error before anything starts
+    sub = config.subscription(args.name)  # a clear error before anything starts
+    if sub.mode != "digest":
+        raise RelayError(
+            f"subscription {sub.name!r} is {sub.mode}, not a digest: its e-mails go out as each event arrives"
+            f" (digests: {', '.join(d.name for d in config.digests) or 'none'})"
+        )
+    if args.dry_run:
+        return _digest_preview(config, sub)
     store = Store(config.storage.path)
     await store.start()
     outbox = Outbox(config.smtp_out, store)
@@ -347,14 +452,11 @@ async def _digest(config, args) -> int:
             store,
             outbox,
             Renderer(config.templates_dir),
-            contacts(load_groups(config.groups, config.smtp_in.region)),
+            contacts(load_groups(config.groups, config.smtp_in.region, config.source)),
         )
-        msg = await notifier.run_digest(args.name, dry_run=args.dry_run)
+        msg = await notifier.run_digest(args.name)
         if msg is None:
             print(f"digest {args.name}: nothing new since the last run; nothing sent")
-            return 0
-        if args.dry_run:
-            sys.stdout.write(msg.as_string())
             return 0
         row_id = await store.read(
             lambda db: db.execute("SELECT id FROM outbox WHERE message_id = ?", [msg["Message-ID"]]).fetchone()[0]
@@ -382,6 +484,33 @@ async def _digest(config, args) -> int:
         await store.stop()
 
 
+def _digest_preview(config, sub) -> int:
+    """`digest NAME --dry-run`: the e-mail the next run would send, as its reader sees it; reads, writes nothing."""
+    from relay.groups import contacts, load_groups
+    from relay.mail.render import Renderer
+    from relay.notify import Notifier, pending_digest
+
+    db = _existing_db(config)
+    try:
+        snapshot = pending_digest(db, sub=sub) if db is not None else None
+    finally:
+        if db is not None:
+            db.close()
+    if snapshot is None:
+        print(f"digest {sub.name}: has not run yet; it starts at its first run and holds what arrives after it")
+        return 0
+    if not snapshot["rows"] and not sub.send_empty:
+        print(f"digest {sub.name}: nothing new since the last run; a run now would send nothing")
+        return 0
+    groups = contacts(load_groups(config.groups, config.smtp_in.region, config.source))
+    notifier = Notifier(config, None, None, Renderer(config.templates_dir), groups)
+    msg = notifier.digest_message(sub, snapshot["rows"], snapshot["since"], clock.now())
+    print(f"From: {msg['From']}\nTo: {msg['To']}\nSubject: {msg['Subject']}\n")
+    sys.stdout.write(msg.get_body(("plain",)).get_content())
+    print("\n(dry run: nothing sent, the digest's starting point is unchanged)")
+    return 0
+
+
 def cmd_db_backup(config, args) -> int:
     from relay.storage import queries
     from relay.storage.database import connect
@@ -402,12 +531,21 @@ def cmd_db_backup(config, args) -> int:
 def cmd_db_purge(config, args) -> int:
     from relay.storage.database import connect, migrate
 
-    if args.older_than < 1:
-        raise RelayError("--older-than must be 1 day or more")
+    value = args.older_than.strip()
+    try:
+        cutoff = clock.now() - timedelta(days=int(value)) if value.isdigit() else None
+        if cutoff is None:
+            cutoff = clock.parse_iso(clock.parse_when(value, config.display_tz))
+    except (ValueError, OverflowError) as exc:
+        raise RelayError(f"--older-than: expected days (30), 12h, 7d, 4w or an ISO 8601 date: {exc}") from None
+    if cutoff > clock.now() - timedelta(hours=1):
+        raise RelayError("--older-than: must reach at least 1 hour back (it deletes everything older)")
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): nothing to purge")
     migrate(config.storage.path)
     db = connect(config.storage.path)
     try:
-        counts = _purge_in_batches(db, days=args.older_than, digests=[s.name for s in config.digests])
+        counts = _purge_in_batches(db, cutoff=clock.iso(cutoff), digests=[s.name for s in config.digests])
     finally:
         db.close()
     print(f"purged {counts['callbacks']} callbacks, {counts['outbox']} sent e-mails, {counts['messages']} message ids")
@@ -417,7 +555,7 @@ def cmd_db_purge(config, args) -> int:
 PURGE_PAUSE = 0.02  # seconds at least between two batches of `db purge`
 
 
-def _purge_in_batches(db, *, days: int, digests: list[str]) -> dict:
+def _purge_in_batches(db, *, cutoff: str, digests: list[str]) -> dict:
     """Short write transactions with pauses between them, so a running daemon's callbacks get the lock.
 
     The daemon waits for a lock in growing sleeps (SQLite's busy handler): each pause is at least twice the
@@ -425,7 +563,6 @@ def _purge_in_batches(db, *, days: int, digests: list[str]) -> dict:
     """
     from relay.storage import queries
 
-    cutoff = clock.ago(days=days)
     totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
     while True:
         started = time.monotonic()
@@ -443,6 +580,9 @@ def _purge_in_batches(db, *, days: int, digests: list[str]) -> dict:
         time.sleep(max(PURGE_PAUSE, 2 * (time.monotonic() - started)))
 
 
+MIN_PASSWORD = 10
+
+
 def cmd_hash_password() -> int:
     from relay.passwords import make_hash
 
@@ -453,12 +593,29 @@ def cmd_hash_password() -> int:
             return 1
     else:
         password = sys.stdin.readline().rstrip("\n")
-    if not password:
-        print("octorelay: empty password", file=sys.stderr)
+    if len(password) < MIN_PASSWORD:
+        # It guards the web interface or the SMTP listener, where anyone who reaches it can guess.
+        print(
+            f"octorelay: this password is too short ({len(password)} characters): use at least {MIN_PASSWORD},"
+            " e.g. four random words",
+            file=sys.stderr,
+        )
         return 1
     print(make_hash(password))
     return 0
 
+
+# The secrets each command uses; a command not listed reads them all. The others are not needed: an admin command
+# run by hand must not fail on a systemd credential only the service can read (SPEC §1).
+SECRETS_USED: dict[str, tuple[str, ...]] = {
+    "check-config": (),
+    "replies": (),
+    "callback-url": ("http.callback_token",),
+    "send": ("octopush.api_key", "http.callback_token"),
+    "digest": ("smtp_out.password",),
+    "db-backup": (),
+    "db-purge": (),
+}
 
 COMMANDS = {
     "run": cmd_run,

@@ -7,6 +7,7 @@ Every problem is a `ConfigError` whose one line names the file and the key, so
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -75,6 +76,8 @@ class Http:
     callback_token: str = field(repr=False)
     api_token: str = field(repr=False)
     ui_users: dict[str, str] = field(repr=False)
+    request_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class SmtpIn:
     max_recipients: int
     max_size: int
     max_commands: int
+    command_timeout: float
+    session_limit: float
+    max_connections: int
     confirm: str
     stop_mention: str
 
@@ -153,6 +159,12 @@ class Config:
     templates_dir: Path | None
     groups: dict[str, Path]
     subscriptions: tuple[Subscription, ...]
+    unread_secrets: tuple[str, ...] = ()  # secrets this command does not use whose file it could not read
+
+    @property
+    def display_tz(self) -> ZoneInfo:
+        """Where people read times (web pages, `octorelay replies`): the first subscription's zone, else Paris."""
+        return ZoneInfo(self.subscriptions[0].timezone if self.subscriptions else "Europe/Paris")
 
     @property
     def digests(self) -> list[Subscription]:
@@ -173,8 +185,18 @@ def default_text() -> str:
     return resources.files("relay").joinpath("default.toml").read_text(encoding="utf-8")
 
 
-def load(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = None) -> Config:
-    """Read `path` (else $OCTORELAY_CONFIG, else nothing) over the defaults and validate it."""
+def load(
+    path: str | os.PathLike | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    secrets: typing.Collection[str] | None = None,
+) -> Config:
+    """Read `path` (else $OCTORELAY_CONFIG, else nothing) over the defaults and validate it.
+
+    `secrets` names the secrets the caller uses ("octopush.api_key", …; None: all of them). A secret outside it
+    whose file cannot be read (a systemd credential, readable only by the service) is left empty and listed in
+    `Config.unread_secrets`, so an admin command never fails for a secret it does not use (SPEC §1).
+    """
     env = dict(os.environ if env is None else env)
     if path is None and env.get(ENV_CONFIG):
         path = env[ENV_CONFIG]
@@ -192,7 +214,7 @@ def load(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = 
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
         raw = _merge(raw, user, source, "")
     # Relative paths are read from the working directory (systemd's WorkingDirectory).
-    return _validate(raw, source, env, Path.cwd())
+    return _validate(raw, source, env, Path.cwd(), secrets)
 
 
 def _merge(default: dict, user: dict, source: str, prefix: str) -> dict:
@@ -201,7 +223,7 @@ def _merge(default: dict, user: dict, source: str, prefix: str) -> dict:
     for key, value in user.items():
         where = f"{prefix}{key}"
         if key not in default:
-            raise ConfigError(f"{source}: unknown key {where!r}")
+            raise ConfigError(f"{source}: unknown key {where!r}{did_you_mean(key, default, prefix)}")
         if isinstance(default[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {where!r} must be a table")
@@ -209,6 +231,12 @@ def _merge(default: dict, user: dict, source: str, prefix: str) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def did_you_mean(key: str, known: typing.Iterable[str], prefix: str = "") -> str:
+    """' — did you mean 'allowed_senders'?' for a key close to a known one, else ''."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return f" — did you mean {prefix + close[0]!r}?" if close else ""
 
 
 NOT_A_HASH = "must be a password hash: `octorelay hash-password` (scrypt), or an Argon2 or Django pbkdf2_sha256 one"
@@ -223,8 +251,10 @@ _FREE_TABLES = {"ui_users", "users", "groups"}
 class _Checker:
     """Type and value checks that name the key in their message."""
 
-    def __init__(self, source: str, section: str, data: dict):
+    def __init__(self, source: str, section: str, data: dict, secrets: typing.Collection[str] | None = None):
         self.source, self.section, self.data = source, section, data
+        self.secrets = secrets  # the secrets the command uses; None: all
+        self.unread: list[str] = []  # secrets not used whose file could not be read
 
     def fail(self, key: str, message: str) -> typing.NoReturn:
         raise ConfigError(f"{self.source}: {self.section}{key}: {message}")
@@ -281,7 +311,10 @@ class _Checker:
             try:
                 value = Path(path).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                self.fail(file_key, f"cannot read {path}: {exc.strerror}")
+                if self.secrets is None or f"{self.section}{key}" in self.secrets:
+                    self.fail(file_key, f"cannot read {path}: {exc.strerror}")
+                self.unread.append(f"{self.section}{file_key} ({path}: {exc.strerror})")
+                return ""
         elif env_name and env.get(env_name):
             value = env[env_name].strip()
         else:
@@ -291,17 +324,19 @@ class _Checker:
         return value
 
 
-def _section(raw: dict, source: str, name: str) -> _Checker:
+def _section(raw: dict, source: str, name: str, secrets: typing.Collection[str] | None = None) -> _Checker:
     data = raw[name] if "." not in name else raw[name.split(".")[0]][name.split(".")[1]]
-    return _Checker(source, name + ".", data)
+    return _Checker(source, name + ".", data, secrets)
 
 
-def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config:
+def _validate(
+    raw: dict, source: str, env: dict[str, str], base: Path, secrets: typing.Collection[str] | None = None
+) -> Config:
     def path(value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p)
 
-    c = _section(raw, source, "octopush")
+    c = _section(raw, source, "octopush", secrets)
     e = _section(raw, source, "octopush.emulator")
     purpose = c.choice("purpose", ("alert", "marketing", "wholesale"))
     octopush = Octopush(
@@ -329,16 +364,19 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         c.fail("base_url", f"must be an http(s) URL, not {octopush.base_url!r}")
     if octopush.sender and not _valid_sender(octopush.sender):
         c.fail("sender", "must be 3 to 11 letters, digits or spaces")
-    if octopush.mode != "emulator" and not (octopush.api_login and octopush.api_key):
+    has_key = octopush.api_key or any("octopush.api_key_file" in u for u in c.unread)
+    if octopush.mode != "emulator" and not (octopush.api_login and has_key):
         c.fail("api_key", f"mode {octopush.mode!r} needs api_login and api_key (or api_key_file)")
 
-    h = _section(raw, source, "http")
+    h = _section(raw, source, "http", secrets)
     http = Http(
         listen=h.listen("listen"),
         public_url=h.get("public_url", str).rstrip("/"),
         callback_token=h.secret("callback_token", env, "OCTORELAY_CALLBACK_TOKEN"),
         api_token=h.secret("api_token", env, "OCTORELAY_API_TOKEN"),
         ui_users=h.mapping("ui_users"),
+        request_timeout=h.positive("request_timeout"),
+        max_connections=h.positive("max_connections", int),
     )
     if not http.listen.loopback and not http.ui_users:
         h.fail("ui_users", f"listen = {str(http.listen)!r} is not loopback: add ui_users for the web interface")
@@ -359,6 +397,9 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         max_recipients=s.positive("max_recipients", int),
         max_size=s.positive("max_size", int),
         max_commands=s.positive("max_commands", int),
+        command_timeout=s.positive("command_timeout"),
+        session_limit=s.positive("session_limit"),
+        max_connections=s.positive("max_connections", int),
         confirm=s.choice("confirm", ("all", "errors", "none")),
         stop_mention=s.get("stop_mention", str),
     )
@@ -382,7 +423,7 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
     if not smtp_in.domain or "@" in smtp_in.domain:
         s.fail("domain", f"must be a domain name, not {smtp_in.domain!r}")
 
-    o = _section(raw, source, "smtp_out")
+    o = _section(raw, source, "smtp_out", secrets)
     smtp_out = SmtpOut(
         transport=o.choice("transport", ("smtp", "maildir")),
         host=o.get("host", str),
@@ -425,6 +466,7 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         templates_dir=templates_dir,
         groups=groups,
         subscriptions=subscriptions,
+        unread_secrets=tuple(c.unread + h.unread + o.unread),
     )
 
 
@@ -441,7 +483,7 @@ def _subscriptions(items: object, source: str) -> tuple[Subscription, ...]:
             raise ConfigError(f"{source}: subscriptions[{index}] must be a table")
         for key in item:
             if key not in defaults:
-                raise ConfigError(f"{source}: unknown key {prefix + key!r}")
+                raise ConfigError(f"{source}: unknown key {prefix + key!r}{did_you_mean(key, defaults, prefix)}")
         if "name" not in item or "to" not in item:
             raise ConfigError(f"{source}: {prefix}name and {prefix}to are required")
         c = _Checker(source, prefix, {**defaults, **item})

@@ -1,8 +1,9 @@
 """The daemon: starts components in dependency order, stops them in reverse, owns the signals.
 
-Order: store → outbox → Octopush client (and emulator) → send queue →
-notifier → HTTP → SMTP → scheduler → READY=1. Stopping goes backwards, so
-listeners close first and workers finish what they hold.
+Order: the database's lock → store (and the digests' starting points) →
+outbox → Octopush client (and emulator) → send queue → notifier → HTTP → SMTP
+→ scheduler → READY=1. Stopping goes backwards, so listeners close first and
+workers finish what they hold. `/healthz` says `starting` until READY.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from relay import config as config_mod
 from relay.config import Config
 from relay.errors import RelayError
 from relay.groups import contacts, load_groups
+from relay.guard import LoginGuard
 from relay.mail.outbox import Outbox
 from relay.mail.render import Renderer
 from relay.metrics import Metrics
@@ -31,9 +33,10 @@ from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue
 from relay.storage import queries
-from relay.storage.database import Store
+from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
+from relay.web.connections import CappedSite
 
 log = logging.getLogger("relay.daemon")
 STOP_TIMEOUT = 10.0
@@ -47,9 +50,12 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
+        self.lock = DaemonLock(config.storage.path)
+        self.logins = LoginGuard()  # failed logins per address, shared by the web interface and SMTP AUTH
         self.store = Store(config.storage.path)
+        self.ready = False  # every component is up: /healthz stops answering "starting"
         self.callback_token = ""
-        self.groups = load_groups(config.groups, config.smtp_in.region)
+        self.groups = load_groups(config.groups, config.smtp_in.region, config.source)
         self.renderer = Renderer(config.templates_dir)
         self.emulator: Emulator | None = None
         self.client: OctopushClient | None = None
@@ -63,6 +69,8 @@ class Daemon:
         self.http_address: tuple[str, int] | None = None
         self._started: list = []
         self._stop_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._all_up = asyncio.Event()  # set once every component has started
 
     # ------------------------------------------------------------ addresses
 
@@ -82,10 +90,14 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         try:
+            await self._up(self.lock)
             await self._up(self.store)
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
         self.callback_token = cfg.http.callback_token or await self.store.write(queries.ensure_callback_token)
+        # A new digest starts here, before any listener accepts: every callback acknowledged from now on is
+        # in one of its runs.
+        await self.store.write(partial(queries.init_digests, names=[sub.name for sub in cfg.digests]))
         self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
         await self._up(self.outbox)
 
@@ -123,13 +135,18 @@ class Daemon:
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
         await self._runner.setup()
         self._started.append(_Runner(self._runner))
-        site = web.TCPSite(self._runner, cfg.http.listen.host, cfg.http.listen.port, reuse_address=True)
+        site = CappedSite(
+            self._runner,
+            cfg.http.listen.host,
+            cfg.http.listen.port,
+            max_connections=cfg.http.max_connections,
+            timeout=cfg.http.request_timeout,
+        )
         try:
             await site.start()
         except OSError as exc:
             raise RelayError(f"http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}") from None
-        sock = site._server.sockets[0]  # the bound address, for port 0
-        self.http_address = sock.getsockname()[:2]
+        self.http_address = site.address  # the bound address, for port 0
         if self.emulator:
             self.emulator.callback_url = f"{self.http_url}/octopush/{self.callback_token}"
 
@@ -140,6 +157,9 @@ class Daemon:
         self.scheduler = Scheduler(self)
         await self._up(self.scheduler)
         await self._up(self.watchdog)
+        self.ready = True
+        self._all_up.set()
+        check_open_files(cfg)
         systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
         log.info(
             "octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode
@@ -150,6 +170,7 @@ class Daemon:
         self._started.append(component)
 
     async def stop(self) -> None:
+        self.ready = False
         systemd.stopping()
         while self._started:
             component = self._started.pop()
@@ -165,10 +186,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_event.set)
+        # From the start: a SIGHUP right after READY=1 (or before it) must not kill the process. A reload
+        # waits until every component is in place.
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.start()
-            # Only now: a reload needs every component in place.
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
             if self.config.source == config_mod.DEFAULT_NAME:
                 self._print_demo()
             await self._stop_event.wait()
@@ -183,11 +205,19 @@ class Daemon:
         self._stop_event.set()
 
     async def reload(self) -> bool:
-        """Re-read the configuration file; a broken file is refused and the running one stays."""
+        """Re-read the configuration file; a broken file is refused and the running one stays.
+
+        One at a time: a second SIGHUP waits for the first reload to finish, so their jobs never collide.
+        """
+        await self._all_up.wait()
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         systemd.reloading()
         try:
             new = config_mod.load(self.config_path)
-            groups = load_groups(new.groups, new.smtp_in.region)
+            groups = load_groups(new.groups, new.smtp_in.region, new.source)
             renderer = Renderer(new.templates_dir)
         except Exception as exc:  # noqa: BLE001 - a reload never takes the daemon down
             log.error("reload refused, the running configuration stays: %s", exc)
@@ -245,6 +275,8 @@ class Daemon:
         depth = await self.store.read(queries.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
+        for work, count in depth["set_aside"].items():
+            self.metrics.set_aside.labels(work).set(count)
 
     async def purge(self, days: int | None = None) -> dict:
         """The retention purge in short batches, each its own commit: callbacks wait milliseconds, not seconds."""
@@ -263,6 +295,29 @@ class Daemon:
         if any(totals.values()):
             log.info("purge: %(callbacks)d callbacks, %(outbox)d sent e-mails, %(messages)d message ids", totals)
         return totals
+
+
+# Files the daemon needs besides its listeners' connections: the database, logs, outgoing connections.
+FILES_BESIDES_CONNECTIONS = 64
+
+
+def check_open_files(cfg: Config) -> None:
+    """Warn when the listeners' caps do not fit under the open-file limit: the cap would never be reached,
+    and a flood would make accept() fail for everyone instead."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError):
+        return
+    need = cfg.http.max_connections + cfg.smtp_in.max_connections + FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and need > soft:
+        log.warning(
+            "http.max_connections + smtp_in.max_connections need about %d open files, but the limit is %d: "
+            "raise it (LimitNOFILE= in the unit, ulimit -n) or lower them",
+            need,
+            soft,
+        )
 
 
 class _Runner:

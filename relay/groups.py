@@ -5,23 +5,24 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import phonenumbers
-
+from relay import numbers
 from relay.errors import ConfigError
 from relay.octopush.client import Recipient
 
 COLUMNS = ["phone_number", "first_name", "last_name", "param1", "param2", "param3", "param4", "param5"]
 
 
-def load_group(name: str, path: Path, region: str) -> tuple[Recipient, ...]:
-    """Read one group's CSV (header row optional); a bad row is a ConfigError naming file and line."""
+def load_group(name: str, path: Path, region: str, source: str = "") -> tuple[Recipient, ...]:
+    """Read one group's CSV (header row optional); a bad row is a ConfigError naming the config file (`source`),
+    the group's file and the line."""
+    where = f"{source}: groups.{name}" if source else f"groups.{name}"
     try:
         text = path.read_text(encoding="utf-8-sig")
         rows = list(csv.reader(text.splitlines()))
     except OSError as exc:
-        raise ConfigError(f"groups.{name}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"groups.{name}: {path} is not a UTF-8 CSV file: {exc}") from None
+        raise ConfigError(f"{where}: {path} is not a UTF-8 CSV file: {exc}") from None
     if rows and rows[0] and rows[0][0].strip().lower() == "phone_number":
         rows = rows[1:]
         start = 2
@@ -31,13 +32,10 @@ def load_group(name: str, path: Path, region: str) -> tuple[Recipient, ...]:
     for line, row in enumerate(rows, start=start):
         if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
             continue
-        try:
-            parsed = phonenumbers.parse(row[0].strip(), region)
-            if not phonenumbers.is_valid_number(parsed):
-                raise phonenumbers.NumberParseException(0, "invalid")
-        except phonenumbers.NumberParseException:
-            raise ConfigError(f"groups.{name}: {path} line {line}: {row[0]!r} is not a valid phone number") from None
-        number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        parsed = numbers.parse(row[0].strip(), region)  # any form SPEC §5 accepts, as in an e-mail's address
+        if parsed is None:
+            raise ConfigError(f"{where}: {path} line {line}: {row[0]!r} is not a valid phone number")
+        number = parsed.e164
         if number in seen:
             continue
         seen.add(number)
@@ -47,12 +45,12 @@ def load_group(name: str, path: Path, region: str) -> tuple[Recipient, ...]:
             params = params[:-1]
         recipients.append(Recipient(number, cells[0], cells[1], params))
     if not recipients:
-        raise ConfigError(f"groups.{name}: {path} has no phone numbers")
+        raise ConfigError(f"{where}: {path} has no phone numbers")
     return tuple(recipients)
 
 
-def load_groups(groups: dict[str, Path], region: str) -> dict[str, tuple[Recipient, ...]]:
-    return {name: load_group(name, path, region) for name, path in groups.items()}
+def load_groups(groups: dict[str, Path], region: str, source: str = "") -> dict[str, tuple[Recipient, ...]]:
+    return {name: load_group(name, path, region, source) for name, path in groups.items()}
 
 
 def contacts(groups: dict[str, tuple[Recipient, ...]]) -> dict[str, str]:

@@ -21,6 +21,9 @@ class Metrics:
         self.smtp_in = Counter("octorelay_smtp_messages", "E-mails received on SMTP", ["outcome"], registry=r)
         self.outbox_depth = Gauge("octorelay_outbox_pending", "E-mails waiting in the outbox", registry=r)
         self.send_queue_depth = Gauge("octorelay_send_queue_pending", "Octopush calls waiting", registry=r)
+        self.set_aside = Gauge(
+            "octorelay_set_aside", "Rows set aside after repeated failures (the Attention page)", ["work"], registry=r
+        )
         self.e2e_seconds = Histogram(
             "octorelay_notify_seconds",
             "Time from a callback's arrival to its e-mails committed in the outbox (callbacks e-mailed at once only)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -24,9 +24,10 @@ from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
+from relay.octopush.callbacks import is_e164
 from relay.octopush.errors import ALERT_CODES
 from relay.storage import queries
-from relay.storage.database import Store
+from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.notify")
 BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
@@ -61,6 +62,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._digest_lock = asyncio.Lock()
+        self._retry_soon = 0  # the most failures of a row still waiting: it is tried again after a short pause
 
     def reconfigure(self, config: Config, renderer: Renderer, contacts: dict[str, str]) -> None:
         self.config, self.renderer, self.contacts = config, renderer, contacts
@@ -84,6 +86,7 @@ class Notifier:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            self._retry_soon = 0
             try:
                 while await self.route_pending() or await self.confirm_pending():
                     pass
@@ -93,29 +96,81 @@ class Notifier:
                 log.exception("notifier: routing failed; will retry")
                 await asyncio.sleep(2)
                 continue
-            await backoff.nap(self._wake, 30)
+            # A row that failed and is not yet set aside is tried again soon, without waiting for a wake.
+            await backoff.nap(self._wake, backoff.row_pause(self._retry_soon) if self._retry_soon else 30)
 
     async def route_pending(self) -> int:
-        """Queue the e-mails of up to BATCH unrouted callbacks; returns how many were routed."""
+        """Queue the e-mails of up to BATCH unrouted callbacks; returns how many left the queue.
+
+        A callback whose e-mails cannot be made is counted and, after a few failures, set aside (the
+        Attention page): the others of its batch are routed all the same.
+        """
         rows = await self.store.read(_unrouted)
         if not rows:
             return 0
-        mails = await asyncio.to_thread(self._render_all, rows)
-        ids = [r["id"] for r in rows]
-        await self.store.write(partial(self._queue, mails=mails, routed=ids), small=not mails)
-        self.outbox.wake()
+        mails, failed = await asyncio.to_thread(self._render_all, rows)
+        done = await self._commit("routing", mails, failed)
         if self.metrics:
             now = clock.now()
             for row in rows:
-                self.metrics.e2e_seconds.observe((now - clock.parse_iso(row["received_at"])).total_seconds())
-        return len(rows)
+                if row["id"] in mails:
+                    self.metrics.e2e_seconds.observe((now - clock.parse_iso(row["received_at"])).total_seconds())
+        return done
 
-    def _render_all(self, rows: list[dict]) -> list[Mail]:
-        """Render a batch of notifications (in a worker thread: Jinja2 is CPU work)."""
-        mails = [mail for row in rows for mail in self._mails_for(row)]
-        for mail in mails:
-            mail.data = serialise(mail.message)
-        return mails
+    def _render_all(self, rows: list[dict]) -> tuple[dict[int, list[Mail]], dict[int, str]]:
+        """Render a batch of notifications (in a worker thread: Jinja2 is CPU work): ({id: mails}, {id: why not})."""
+        mails: dict[int, list[Mail]] = {}
+        failed: dict[int, str] = {}
+        for row in rows:
+            try:
+                mails[row["id"]] = self._mails_for(row)
+                for mail in mails[row["id"]]:
+                    mail.data = serialise(mail.message)
+            except Exception as exc:  # noqa: BLE001 - this row's failure, counted by _commit
+                log.warning("notifier: callback #%d: cannot make its e-mails", row["id"], exc_info=True)
+                mails.pop(row["id"], None)
+                failed[row["id"]] = describe(exc)
+        return mails, failed
+
+    async def _commit(self, work: str, mails: dict[int, list[Mail]], failed: dict[int, str]) -> int:
+        """Queue each row's e-mails and mark it done, in one transaction; count the failures. Returns how many
+        rows left the queue (done, or set aside now).
+
+        When one row's write raises, each row is written alone, so that one alone fails. A StoreError (the
+        database's own fault) propagates: the whole batch is tried again.
+        """
+        try:
+            await self.store.write(partial(_queue, work=work, mails=mails), small=not any(mails.values()))
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - find the row at fault below
+            for row_id, row_mails in list(mails.items()):
+                try:
+                    await self.store.write(partial(_queue, work=work, mails={row_id: row_mails}))
+                except StoreError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this row's failure
+                    log.warning("notifier: %s #%d: cannot queue its e-mails", work, row_id, exc_info=True)
+                    failed[row_id] = describe(exc)
+                    del mails[row_id]
+        if any(mails.values()):
+            self.outbox.wake()
+        aside = 0
+        if failed:
+            counts = await self.store.write(partial(queries.note_failures, work=work, failures=failed))
+            for row_id, count in counts.items():
+                if count >= queries.MAX_FAILURES:
+                    aside += 1
+                    log.error(
+                        "notifier: %s #%d failed %d times and is set aside (retry it from /attention): %s",
+                        work,
+                        row_id,
+                        count,
+                        failed[row_id],
+                    )
+                else:
+                    self._retry_soon = max(self._retry_soon, count)
+        return len(mails) + aside
 
     def _event(self, row: dict, tz: ZoneInfo) -> dict:
         domain = self.config.smtp_in.domain
@@ -131,7 +186,8 @@ class Notifier:
             "status": row["status"] or "",
             "answered": row.get("answered"),
             "ticket": row["ticket"] or "",
-            "reply_to": f"{row['number']}@{domain}",
+            # Only a phone number makes an address: a row stored before numbers were checked may hold anything.
+            "reply_to": f"{row['number']}@{domain}" if is_e164(row["number"]) else "",
         }
 
     def needs_mail(self, row: dict) -> bool:
@@ -161,7 +217,7 @@ class Notifier:
                 html=html,
                 message_id=make_msgid(domain),
                 in_reply_to=original or None,
-                references=[original] if original else [],
+                references=thread(row.get("thread_refs"), original),
                 reply_to=event["reply_to"],
             )
             mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
@@ -192,18 +248,13 @@ class Notifier:
             mails.append(Mail("reply", to, msg, row["number"], row.get("campaign_id")))
         return mails
 
-    @staticmethod
-    def _queue(db: Database, *, mails: list[Mail], routed: list[int]) -> None:
-        for mail in mails:
-            remember(db, mail)
-        db.execute(f"UPDATE callbacks SET routed = 1 WHERE id IN ({', '.join('?' * len(routed))})", routed)
-
     # ------------------------------------------------------------ confirmations
 
     async def confirm_pending(self) -> int:
         """E-mail senders about finished campaigns, as each campaign's `confirm` says; alert on account errors.
 
-        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together.
+        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together, and
+        a campaign whose e-mail keeps failing is set aside like a callback.
         """
         ids = await self.store.read(
             lambda db: [
@@ -218,18 +269,17 @@ class Notifier:
             return 0
         campaigns = await self.store.read(lambda db: [queries.campaign(db, campaign_id=i) for i in ids])
         planned = self._planned(campaigns)
-        # Rendering takes CPU time: in a worker thread, and only when some e-mail is due.
-        mails = await asyncio.to_thread(self._render, planned) if planned else []
-
-        def queue(db: Database) -> None:
-            for mail in mails:
-                remember(db, mail)
-            db.execute(f"UPDATE campaigns SET notified = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
-
-        await self.store.write(queue, small=not mails)
-        if mails:
-            self.outbox.wake()
-        return len(ids)
+        mails: dict[int, list[Mail]] = {i: [] for i in ids}
+        failed: dict[int, str] = {}
+        if planned:
+            # Rendering takes CPU time: in a worker thread, and only when some e-mail is due.
+            for campaign_id, result in (await asyncio.to_thread(self._render, planned)).items():
+                if isinstance(result, str):
+                    failed[campaign_id] = result
+                    mails.pop(campaign_id, None)
+                else:
+                    mails[campaign_id] += result
+        return await self._commit("confirmation", mails, failed)
 
     def _planned(self, campaigns: list[dict]) -> list[tuple[str, dict]]:
         """The e-mails these finished campaigns call for: ("confirmation" | "alert", campaign)."""
@@ -243,14 +293,24 @@ class Notifier:
                 planned.append(("alert", campaign))
         return planned
 
-    def _render(self, planned: list[tuple[str, dict]]) -> list[Mail]:
-        mails = [
-            self._confirmation(campaign) if kind == "confirmation" else self._alert(error=campaign.get("error"))
-            for kind, campaign in planned
-        ]
-        for mail in mails:
-            mail.data = serialise(mail.message)
-        return mails
+    def _render(self, planned: list[tuple[str, dict]]) -> dict[int, list[Mail] | str]:
+        """Each campaign's e-mails, or why they cannot be made."""
+        out: dict[int, list[Mail] | str] = {}
+        for kind, campaign in planned:
+            if isinstance(out.get(campaign["id"]), str):
+                continue
+            try:
+                if kind == "confirmation":
+                    mail = self._confirmation(campaign)
+                else:
+                    mail = self._alert(error=campaign.get("error"))
+                mail.data = serialise(mail.message)
+            except Exception as exc:  # noqa: BLE001 - this campaign's failure, counted by _commit
+                log.warning("notifier: campaign #%d: cannot make its %s", campaign["id"], kind, exc_info=True)
+                out[campaign["id"]] = describe(exc)
+                continue
+            out.setdefault(campaign["id"], []).append(mail)
+        return out
 
     def _campaign_context(self, campaign: dict) -> dict:
         return {
@@ -290,7 +350,7 @@ class Notifier:
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
             in_reply_to=original or None,
-            references=[original] if original else [],
+            references=thread(campaign.get("thread_refs"), original),
         )
         number = context["recipients"][0] if len(context["recipients"]) == 1 else ""
         return Mail(name, (campaign["sender_email"],), msg, number, campaign["id"])
@@ -373,7 +433,7 @@ class Notifier:
                 label = f" (part {part} of {parts})" if parts > 1 else ""
                 # Thousands of entries take CPU time to render: a worker thread keeps callbacks answered meanwhile.
                 msg = await asyncio.to_thread(
-                    self._digest_message, sub, snapshot["rows"], snapshot["since"], until, label
+                    self.digest_message, sub, snapshot["rows"], snapshot["since"], until, label
                 )
                 if dry_run:
                     return msg
@@ -397,7 +457,7 @@ class Notifier:
             return True
         return False
 
-    def _digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime, part=""):
+    def digest_message(self, sub: Subscription, rows: list[dict], since: str | None, until: datetime, part=""):
         events = [self._event(row, sub.tz) for row in sorted(rows, key=lambda r: (r["occurred_at"] or "", r["id"]))]
         buckets: dict[str, list[dict]] = defaultdict(list)
         for event in events:
@@ -416,10 +476,12 @@ class Notifier:
             titles = {k: k for k in order}
         groups = [{"title": titles[k], "count": len(buckets[k]), "entries": buckets[k]} for k in order]
         count = len(events)
+        summary = digest_summary(events)
         text, html = self.renderer.render(
             "digest",
             name=sub.name,
             count=count,
+            summary=summary,
             group_by=sub.group_by,
             groups=groups,
             since=clock.local(since, sub.tz, MAIL_TIME) if since else "the start",
@@ -428,11 +490,45 @@ class Notifier:
         return build_message(
             sender=self.config.smtp_out.sender,
             to=list(sub.to),
-            subject=f"{count} SMS replies \u2014 {sub.name}{part}",
+            subject=f"{summary} \u2014 {sub.name}{part}",
             text=text,
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
         )
+
+
+def describe(exc: BaseException) -> str:
+    """An error as the Attention page shows it."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
+    """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together."""
+    for row_mails in mails.values():
+        for mail in row_mails:
+            remember(db, mail)
+    queries.mark_done(db, work=work, ids=list(mails))
+
+
+_KIND_NAMES = {
+    "reply": ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
+    "delivery": ("delivery report", "delivery reports"),
+    "stop": ("STOP", "STOPs"),
+}
+
+
+def digest_summary(events: list[dict]) -> str:
+    """What a digest holds, each kind counted apart (SPEC §4): "3 SMS replies, 7 delivery reports, 1 STOP"."""
+    counts = Counter(event["kind"] for event in events)
+    parts = [f"{counts[kind]} {names[counts[kind] != 1]}" for kind, names in _KIND_NAMES.items() if counts[kind]]
+    return ", ".join(parts) or "0 SMS replies"
+
+
+def thread(parent_refs: str | None, parent: str) -> list[str]:
+    """A reply's References (RFC 5322 §3.6.4): its parent's References followed by the parent's Message-ID."""
+    if not parent:
+        return []
+    return [ref for ref in (parent_refs or "").split() if ref != parent] + [parent]
 
 
 def _author_gets(row: dict) -> bool:
@@ -453,7 +549,7 @@ def remember(db: Database, mail: Mail) -> None:
 
 _EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
                     cb.received_at, cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
-                    c.message_id, c.label"""
+                    c.message_id, c.thread_refs, c.label"""
 
 
 def _unrouted(db: Database) -> list[dict]:
@@ -465,6 +561,14 @@ def _unrouted(db: Database) -> list[dict]:
             [BATCH],
         )
     ]
+
+
+def pending_digest(db: Database, *, sub: Subscription) -> dict | None:
+    """What the next run of `sub` holds, read only (`digest --dry-run`: its first part); None when it has never
+    run: it starts then."""
+    if db.execute("SELECT 1 FROM digests WHERE name = ?", [sub.name]).fetchone() is None:
+        return None
+    return _digest_events(db, sub=sub)
 
 
 def _digest_events(db: Database, *, sub: Subscription, top: int | None = None, total: int | None = None) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from functools import partial
@@ -41,6 +42,7 @@ class Scheduler:
     def __init__(self, daemon):
         self.daemon = daemon
         self.scheduler: AsyncIOScheduler | None = None
+        self._reloading = asyncio.Lock()
 
     async def start(self) -> None:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
@@ -53,7 +55,14 @@ class Scheduler:
             self.scheduler = None
 
     async def reload(self) -> None:
-        """(Re)create every job from the current configuration, then catch up missed digests once."""
+        """(Re)create every job from the current configuration, then catch up missed digests once.
+
+        Serialised: it removes every job and then awaits, so two at once would add the same job ids twice.
+        """
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         d = self.daemon
         config: Config = d.config
         s = self.scheduler

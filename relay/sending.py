@@ -53,6 +53,7 @@ class SendRequest:
     origin: str = "cli"
     sender_email: str = ""
     message_id: str = ""
+    thread_refs: tuple[str, ...] = ()  # the asking e-mail's References (else its In-Reply-To), oldest first
     label: str = ""
     confirm: str = "none"
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -109,6 +110,7 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "origin": req.origin,
             "sender_email": req.sender_email,
             "message_id": req.message_id,
+            "thread_refs": " ".join(req.thread_refs) or None,
             "label": req.label,
             "text": req.text,
             "type": req.type,
@@ -226,10 +228,10 @@ class SendQueue:
         self._wake.set()
 
     async def wait(self, campaign_id: int) -> dict:
-        """Wait until a campaign is sent or failed; returns its row (for the `send` command)."""
+        """Wait until a campaign is sent or failed, or one of its calls is set aside; returns its row."""
         while True:
             row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
-            if row and row["status"] in ("sent", "failed"):
+            if row and (row["status"] in ("sent", "failed") or any(s["status"] == "set_aside" for s in row["sends"])):
                 return row
             future = self._finished.setdefault(campaign_id, asyncio.get_running_loop().create_future())
             self.wake()
@@ -252,25 +254,55 @@ class SendQueue:
                 if row["id"] not in self._inflight:
                     task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
                     self._inflight[row["id"]] = task
-                    task.add_done_callback(lambda t, i=row["id"]: self._inflight.pop(i, None))
+                    task.add_done_callback(partial(self._done, row["id"]))
             await backoff.nap(self._wake, 30)
 
+    def _done(self, send_id: int, task: asyncio.Task) -> None:
+        # Only now may the next read pick the row again (one given back after an error, say).
+        self._inflight.pop(send_id, None)
+        self._wake.set()
+
     async def _send(self, send_id: int) -> None:
-        async with self._slots:
-            try:
+        try:
+            async with self._slots:
                 await self._send_one(send_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - keep the queue alive; the row goes back to pending
-                log.exception("send #%d: unexpected error; will retry", send_id)
-                await self._keep_trying(
-                    lambda db: db.execute(
-                        "UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id]
-                    ),
-                    f"send #{send_id}: putting it back in the queue",
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep the queue alive; the row goes back, or is set aside
+            log.exception("send #%d: unexpected error", send_id)
+            await self._give_back(send_id, exc)
+
+    async def _give_back(self, send_id: int, exc: Exception) -> None:
+        """After an unexpected error: back to the queue after a pause, or set aside after MAX_FAILURES.
+
+        Only the row's own failures count; the database's (a StoreError) never sets a row aside. Retrying is
+        safe: the request_id is the same, and Octopush answers an earlier success with code 120.
+        """
+        failures = 0
+        if not isinstance(exc, StoreError):
+            counts = await self._keep_trying(
+                partial(queries.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
+                f"send #{send_id}: counting its failure",
+            )
+            failures = counts.get(send_id, 0)
+            if failures >= queries.MAX_FAILURES:
+                log.error(
+                    "send #%d failed %d times and is set aside (retry it from /attention): %s", send_id, failures, exc
                 )
-            finally:
-                self.wake()  # rows beyond the last read (LIMIT) are waiting for a free slot
+                self._wake_waiters()
+                return
+        await asyncio.sleep(backoff.row_pause(failures))
+        await self._keep_trying(
+            lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id]),
+            f"send #{send_id}: putting it back in the queue",
+        )
+
+    def _wake_waiters(self) -> None:
+        """Wake whoever waits (`octorelay send`) on any campaign: they re-read their campaign's state."""
+        for future in self._finished.values():
+            if not future.done():
+                future.set_result(None)
+        self._finished.clear()
 
     async def _keep_trying(self, write, what: str):
         """A write this send cannot go on without, retried until it commits (the disk may be full for a while).
@@ -425,7 +457,7 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         [send_id],
     ).fetchone()
     states = [r[0] for r in db.execute("SELECT status FROM sends WHERE campaign_id = ?", [campaign_id])]
-    if any(s in ("pending", "sending") for s in states):
+    if any(s in ("pending", "sending", "set_aside") for s in states):
         return None
     totals = db.execute(
         "SELECT sum(sms_needed), sum(cost), min(residual_credit) FROM sends WHERE campaign_id = ? AND status = 'sent'",

@@ -118,6 +118,10 @@ async def test_browse_filter_export_and_answer(daemon, browser, shots):
         "United Kingdom (GB) 1 reply",
     ]
     await page.screenshot(path=str(shots / "replies-by-country.png"), full_page=True)
+    # The summary and the server-drawn chart sit above the sections; no script drew them.
+    assert await page.locator("section.summary table tbody tr").count() == 3
+    assert await page.locator("figure.chart svg rect").count() >= 4
+    assert await page.locator("script").count() == 0
 
     # Filter by country and text; the view is kept.
     await page.select_option("select[name=country]", "FR")
@@ -137,7 +141,7 @@ async def test_browse_filter_export_and_answer(daemon, browser, shots):
     assert download.suggested_filename.startswith("octorelay-replies-") and download.suggested_filename.endswith(".csv")
     text = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8-sig")
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0][:3] == ["time", "time_utc", "number"] and len(rows) == 6
+    assert rows[0][:3] == ["time", "timezone", "number"] and len(rows) == 6
     assert {row[2] for row in rows[1:]} == {"'" + n for n in (FR1, FR2, DE, GB)}
 
     # Open the conversation with the first French number and answer it.
@@ -194,3 +198,36 @@ async def test_browse_filter_export_and_answer(daemon, browser, shots):
     await page.screenshot(path=str(shots / "attention.png"), full_page=True)
     # The CSP allows everything the pages use: the browser reported no violation.
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+async def test_country_chart_is_readable_without_javascript(daemon, browser, shots):
+    """Replies per day and per country over two weeks: stacked bars, a legend, day labels, drawn by the server."""
+    countries = {
+        "+33612345678": 5,
+        "+4915112345678": 3,
+        "+447400123456": 2,
+        "+32470123456": 1,
+        "+14155550123": 1,
+        "+34612345678": 1,
+        "+393123456789": 1,
+    }
+    for day in range(1, 15):
+        for number, per_day in countries.items():
+            for i in range((per_day * day) % 4 + (1 if day % 3 else 0)):
+                await add_reply(daemon, number, f"reply {day}/{i}", f"2026-11-{day:02d} {8 + i:02d}:15:00")
+    context = await browser.new_context(java_script_enabled=False, viewport={"width": 1200, "height": 900})
+    page = await context.new_page()
+    await page.goto(daemon.http_url + "/replies?view=country")
+    chart = page.locator("figure.chart")
+    await chart.wait_for()
+    box = await chart.locator("svg").first.bounding_box()
+    assert box and box["width"] > 600 and box["height"] > 150  # drawn at a readable size
+    legend = await chart.locator("ul.legend li").all_inner_texts()
+    ranked = await page.locator("section.summary tbody tr td:first-child").all_inner_texts()
+    assert [item.split()[0] for item in legend[:5]] == [r.split()[0] for r in ranked[:5]]
+    assert len(legend) == 6 and legend[-1].strip().startswith("Other countries")
+    assert "01 Nov" in await chart.locator("svg").first.inner_html()
+    assert await chart.locator("svg rect title").count() >= 40
+    await chart.screenshot(path=str(shots / "country-chart.png"))
+    await page.screenshot(path=str(shots / "replies-by-country-chart.png"), full_page=False)
+    await context.close()

@@ -249,3 +249,65 @@ async def test_api_token_is_required_from_everyone_once_set(make_daemon):
         for scheme in ("Bearer", "bearer"):
             async with http.get(api, headers={"Authorization": f"{scheme} s3cret-token-xyz"}) as resp:
                 assert resp.status == 200, scheme
+
+
+async def test_untrusted_fields_are_stored_answered_200_and_never_mailed_to(make_daemon, sink):
+    """SPEC §3: a number that is not a phone number, a date out of range, invalid Unicode: stored, 200, never a
+    500 nor a 400, never lost, routed only with a phone number, never an e-mail to an address from a callback."""
+    daemon = await make_daemon(
+        '[[subscriptions]]\nname = "ops"\nto = ["ops@example.org"]\nmode = "instant"\n'
+        'events = ["reply", "stop", "delivery"]\n'
+        '[[subscriptions]]\nname = "daily"\nto = ["ops@example.org"]\nmode = "digest"\nschedule = "0 8 * * *"\n'
+        'events = ["reply", "stop", "delivery"]\n',
+        smtp_port=sink.port,
+    )
+    receipt = {"channel": "sms", "message_id": "sms_x", "number": "+33600000001", "status": "DELIVERED"}
+    json_type = {"Content-Type": "application/json"}
+    unroutable = [
+        {"json": {**REPLY, "number": "spy@evil.example,x", "text": "spy 1"}},
+        {"json": {**REPLY, "number": "+spy@evil.example", "text": "spy 2"}},
+        {"data": {**REPLY, "number": "spy@evil.example", "text": "spy 3"}},
+        {
+            "json": {
+                "message_id": "",
+                "number": "<spy@evil.example>",
+                "text": "stop",
+                "stop_date": "2026-11-04 11:11:45",
+            }
+        },
+        {"json": {**receipt, "number": "spy@evil.example", "delivery_date": "2026-11-04 11:11:45"}},
+    ]
+    routable = [
+        {"json": {**REPLY, "text": "year one", "reception_date": "0001-01-01 00:00:00"}},
+        {"json": {**REPLY, "text": "far future", "reception_date": "9999-12-31 23:59:59"}},
+        {"json": {**receipt, "delivery_date": "0001-01-01 00:00:00"}},
+        {
+            "data": b'{"number": "+33600000001", "text": "lone \\ud83d", "reception_date": "2026-11-04 11:11:45"}',
+            "headers": json_type,
+        },
+        {
+            "data": b'{"number": "+33600000001", "text": "bad \xff utf-8", "reception_date": "2026-11-04 11:11:45"}',
+            "headers": json_type,
+        },
+    ]
+    async with aiohttp.ClientSession() as http:
+        for case in unroutable + routable:
+            async with http.post(url(daemon), **case) as resp:
+                assert resp.status == 200, (case, await resp.text())
+        # What neither parser can read stays a 400, also nested deeper than Python's recursion limit.
+        async with http.post(url(daemon), data=b"[" * 60000, headers=json_type) as resp:
+            assert resp.status == 400
+    assert await count(daemon) == len(unroutable) + len(routable)
+    assert await count(daemon, "unrecognised") == len(unroutable)
+    await wait_for(lambda: len(sink.messages) == len(routable))
+    digest = await daemon.notifier.run_digest("daily", dry_run=True)
+    texts = [m.as_string() for _, _, m in sink.messages] + [digest.as_string()]
+    assert not any("evil" in text for text in texts)
+    for _, rcpts, msg in sink.messages:
+        assert rcpts == ["ops@example.org"]
+        assert msg["Reply-To"] in (None, "+33600000001@sms.example.org")
+    stored = await daemon.store.read(
+        lambda db: {r[0]: r[1] for r in db.execute("SELECT text, occurred_at FROM callbacks WHERE kind = 'reply'")}
+    )
+    assert stored.keys() == {"year one", "far future", "lone \ufffd", "bad \ufffd utf-8"}
+    assert all(when.startswith("2") for when in stored.values())  # an unreadable date: the time it arrived

@@ -67,15 +67,20 @@ def test_send_refused_by_octopush_is_exit_1(tmp_path, capsys):
 
 
 def test_callback_url_and_replies_formats(tmp_path, capsys):
+    from relay.storage import queries
+    from relay.storage.database import connect, migrate
+
     path = write_config(tmp_path / "c.toml", tmp_path, extra='[http]\npublic_url = "https://relay.example.org"\n')
+    migrate(tmp_path / "octorelay.db")
+    db = connect(tmp_path / "octorelay.db")
+    with db.atomic():
+        token = queries.ensure_callback_token(db)
+    db.close()
     assert run("callback-url", "-c", str(path)) == 0
-    url = capsys.readouterr().out.strip()
-    assert url.startswith("https://relay.example.org/octopush/") and len(url.rsplit("/", 1)[1]) >= 24
-    assert run("callback-url", "-c", str(path)) == 0
-    assert capsys.readouterr().out.strip() == url  # made once, then kept
+    assert capsys.readouterr().out.strip() == f"https://relay.example.org/octopush/{token}"
     for fmt in ("table", "json", "csv"):
         assert run("replies", "--format", fmt, "-c", str(path)) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("occurred_at,number")
+    assert capsys.readouterr().out.splitlines()[-1].startswith('"time","timezone","number"')
     assert run("replies", "--since", "tomorrowish", "-c", str(path)) == 1
 
 
@@ -84,9 +89,12 @@ def test_hash_password_from_stdin(monkeypatch, capsys):
 
     from relay.passwords import verify
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
     assert run("hash-password") == 0
-    assert verify("s3cret", capsys.readouterr().out.strip())
+    assert verify("correct horse battery", capsys.readouterr().out.strip())
+    monkeypatch.setattr("sys.stdin", io.StringIO("abc\n"))
+    assert run("hash-password") == 1
+    assert "too short" in capsys.readouterr().err
 
 
 def test_config_option_before_or_after_the_command(tmp_path, capsys):
@@ -98,8 +106,10 @@ def test_config_option_before_or_after_the_command(tmp_path, capsys):
 
 
 def test_backup_to_an_unwritable_place_is_one_line(tmp_path, capsys):
+    from relay.storage.database import migrate
+
     path = write_config(tmp_path / "c.toml", tmp_path)
-    assert run("callback-url", "-c", str(path)) == 0
+    migrate(tmp_path / "octorelay.db")
     assert run("db", "backup", str(tmp_path / "no" / "such" / "dir" / "b.db"), "-c", str(path)) == 1
     assert "cannot write the backup" in capsys.readouterr().err
 

@@ -17,6 +17,7 @@ from collections import Counter
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
+from functools import partial
 
 import aiohttp
 import pytest
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from relay.octopush.callbacks import classify
 from relay.octopush.emulator import Emulator
-from relay.web.callbacks import BadBody, parse_body
+from relay.web.callbacks import BadBody, parse_body, raw_text
 from tests.conftest import live_mode, wait_for, write_config
 
 pytestmark = pytest.mark.fault
@@ -237,7 +238,7 @@ def test_callback_parser_never_crashes(body, content_type):
         fields = parse_body(body, content_type)
     except BadBody:
         return
-    callback = classify(fields if isinstance(fields, dict) else {}, raw=body.decode("utf-8"), content_type=content_type)
+    callback = classify(fields if isinstance(fields, dict) else {}, raw=raw_text(body), content_type=content_type)
     assert callback.kind in ("reply", "delivery", "stop", "unrecognised")
     assert len(callback.dedup_key) == 64
 
@@ -274,3 +275,36 @@ def test_classify_never_crashes_on_odd_field_values(fields):
     callback = classify(fields, raw="{}", content_type="application/json")
     assert callback.kind in ("reply", "delivery", "stop", "unrecognised")
     assert isinstance(callback.number, str) and isinstance(callback.text, str)
+
+
+@pytest.mark.parametrize("command", [["send", "--to", "+33612345678", "--text", "hi"], ["digest", "ops"]])
+async def test_a_full_disk_is_one_line_for_send_and_digest(tmp_path, small_disk, command):
+    """A StoreError is a user-facing error: one line on stderr and exit 1, not a traceback."""
+    import os
+    import sys
+    from pathlib import Path
+
+    database = small_disk / "octorelay.db"
+    extra = f'[storage]\npath = "{database}"\n'
+    extra += '[[subscriptions]]\nname = "ops"\nto = ["ops@example.org"]\nmode = "digest"\nschedule = "0 8 * * *"\n'
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=extra)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root}
+    run = partial(subprocess.run, capture_output=True, text=True, env=env, timeout=60)
+    from relay.storage.database import migrate
+
+    migrate(database)  # the database a daemon's first start makes (read-only commands make none)
+    # A reader keeps its snapshot: every new write must grow the WAL, on a disk that has no room left.
+    reader = sqlite3.connect(database, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM meta").fetchone()
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 65536)
+    try:
+        done = await asyncio.to_thread(run, [sys.executable, "-m", "relay", *command, "-c", str(path)])
+    finally:
+        reader.close()
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert str(database) in done.stderr and "full" in done.stderr

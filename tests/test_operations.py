@@ -14,6 +14,7 @@ import pytest
 
 from relay.cli import main
 from relay.storage import queries
+from relay.storage.database import migrate
 from tests.conftest import wait_for, write_config
 
 REPLY = {
@@ -125,7 +126,7 @@ async def test_backup_during_writes_is_consistent(daemon, tmp_path, capsys):
 
 async def test_purge_deletes_old_events_but_keeps_opt_outs(tmp_path, capsys):
     path = write_config(tmp_path / "c.toml", tmp_path)
-    assert main(["callback-url", "-c", str(path)]) == 0  # creates the database
+    migrate(tmp_path / "octorelay.db")
     conn = sqlite3.connect(tmp_path / "octorelay.db")
     for i, when in enumerate(
         ["2020-01-01T00:00:00.000000+00:00", "2020-01-02T00:00:00.000000+00:00", "2099-01-01T00:00:00.000000+00:00"]
@@ -210,3 +211,152 @@ async def test_a_busy_port_is_one_clear_line(tmp_path):
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert "smtp_in.listen" in err.decode() and "Traceback" not in err.decode()
+
+
+async def octorelay(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """The `octorelay` command as a real subprocess: (exit code, stdout, stderr)."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("OCTORELAY_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_second_daemon_on_the_same_database_exits_1_naming_it_and_the_first(spawn, tmp_path):
+    """SPEC §8: one daemon per SQLite database; the lock dies with its process, and other commands still work."""
+    path = write_config(
+        tmp_path / "c.toml",
+        tmp_path,
+        extra='[[subscriptions]]\nname = "ops"\nto = ["ops@example.org"]\nmode = "digest"\nschedule = "0 8 * * *"\n',
+    )
+    first = await spawn(path)
+    code, _, err = await octorelay("run", "-c", str(path))
+    assert code == 1
+    assert str(tmp_path / "octorelay.db") in err and f"pid {first.proc.pid}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # Commands that are not the daemon work beside it.
+    for command in (
+        ["replies"],
+        ["db", "backup", str(tmp_path / "copy.db")],
+        ["digest", "ops", "--dry-run"],
+        ["callback-url"],
+    ):
+        code, out, err = await octorelay(*command, "-c", str(path))
+        assert code == 0, (command, err)
+    async with aiohttp.ClientSession() as http, http.get(f"{first.http_url}/healthz") as resp:
+        assert resp.status == 200
+    # A daemon killed outright leaves no stale lock: the next one starts at once.
+    first.proc.kill()
+    await first.wait()
+    again = await spawn(path)
+    async with aiohttp.ClientSession() as http, http.get(f"{again.http_url}/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_files_are_private_whatever_the_umask(spawn, tmp_path):
+    """SPEC §8: state directory 0700; database, WAL, SHM, lock, TLS key and certificate, backups 0600."""
+    import os
+    import stat
+
+    state = tmp_path / "state" / "octorelay"
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=f'[storage]\npath = "{state / "octorelay.db"}"\n')
+    old = os.umask(0o022)
+    try:
+        proc = await spawn(path)
+        async with aiohttp.ClientSession() as http:
+            token = await token_of(proc, state / "octorelay.db")
+            async with http.post(f"{proc.http_url}/octopush/{token}", json={**REPLY, "text": "hi"}) as resp:
+                assert resp.status == 200
+        code, _, err = await octorelay("db", "backup", str(tmp_path / "backup.db"), "-c", str(path))
+        assert code == 0, err
+    finally:
+        os.umask(old)
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(state) == 0o700 and mode(state.parent) == 0o700
+    names = ["octorelay.db", "octorelay.db-wal", "octorelay.db-shm", "octorelay.db.lock"]
+    names += ["smtp-selfsigned.key", "smtp-selfsigned.crt"]
+    assert {name: oct(mode(state / name)) for name in names} == {name: "0o600" for name in names}
+    assert mode(tmp_path / "backup.db") == 0o600
+
+
+async def test_healthz_says_starting_until_every_component_is_up_and_never_writes(tmp_path, monkeypatch):
+    """SPEC §3/§4: `starting` (503) while the SMTP listener is not bound yet; a new digest already holds a callback
+    acknowledged in that window; and a health probe commits nothing."""
+    from relay import config as config_mod
+    from relay.daemon import Daemon
+    from relay.mail.smtp_inbound import SmtpListener
+
+    gate = asyncio.Event()
+    real_start = SmtpListener.start
+
+    async def slow_start(self):
+        await gate.wait()  # the SMTP listener is late: HTTP is up, the daemon is not
+        await real_start(self)
+
+    monkeypatch.setattr(SmtpListener, "start", slow_start)
+    extra = '[[subscriptions]]\nname = "ops"\nto = ["ops@example.org"]\nmode = "digest"\nschedule = "0 8 * * *"\n'
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=extra)
+    daemon = Daemon(config_mod.load(path), config_path=str(path))
+    starting = asyncio.create_task(daemon.start())
+    try:
+        await wait_for(lambda: daemon.http_address)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{daemon.http_url}/healthz") as resp:
+                assert resp.status == 503 and (await resp.json())["status"] == "starting"
+            url = f"{daemon.http_url}/octopush/{daemon.callback_token}"
+            async with http.post(url, json={**REPLY, "text": "early bird"}) as resp:
+                assert resp.status == 200
+            gate.set()
+            await starting
+            async with http.get(f"{daemon.http_url}/healthz") as resp:
+                assert resp.status == 200 and (await resp.json())["status"] == "ok"
+            commits = daemon.store.commits
+            for _ in range(20):
+                async with http.get(f"{daemon.http_url}/healthz") as resp:
+                    assert resp.status == 200
+            assert daemon.store.commits == commits
+        msg = await daemon.notifier.run_digest("ops", dry_run=True)
+        assert msg is not None and "early bird" in msg.get_body(("plain",)).get_content()
+    finally:
+        gate.set()
+        if not starting.done():
+            await asyncio.gather(starting, return_exceptions=True)
+        await daemon.stop()
+
+
+async def test_a_sighup_right_after_ready_reloads_instead_of_killing(spawn, tmp_path):
+    """systemd may send ExecReload's SIGHUP as soon as READY=1 arrives: the handler is in place before it."""
+    proc = await spawn(write_config(tmp_path / "c.toml", tmp_path))
+    seen = len(proc.datagrams)
+    await proc.signal(signal.SIGHUP)
+    await proc.wait_datagram("configuration reloaded", after=seen)
+    assert proc.proc.returncode is None
+
+
+async def test_reloads_at_once_run_one_after_the_other(make_daemon, sink):
+    """Two quick SIGHUPs each start a reload (`asyncio.ensure_future(daemon.reload())`): they must not interleave,
+    or the second adds the first one's job ids again (ConflictingIdError) and leaves the jobs half made."""
+    extra = "".join(
+        f'[[subscriptions]]\nname = "d{i}"\nto = ["ops@example.org"]\nmode = "digest"\nschedule = "0 8 * * *"\n'
+        for i in range(3)
+    )
+    daemon = await make_daemon(extra, smtp_port=sink.port)
+    results = await asyncio.gather(*(daemon.reload() for _ in range(3)), return_exceptions=True)
+    assert results == [True, True, True]
+    jobs = sorted(job.id for job in daemon.scheduler.scheduler.get_jobs())
+    assert [j for j in jobs if j.startswith("digest-")] == ["digest-d0", "digest-d1", "digest-d2"]

@@ -136,6 +136,7 @@ def test_digest_groups_entries_with_a_reply_link_each(renderer):
         "digest",
         name="ops",
         count=2,
+        summary="2 SMS replies",
         group_by="country",
         groups=groups,
         since="2026-11-23 08:00 CET",
@@ -151,7 +152,14 @@ def test_digest_groups_entries_with_a_reply_link_each(renderer):
     assert html.count('href="mailto:') == 2
 
     text, html = renderer.render(
-        "digest", name="ops", count=0, group_by="date", groups=[], since="the start", until="2026-11-24 08:00 CET"
+        "digest",
+        name="ops",
+        count=0,
+        summary="0 SMS replies",
+        group_by="date",
+        groups=[],
+        since="the start",
+        until="2026-11-24 08:00 CET",
     )
     assert "Nothing new" in text and "Nothing new" in html
 

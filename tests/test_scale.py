@@ -101,7 +101,7 @@ def test_reply_counts_follow_inserts_updates_deletes_and_migration(tmp_path):
     _counts_are_exact(db)
     # The migration counts what an older database holds.
     db.execute("DROP TABLE callback_counts")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_callback_counts'")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_callback_counts'")
     for trigger in ("insert", "delete", "update"):
         db.execute(f"DROP TRIGGER callback_counts_{trigger}")
     db.close()
@@ -113,7 +113,7 @@ def test_reply_counts_follow_inserts_updates_deletes_and_migration(tmp_path):
 
 def test_db_purge_command_deletes_every_old_row_over_many_batches(tmp_path, capsys):
     path = write_config(tmp_path / "c.toml", tmp_path)
-    assert main(["callback-url", "-c", str(path)]) == 0
+    migrate(tmp_path / "octorelay.db")
     conn = sqlite3.connect(tmp_path / "octorelay.db")
     expected = _fill(conn, 1200)
     conn.commit()
@@ -153,15 +153,15 @@ async def test_web_csv_export_streams_every_reply_once_in_order(make_client, mon
     await relay.store.write(lambda db: [queries.store_callback(db, cb) for cb in cbs])
     resp = await client.get("/replies.csv")
     assert resp.status == 200 and resp.headers.get("Transfer-Encoding") == "chunked"
-    rows = list(csv.reader(io.StringIO((await resp.read()).decode("utf-8-sig"))))[1:]
-    texts = [r[5] for r in rows]
+    rows = list(csv.DictReader(io.StringIO((await resp.read()).decode("utf-8-sig"))))
+    texts = [r["text"] for r in rows]
     assert sorted(texts) == sorted(f"reply {i}" for i in range(500))  # each exactly once
-    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)  # newest first
+    assert [r["time_utc"] for r in rows] == sorted((r["time_utc"] for r in rows), reverse=True)  # newest first
 
 
 def test_cli_exports_stream_every_reply_once(tmp_path, capsys, monkeypatch):
     path = write_config(tmp_path / "c.toml", tmp_path)
-    assert main(["callback-url", "-c", str(path)]) == 0
+    migrate(tmp_path / "octorelay.db")
     db = connect(tmp_path / "octorelay.db")
     with db.atomic():
         for cb in _replies(700):
@@ -171,8 +171,8 @@ def test_cli_exports_stream_every_reply_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(queries, "replies", lambda *a, **k: chunks.append(k["limit"]) or real(*a, **k))
     capsys.readouterr()
     assert main(["replies", "--format", "csv", "--limit", "0", "-c", str(path)]) == 0
-    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]
-    assert sorted(r[3] for r in rows) == sorted(f"reply {i}" for i in range(700))
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["text"] for r in rows) == sorted(f"reply {i}" for i in range(700))
     assert chunks and max(chunks) <= 1000  # never the whole table in one read
     assert main(["replies", "--format", "json", "--limit", "650", "-c", str(path)]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -397,3 +397,6 @@ async def test_round_trip_reply_threads_and_answer_sends_new_words(daemon, sink)
         timeout=15,
     )
     assert second[0]["Subject"].startswith("Re:")
+    # The whole chain, not only the parent (RFC 5322 §3.6.4): the parent's References, then the parent.
+    assert note["References"] == original["Message-ID"]
+    assert second[0]["References"].split() == [original["Message-ID"], note["Message-ID"], answer["Message-ID"]]

@@ -58,6 +58,21 @@ async def test_one_failing_write_does_not_spoil_its_batch(store):
 
 
 @pytest.mark.parametrize("small", [False, True])
+async def test_a_write_with_a_bad_statement_fails_alone_and_its_batch_commits(store, small):
+    """SQLite raises OperationalError for a typo'd column too: that is the write's own error, not the database's."""
+    writes = [
+        store.write(lambda db, i=i: db.execute("INSERT INTO meta VALUES (?, 'v')", [f"ok{i}"]), small=small)
+        for i in range(5)
+    ]
+    writes.insert(2, store.write(lambda db: db.execute("UPDATE meta SET no_such_column = 1"), small=small))
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results[2], sqlite3.OperationalError) and "no_such_column" in str(results[2])
+    assert not any(isinstance(r, Exception) for i, r in enumerate(results) if i != 2)
+    assert store.commits == 1 and store.last_error is None  # one batch, committed
+    assert await store.read(lambda db: db.execute("SELECT count(*) FROM meta WHERE key LIKE 'ok%'").fetchone()[0]) == 5
+
+
+@pytest.mark.parametrize("small", [False, True])
 async def test_commit_failure_is_a_store_error(store, small):
     store._db.conn.execute("PRAGMA query_only = ON")  # the write connection refuses writes, like a read-only disk
     with pytest.raises(StoreError):

@@ -176,7 +176,7 @@ def test_unit_exposure_score():
 def test_unit_verifies(tmp_path):
     # verify insists the ExecStart binary exists; point it at one that does.
     unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/octorelay", "/bin/true"))
+    unit.write_text(UNIT.read_text().replace("/opt/octorelay/bin/octorelay", "/bin/true"))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)],
         capture_output=True,
@@ -192,7 +192,7 @@ def test_unit_has_the_required_directives():
     text = UNIT.read_text()
     for line in (
         "Type=notify",
-        "ExecStart=/usr/local/bin/octorelay run -c /etc/octorelay/octorelay.toml",
+        "ExecStart=/opt/octorelay/bin/octorelay run -c /etc/octorelay/octorelay.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "WatchdogSec=30",
         "Restart=on-failure",

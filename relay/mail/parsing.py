@@ -12,15 +12,13 @@ from __future__ import annotations
 import email
 import email.policy
 import fnmatch
-import functools
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 
-import phonenumbers
-
+from relay import numbers
 from relay.clock import region_timezone
 from relay.errors import RelayError
 from relay.octopush.client import MAX_TEXT  # noqa: F401 - Octopush's limit, re-exported for body.py
@@ -59,9 +57,6 @@ class Address:
     country: str  # ISO code for numbers ("FR"), "" for groups
 
 
-_SEPARATORS = re.compile(r"[\s.\-()/]+")
-
-
 def parse_recipient(address: str, *, domain: str, region: str, groups: Collection[str]) -> Address:
     """Resolve `local@domain` to a number or a group; any other domain is relaying, refused."""
     address = address.strip().strip("<>").strip()
@@ -74,7 +69,7 @@ def parse_recipient(address: str, *, domain: str, region: str, groups: Collectio
     by_name = {name.lower(): name for name in groups}
     if local.lower() in by_name:
         return Address("group", by_name[local.lower()], "")
-    number = _resolve_number(local, region)
+    number = numbers.parse(local, region)
     if number is None:
         raise UnknownRecipient(
             f"{local!r} is neither a valid phone number (+33612345678, 0033612345678 or national "
@@ -82,43 +77,6 @@ def parse_recipient(address: str, *, domain: str, region: str, groups: Collectio
             local,
         )
     return Address("number", *number)
-
-
-@functools.lru_cache(maxsize=8192)
-def _resolve_number(local: str, region: str) -> tuple[str, str] | None:
-    """(E.164, ISO country) of a local part, None when invalid; cached, as the same numbers come back."""
-    number = _phone_number(local, region)
-    if number is None:
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), (
-        phonenumbers.region_code_for_number(number) or ""
-    )
-
-
-def _phone_number(local: str, region: str) -> phonenumbers.PhoneNumber | None:
-    """The number forms SPEC §5 lists, most specific first; None when none is valid."""
-    digits = _SEPARATORS.sub("", local)
-    if not re.fullmatch(r"\+?[0-9]{3,20}", digits):
-        return None
-    if digits.startswith("+"):
-        candidates = [(digits, None)]
-    elif digits.startswith("00"):
-        candidates = [("+" + digits[2:], None), (digits, region)]
-    elif digits.startswith("0"):
-        candidates = [(digits, region)]
-    else:
-        # The region's own reading first: phonenumbers reads "33612345678" in FR as +33 6…, and a US
-        # "2015550123" must not become +20 (Egypt). A foreign number without "+" is invalid there and
-        # falls through to the international reading ("4915112345678" → +49…).
-        candidates = [(digits, region), ("+" + digits, None)]
-    for text, where in candidates:
-        try:
-            number = phonenumbers.parse(text, where)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            return number
-    return None
 
 
 def sender_glob_allows(patterns: Sequence[str], mail_from: str) -> bool:

@@ -87,6 +87,14 @@ def country_label(code: str | None) -> str:
     return country_name_iso(code) if code else "Unknown country"
 
 
+ORIGINS = {"cli": "command line", "web": "web interface", "email": "e-mail"}
+
+
+def sent_by(sender_email: str | None, origin: str | None) -> str:
+    """Who sent a campaign, in the same words on every page and export: the e-mail's author, else where from."""
+    return sender_email or ORIGINS.get(origin or "", origin or "")
+
+
 def amount(value: float | int | None) -> str:
     """A cost or credit with at most three decimals (Octopush prices are fractions of a cent)."""
     if value is None:

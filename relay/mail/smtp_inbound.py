@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import unicodedata
 import uuid
@@ -18,11 +19,12 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay import clock, passwords
 from relay.config import Config
 from relay.errors import RelayError
+from relay.guard import ConnectionCap, printable
 from relay.mail.offload import ChildParser
 from relay.mail.parsing import (
     Body,
@@ -40,6 +42,7 @@ from relay.mail.parsing import (
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign, request_key
+from relay.storage.database import private_dir
 
 log = logging.getLogger("relay.smtp")
 
@@ -50,6 +53,10 @@ RELAY_DENIED = "550 5.7.1 relaying denied"
 TOO_MANY = "452 4.5.3 Too many recipients"
 NO_RECIPIENT = "554 5.5.1 No valid recipients"
 TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
+SESSION_OVER = "421 4.4.2 This session has lasted too long; reconnect to go on"
+TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections to this relay; try again later\r\n"
+# A message's MIME parts may nest this deep (real mail: under 10); deeper is refused as unreadable.
+MAX_DEPTH = 50
 DUPLICATE_WINDOW = timedelta(hours=24)
 # Up to this size an e-mail is parsed on the event loop (0.2-1 ms for real clients' mail; 8 ms for the worst
 # HTML we found): a worker thread's hand-off cost more. A larger one (HTML to text) is parsed in a thread,
@@ -65,6 +72,24 @@ def ascii_line(text: str) -> str:
     text = text.replace("\u2014", "-").replace("\u2013", "-").replace("\u2019", "'")
     folded = unicodedata.normalize("NFKD", " ".join(text.split())).encode("ascii", "ignore").decode()
     return folded
+
+
+def unreadable(reason: str) -> str:
+    return f"554 5.6.0 The relay cannot read this message: {reason}"
+
+
+def too_big(max_size: int) -> str:
+    return f"552 5.3.4 Message too big for this relay (at most {max_size} bytes)"
+
+
+def auth_blocked(seconds: float) -> str:
+    return f"454 4.7.0 Too many failed logins from your address; try again in {seconds:.0f} s"
+
+
+def transparency_bound(max_size: int) -> int:
+    """What aiosmtpd may receive for a message of `max_size` bytes: dot-stuffing (RFC 5321 §4.5.2) adds a dot
+    to lines starting with one, at most one byte per 3 (`.` CR LF). The exact size is checked after DATA."""
+    return max_size + (max_size + 2) // 3
 
 
 def bad_recipient(reason: str) -> str:
@@ -83,18 +108,62 @@ class Pending:
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP with the size refusal in the SPEC's words (552 5.3.4), and password checks in a thread.
+    """aiosmtpd's SMTP with the SPEC's refusals, bounds and logging.
 
-    aiosmtpd calls the authenticator synchronously; a hash check costs ~40 ms of CPU, which repeated AUTH
-    attempts would take from the event loop. So the mechanisms' own parsing runs as usual, `_authenticate`
-    only captures the credentials, and the check runs in a worker thread.
+    - The size refusal in the SPEC's words (552 5.3.4), and every 4xx/5xx answer logged with the peer and
+      the envelope sender (SPEC §3), including aiosmtpd's own (syntax, command limits).
+    - Password checks in a thread: aiosmtpd calls the authenticator synchronously; a hash check costs ~40 ms
+      of CPU, which repeated AUTH attempts would take from the event loop. So the mechanisms' own parsing
+      runs as usual, `_authenticate` only captures the credentials, and the check runs in a worker thread.
+      A failure counts towards the peer's failed logins (relay.guard).
+    - A whole-session bound: `command_timeout` cuts a silent or dripping client, `command_call_limit` a
+      loop of one command, and `session_limit` a session that keeps busy with harmless commands.
     """
 
     _captured: tuple[str, LoginPassword] | None = None
+    answer_sender: str | None = None  # the envelope sender of the DATA answer about to be pushed
+
+    def __init__(self, handler: Handler, *, listener: SmtpListener, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self._session_timer: asyncio.TimerHandle | None = None
+        listener.cap.held += 1  # counted from its creation, so a burst of accepts cannot overshoot the cap
+        self._counted = True
+
+    @property
+    def peer_host(self) -> str:
+        peer = self.session.peer if self.session else None
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer or "unknown")
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self._session_timer is None:  # not again for the TLS transport after STARTTLS
+            limit = self.listener.daemon.config.smtp_in.session_limit
+            self._session_timer = self.loop.call_later(limit, self._session_over, limit)
+
+    def connection_lost(self, error) -> None:
+        if self._counted:
+            self.listener.cap.held -= 1
+            self._counted = False
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        super().connection_lost(error)
+
+    def _session_over(self, limit: float) -> None:
+        if self.transport is None:
+            return
+        log.info("SMTP session from %s closed: it lasted %.0f s (smtp_in.session_limit)", self.peer_host, limit)
+        self.transport.write(SESSION_OVER.encode() + b"\r\n")
+        self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and status.startswith("552 Error"):  # AUTH challenges come as bytes
-            status = f"552 5.3.4 Message too big for this relay (at most {self.data_size_limit} bytes)"
+        if isinstance(status, str):  # AUTH challenges come as bytes
+            if status.startswith("552 Error"):
+                status = too_big(self.listener.daemon.config.smtp_in.max_size)
+            if status[:1] in ("4", "5"):
+                sender = (self.envelope.mail_from if self.envelope else None) or self.answer_sender
+                log.info("SMTP refused %s (sender %s): %s", self.peer_host, sender or "-", status)
+            self.answer_sender = None
         await super().push(status)
 
     def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
@@ -105,7 +174,14 @@ class RelaySMTP(SMTP):
         captured, self._captured = self._captured, None
         if captured is None:  # the mechanism answered by itself (bad base64, cancelled)
             return result
-        return await asyncio.to_thread(self._authenticator, self, self.session, self.envelope, *captured)
+        checked = await asyncio.to_thread(self._authenticator, self, self.session, self.envelope, *captured)
+        if not checked.success:
+            mechanism, auth_data = captured
+            login = getattr(auth_data, "login", b"") or b""
+            self.listener.daemon.logins.failed(
+                self.peer_host, f"SMTP AUTH {mechanism} as {printable(login.decode('utf-8', 'replace'))}"
+            )
+        return checked
 
     async def auth_PLAIN(self, server, args) -> AuthResult:
         return await self._checked(await super().auth_PLAIN(server, args))
@@ -124,14 +200,29 @@ class Handler:
     def config(self) -> Config:
         return self.listener.daemon.config
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options) -> str:
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
+        """Advertise `max_size` as SIZE: aiosmtpd's own limit is larger, to allow for dot-stuffing."""
+        session.host_name = hostname
+        size = f"250-SIZE {self.config.smtp_in.max_size}"
+        return [size if line.startswith("250-SIZE ") else line for line in responses]
+
+    async def handle_AUTH(self, server: RelaySMTP, session: Session, envelope: Envelope, args):
+        """An address with too many failed logins gets 454 before any password is checked."""
+        left = self.listener.daemon.logins.refused(server.peer_host, "SMTP AUTH")
+        return auth_blocked(left) if left else MISSING
+
+    async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options) -> str:
         cfg = self.config.smtp_in
+        server.answer_sender = address  # a refused MAIL sets no envelope: the log line names it from here
         if cfg.require_auth and not session.authenticated:
             return AUTH_NEEDED
+        for option in options:
+            name, _, value = option.partition("=")
+            if name.upper() == "SIZE" and value.isdigit() and int(value) > cfg.max_size:
+                return too_big(cfg.max_size)
         null_sender = address.strip("<> ") == ""  # bounces: accepted, then dropped at DATA
         if not null_sender and not sender_glob_allows(cfg.allowed_senders, address):
             self.listener.count("sender_refused")
-            log.info("MAIL FROM refused: %s is not an allowed sender", address)
             return SENDER_REFUSED
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -161,13 +252,14 @@ class Handler:
         envelope.rcpt_options.extend(options)
         return OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        server.answer_sender = envelope.mail_from  # aiosmtpd resets the envelope before it pushes the answer
         try:
             return await self._data(envelope)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the edge: log, answer temporary, lose nothing
-            log.exception("unexpected error handling a message; answered 451")
+            log.exception("unexpected error handling a message from %s; answered 451", server.peer_host)
             return TRY_LATER
 
     async def _data(self, envelope: Envelope) -> str:
@@ -177,12 +269,17 @@ class Handler:
         if not pending.recipients:
             return NO_RECIPIENT
         data = envelope.original_content or envelope.content
+        if len(data) > cfg.max_size:  # counted as received, dots unstuffed (RFC 1870 §3)
+            return too_big(cfg.max_size)
         if len(data) <= INLINE_PARSE:
             parsed = read_message(data, envelope.mail_from or "", cfg.region)
         elif len(data) <= CHILD_PARSE:  # a large e-mail (HTML to text) takes CPU time: off the event loop
             parsed = await asyncio.to_thread(read_message, data, envelope.mail_from or "", cfg.region)
         else:
             parsed = await self.listener.child.run(read_message, data, envelope.mail_from or "", cfg.region)
+        if parsed.unreadable:
+            self.listener.count("unreadable")
+            return unreadable(parsed.unreadable)
         if parsed.automatic:
             self.listener.count("dropped_automatic")
             log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
@@ -216,6 +313,7 @@ class Handler:
             origin="email",
             sender_email=envelope.mail_from.strip("<> "),
             message_id=message_id,
+            thread_refs=tuple(parsed.thread),
             label=tags.label or await self._thread_label(parsed.references),
             confirm=cfg.confirm,
             request_key=request_key(message_id, numbers) if message_id else uuid.uuid4().hex,
@@ -262,26 +360,91 @@ class Handler:
         return await self.listener.daemon.store.read(lookup)
 
 
+MAX_THREAD = 50  # Message-IDs of References kept: the chain's newest; a header can be as long as a message
+
+
 @dataclass
 class Parsed:
     """What DATA needs from the message."""
 
     message_id: str = ""
     references: list[str] = field(default_factory=list)  # In-Reply-To and References, oldest first
+    thread: list[str] = field(default_factory=list)  # its References, else its In-Reply-To (RFC 5322 §3.6.4)
     automatic: str | None = None
     rejected: str | None = None
+    unreadable: str | None = None  # why the structure cannot be read: 554, never a retry
     tags: Tags | None = None
     body: Body | None = None
 
 
 def read_message(data: bytes, mail_from: str, region: str) -> Parsed:
+    """What DATA needs, from a parse that cannot fail: a structure it cannot read is `unreadable`.
+
+    Reading the same bytes again gives the same result, so a failure here is answered 554 (permanent), not
+    a 4xx that the sender's MTA would retry for days.
+    """
+    try:
+        return _read_message(data, mail_from, region)
+    except RecursionError:  # the stdlib parser recurses once per nesting level
+        return Parsed(unreadable="its MIME parts are nested too deep")
+    except Exception:  # noqa: BLE001 - any other parser failure on these bytes would recur at every retry
+        log.exception("cannot read a message's structure; answered 554")
+        return Parsed(unreadable="its structure is broken")
+
+
+def nests_deeper_than(data: bytes, limit: int) -> bool:
+    """Whether the raw message's multiparts may nest deeper than `limit`, told before the stdlib parser runs:
+    its cost grows with the depth squared (2 s of CPU for 1,000 levels), so a deep message is refused unparsed.
+
+    An upper bound from the bytes alone: each `boundary=` opens a level until its closing `--boundary--`
+    line (the parser's own errors and slowness stay the backstop for what this misses). Nearly all mail has
+    fewer `multipart/` mentions than `limit` and is not scanned at all.
+    """
+    if data.lower().count(b"multipart/") <= limit:
+        return False
+    stack: list[bytes] = []
+    for line in data.split(b"\n"):
+        found = line.lower().find(b"boundary")
+        value = line[found + 8 :].lstrip() if found >= 0 else b""
+        if value[:1] in (b"=", b"*"):  # `boundary=x`, `boundary = x` (the stdlib reads both), `boundary*0=x`
+            stack.append(value.partition(b"=")[2].strip().split(b";")[0].strip(b"\"' \t\r"))
+            if len(stack) > limit:
+                return True
+        elif line.startswith(b"--"):
+            closing = line.rstrip()[2:]
+            if closing.endswith(b"--") and closing[:-2] in stack:  # closes that level and every one inside it
+                while stack.pop() != closing[:-2]:
+                    pass
+    return False
+
+
+def mime_depth(msg) -> int:
+    """How deep the MIME parts nest, counted without recursion."""
+    deepest, stack = 0, [(msg, 1)]
+    while stack:
+        part, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in payload)
+    return deepest
+
+
+def _read_message(data: bytes, mail_from: str, region: str) -> Parsed:
+    if nests_deeper_than(data, MAX_DEPTH):
+        return Parsed(unreadable=f"its MIME parts are nested more than {MAX_DEPTH} deep")
     msg = parse_message(data)
+    if mime_depth(msg) > MAX_DEPTH:
+        return Parsed(unreadable=f"its MIME parts are nested more than {MAX_DEPTH} deep")
     automatic = is_automatic(msg, mail_from)
     if automatic:
         return Parsed(automatic=automatic)
     parsed = Parsed(
         message_id=header_text(msg, "Message-ID"),
         references=f"{header_text(msg, 'In-Reply-To')} {header_text(msg, 'References')}".split(),
+        thread=(header_text(msg, "References") or header_text(msg, "In-Reply-To")).split()[-MAX_THREAD:],
     )
     try:
         parsed.tags = parse_subject(header_text(msg, "Subject"), region=region)
@@ -312,6 +475,8 @@ class SmtpListener:
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self.address: tuple[str, int] | None = None
+        cfg = daemon.config.smtp_in
+        self.cap = ConnectionCap("SMTP", "smtp_in.max_connections", cfg.max_connections, TOO_MANY_SESSIONS)
 
     @property
     def address_text(self) -> str:
@@ -333,11 +498,14 @@ class SmtpListener:
             raise RelayError(f"smtp_in.listen: cannot listen on {cfg.listen}: {exc.strerror}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
 
-    def _protocol(self) -> SMTP:
+    def _protocol(self) -> asyncio.Protocol:
+        if self.cap.full:
+            return self.cap.refuse()
         cfg = self.daemon.config.smtp_in
         return RelaySMTP(
             self.handler,
-            data_size_limit=cfg.max_size,
+            listener=self,
+            data_size_limit=transparency_bound(cfg.max_size),
             enable_SMTPUTF8=True,
             hostname=cfg.domain,
             ident="octorelay ESMTP",
@@ -348,7 +516,8 @@ class SmtpListener:
             authenticator=self._authenticate,
             # Per command; RCPT may come once per recipient, so its own bound follows max_recipients.
             command_call_limit={"*": cfg.max_commands, "RCPT": max(cfg.max_commands, cfg.max_recipients + 50)},
-            timeout=60,
+            # Reset by each valid command only: a silent or dripping client is cut after this long.
+            timeout=cfg.command_timeout,
         )
 
     def _authenticate(self, server, session, envelope, mechanism: str, auth_data) -> AuthResult:
@@ -358,12 +527,12 @@ class SmtpListener:
         login = auth_data.login.decode("utf-8", "replace")
         hashed = users.get(login)
         ok = hashed is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), hashed)
-        if not ok:
-            log.info("AUTH %s failed for %r", mechanism, login)
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False)  # a failure is logged and counted by RelaySMTP._checked
 
     def reconfigure(self, config: Config) -> None:
-        """Allowed senders, users and groups come from daemon.config at each command: nothing to rebind."""
+        """Allowed senders, users, groups and the timeouts come from daemon.config at each command or session;
+        only the cap is held here."""
+        self.cap.limit = config.smtp_in.max_connections
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -395,7 +564,7 @@ def make_self_signed(cert_path: Path, key_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(cert_path.parent)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "octorelay")])
     now = datetime.now(UTC)
@@ -410,8 +579,16 @@ def make_self_signed(cert_path: Path, key_path: Path) -> None:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, key_pem)
+    _write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """0600 whatever the umask (SPEC §8), also over a file left with wider permissions."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)
+        handle.write(data)

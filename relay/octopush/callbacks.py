@@ -72,14 +72,29 @@ def normalise_number(value: str) -> tuple[str, str]:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_E164 = re.compile(r"\+[1-9][0-9]{5,14}")
 
 
 def _text(fields: dict, key: str) -> str:
-    """A field as text, without control characters (a NUL has no place in an SMS nor in an e-mail)."""
+    """A field as text, without control characters (a NUL has no place in an SMS nor in an e-mail).
+
+    A lone surrogate (JSON `"\\ud83d"`, half an emoji) is no character: it becomes U+FFFD, as invalid UTF-8 does.
+    """
     value = fields.get(key)
     if value is None:
         return ""
-    return _CONTROL.sub("", value if isinstance(value, str) else str(value))
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub("", value if isinstance(value, str) else str(value)))
+
+
+def is_e164(text: str | None) -> bool:
+    return bool(text) and _E164.fullmatch(text) is not None
+
+
+def phone_number(value: str) -> tuple[str, str] | None:
+    """(E.164, ISO country) when `value` is a phone number, else None: the only numbers a callback is routed by."""
+    e164, country = normalise_number(value)
+    return (e164, country) if is_e164(e164) else None
 
 
 def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
@@ -94,7 +109,11 @@ def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
         kind = "delivery"
     else:
         return Callback(kind="unrecognised", raw=raw, content_type=content_type)
-    e164, country = normalise_number(number)
+    phone = phone_number(number)
+    if phone is None:
+        # Not a phone number ("spy@evil.example,x"): kept raw, never routed, never part of an address.
+        return Callback(kind="unrecognised", raw=raw, content_type=content_type)
+    e164, country = phone
     date_raw = _text(fields, date_key)
     moment = clock.from_octopush(date_raw)
     return Callback(

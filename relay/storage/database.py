@@ -17,8 +17,12 @@ that finds another process holding the write lock, runs wholly in the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +31,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
+from relay.errors import RelayError
 from relay.storage.schema import migrations
 
 log = logging.getLogger("relay.storage")
@@ -36,8 +41,110 @@ MAX_SMALL_BATCH = 128
 BUSY_TIMEOUT_MS = 30_000
 
 
-class StoreError(Exception):
+# The database's own faults: the whole transaction is gone. Any other error is that one write's (a typo'd
+# column, a constraint): only its caller hears of it, and the other writes of its batch commit.
+DATABASE_FAULTS = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+class StoreError(RelayError):
     """The database could not commit (read-only, disk full, I/O error): nothing was stored."""
+
+
+def database_fault(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the database failed (rather than one statement): by its primary result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in DATABASE_FAULTS
+
+
+def private_dir(path: Path) -> None:
+    """Create a directory (and its parents) 0700 whatever the umask; one that already exists is left as it is."""
+    missing = []
+    for parent in (path, *path.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        with contextlib.suppress(OSError):
+            os.chmod(created, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` empty and 0600, or take group and other permissions away from one of ours that has them.
+
+    SQLite gives its -wal and -shm files the database's own mode, so a private database keeps them private.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        tighten(path)
+        return
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+    finally:
+        os.close(fd)
+
+
+def tighten(path: Path) -> None:
+    """0600 for an existing file of ours that others can read (an older version's database, its WAL)."""
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+            os.chmod(path, 0o600)
+
+
+class DaemonLock:
+    """One daemon per SQLite database: an exclusive `flock` on `<database>.lock`, held for the daemon's life.
+
+    The kernel releases it when the process ends, however it ends, so a crashed daemon never leaves a stale
+    lock. Commands that are not the daemon (`send`, `replies`, `db backup`...) do not take it.
+    """
+
+    def __init__(self, database: Path):
+        self.database = Path(database)
+        # Beside the real file: the same database reached through a symbolic link or another path is one lock.
+        real = self.database.resolve()
+        self.path = real.with_name(real.name + ".lock")
+        self._fd: int | None = None
+
+    async def start(self) -> None:
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise RelayError(
+                f"storage.path: {self.database} is in use by a running octorelay daemon ({who}); "
+                "stop it first, or give this daemon its own storage.path"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    async def stop(self) -> None:
+        if self._fd is not None:
+            # The file stays: removing it would let a third daemon lock a new file while a second holds the old.
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
 
 
 def connect(path: Path, *, readonly: bool = False) -> Database:
@@ -55,9 +162,12 @@ def connect(path: Path, *, readonly: bool = False) -> Database:
 
 
 def migrate(path: Path) -> list[str]:
-    """Apply pending migrations; returns their names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Apply pending migrations; returns their names. The database and its directory are made private."""
+    private_dir(path.parent)
+    private_file(path)
     db = connect(path)
+    for suffix in ("-wal", "-shm"):
+        tighten(path.with_name(path.name + suffix))
     try:
         pending = [m.name for m in migrations.pending(db)]
         migrations.apply(db)
@@ -142,6 +252,14 @@ class Store:
         self._wake.set()
         return await future
 
+    def health(self) -> str:
+        """Either "ok", or why the store cannot write now (its last commit failed, or its writer stopped)."""
+        if self._task is None or self._task.done() or self._stopping:
+            return "not writable: the store is not running"
+        if self.last_error:
+            return f"not writable: {self.last_error}"
+        return "ok"
+
     async def read(self, fn: Callable[[Database], T]) -> T:
         """Run `fn(db)` on a reader thread's own connection, off the event loop."""
         loop = asyncio.get_running_loop()
@@ -205,15 +323,22 @@ class Store:
         return await loop.run_in_executor(self._writer, self._commit, applied)
 
     def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]] | sqlite3.Error:
-        """Each write in its own savepoint (a fixed name): one bad write does not spoil the others."""
+        """Each write in its own savepoint (a fixed name): one bad write does not spoil the others.
+
+        Only a fault of the database itself (`database_fault`: disk full, read-only, I/O...) ends the batch;
+        any other error, `sqlite3.OperationalError` for a typo'd column included, is that write's own.
+        """
         conn, results = self._db.conn, []
         try:
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
                     results.append((True, job.fn(self._db)))
-                except sqlite3.OperationalError:
-                    raise  # disk full, read-only, I/O: the whole transaction is gone
+                except sqlite3.Error as exc:
+                    if database_fault(exc) or not conn.in_transaction:
+                        raise  # the whole transaction is gone
+                    conn.execute("ROLLBACK TO job")
+                    results.append((False, exc))
                 except Exception as exc:  # noqa: BLE001 - handed back to its own caller
                     conn.execute("ROLLBACK TO job")
                     results.append((False, exc))
@@ -254,7 +379,7 @@ class Store:
         self._rollback()
         self.last_error = f"{type(exc).__name__}: {exc}"
         log.error("database commit failed: %s", self.last_error)
-        return StoreError(f"the database could not commit: {exc}")
+        return StoreError(f"the database {self.path} could not commit: {exc}")
 
     @staticmethod
     def _settle(batch: list[_Job], outcome) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlite_utils import Database
@@ -207,7 +208,8 @@ def replies(
         params += [before[0], before[0], before[1]]
     sql = f"""SELECT cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status,
                      cb.sim_card_number, cb.date_raw, cb.occurred_at, cb.received_at, cb.campaign_id,
-                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label
+                     c.text AS answered, c.sender_email AS campaign_sender, c.label AS campaign_label,
+                     c.origin AS campaign_origin
               FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
               WHERE {where} ORDER BY cb.occurred_at DESC, cb.id DESC"""
     if limit is not None:
@@ -235,7 +237,7 @@ def iter_replies(db: Database, *, limit: int | None = None, chunk: int = 1000, *
 
 
 def reply_counts(db: Database) -> list[tuple[str, int]]:
-    """(country, replies) for every country ('' for none), from the counts the triggers of m007 keep."""
+    """(country, replies) for every country ('' for none), from the counts the triggers of m009 keep."""
     return db.execute("SELECT country, n FROM callback_counts WHERE kind = 'reply' AND n > 0").fetchall()
 
 
@@ -273,6 +275,23 @@ def _reply_filter(
         clauses.append("cb.text LIKE ?")
         params.append(f"%{text}%")
     return " AND ".join(clauses), params
+
+
+def country_summary(db: Database, **filters: Any) -> list[dict]:
+    """Per country under the reply filters: replies, distinct numbers, last reply; most replies first."""
+    where, params = _reply_filter(**filters)
+    sql = f"""SELECT coalesce(cb.country, '') AS country, count(*) AS replies, count(DISTINCT cb.number) AS numbers,
+                     max(cb.occurred_at) AS last_at
+              FROM callbacks cb WHERE {where} GROUP BY 1 ORDER BY replies DESC, country"""
+    return [dict(r) for r in db.query(sql, params)]
+
+
+def reply_hours(db: Database, **filters: Any) -> list[tuple[str, str, int]]:
+    """(UTC hour "2026-11-24T08", country, replies) under the reply filters: the chart buckets them into local days."""
+    where, params = _reply_filter(**filters)
+    sql = f"""SELECT substr(cb.occurred_at, 1, 13) AS hour, coalesce(cb.country, ''), count(*)
+              FROM callbacks cb WHERE {where} AND cb.occurred_at IS NOT NULL GROUP BY 1, 2"""
+    return [(r[0], r[1], r[2]) for r in db.execute(sql, params).fetchall()]
 
 
 def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None = None) -> dict | None:
@@ -326,7 +345,97 @@ def depths(db: Database) -> dict:
         "unrecognised_callbacks": db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[
             0
         ],
+        "set_aside": count_set_aside(db),
     }
+
+
+# ------------------------------------------------------------------ rows set aside
+
+MAX_FAILURES = 5  # a row that fails this often is set aside instead of being tried again and again
+
+# Each worker's rows: (table, the column that says where a row is, its value while a worker has it, when set
+# aside, when waiting for a worker).
+_WORK = {
+    "routing": ("callbacks", "routed", 0, -1, 0),
+    "confirmation": ("campaigns", "notified", 0, -1, 0),
+    "send": ("sends", "status", "sending", "set_aside", "pending"),
+}
+
+
+def note_failures(db: Database, *, work: str, failures: dict[int, str]) -> dict[int, int]:
+    """Count one more failure for each row ({id: reason}); at MAX_FAILURES a row is set aside.
+
+    Returns each row's failures so far (MAX_FAILURES or more: it is set aside now).
+    """
+    table, column, working, aside, _ = _WORK[work]
+    counts = {}
+    for row_id, reason in failures.items():
+        row = db.execute(
+            f"UPDATE {table} SET failures = failures + 1, last_failure = ? WHERE id = ? AND {column} = ? "
+            "RETURNING failures",
+            [reason[:2000], row_id, working],
+        ).fetchone()
+        if row is None:
+            continue
+        counts[row_id] = row[0]
+        if row[0] >= MAX_FAILURES:
+            db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ?", [aside, row_id])
+    return counts
+
+
+def retry_set_aside(db: Database, *, work: str, row_id: int, deadline: str | None = None) -> bool:
+    """An operator's retry: the row waits for its worker again, with a fresh count; False if it was not aside."""
+    table, column, _, aside, waiting = _WORK[work]
+    sets = f"{column} = ?, failures = 0" + (", deadline = ?" if deadline else "")
+    params = [waiting, *([deadline] if deadline else []), row_id, aside]
+    return db.execute(f"UPDATE {table} SET {sets} WHERE id = ? AND {column} = ?", params).rowcount > 0
+
+
+def set_aside(db: Database, *, limit: int = 200) -> dict[str, list[dict]]:
+    """The rows set aside, newest first, for the Attention page."""
+    return {
+        "routing": [
+            dict(r)
+            for r in db.query(
+                """SELECT id, kind, number, text, received_at, failures, last_failure FROM callbacks
+                   WHERE routed = -1 ORDER BY id DESC LIMIT ?""",
+                [limit],
+            )
+        ],
+        "confirmation": [
+            dict(r)
+            for r in db.query(
+                """SELECT id, label, status, sender_email, finished_at, failures, last_failure FROM campaigns
+                   WHERE notified = -1 ORDER BY id DESC LIMIT ?""",
+                [limit],
+            )
+        ],
+        "send": [
+            dict(r)
+            for r in db.query(
+                """SELECT s.id, s.campaign_id, s.chunk, c.label, c.origin, c.sender_email, s.created_at, s.failures,
+                          s.last_failure
+                   FROM sends s JOIN campaigns c ON c.id = s.campaign_id
+                   WHERE s.status = 'set_aside' ORDER BY s.id DESC LIMIT ?""",
+                [limit],
+            )
+        ],
+    }
+
+
+def count_set_aside(db: Database) -> dict[str, int]:
+    return {
+        "routing": db.execute("SELECT count(*) FROM callbacks WHERE routed = -1").fetchone()[0],
+        "confirmation": db.execute("SELECT count(*) FROM campaigns WHERE notified = -1").fetchone()[0],
+        "send": db.execute("SELECT count(*) FROM sends WHERE status = 'set_aside'").fetchone()[0],
+    }
+
+
+def mark_done(db: Database, *, work: str, ids: list[int]) -> None:
+    """The notifier has queued these rows' e-mails: routed callbacks, or notified campaigns."""
+    table, column = _WORK[work][:2]
+    if ids:
+        db.execute(f"UPDATE {table} SET {column} = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
 
 
 def is_opted_out(db: Database, number: str) -> bool:
@@ -397,7 +506,7 @@ BACKUP_PAUSE = 0.05  # seconds after each step: ~80 MB/s, so the disk still has 
 
 
 def backup(db: Database, target: str) -> None:
-    """SQLite's online backup: a consistent copy while the daemon keeps writing.
+    """SQLite's online backup: a consistent copy while the daemon keeps writing; 0600, like the database.
 
     One read transaction holds the snapshot for the whole copy, so it can go step by step (another
     connection's commits would otherwise restart it) and pause between steps: copied at full speed, a
@@ -406,6 +515,9 @@ def backup(db: Database, target: str) -> None:
     import sqlite3
     import time
 
+    from relay.storage.database import private_file
+
+    private_file(Path(target))
     dest = sqlite3.connect(target)
     try:
         db.execute("BEGIN")

@@ -197,7 +197,26 @@ def m005_unrouted_index(db: Database) -> None:
 
 
 @migrations()
-def m006_scale_indexes(db: Database) -> None:
+def m006_failures_set_aside(db: Database) -> None:
+    """A row whose handling keeps failing is counted, then set aside for an operator instead of blocking its worker.
+
+    Set aside: a callback `routed = -1`, a campaign's confirmation `notified = -1`, a send `status = 'set_aside'`.
+    """
+    for table in ("callbacks", "campaigns", "sends"):
+        db[table].add_column("failures", int, not_null_default=0)
+        db[table].add_column("last_failure", str)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_set_aside ON callbacks (id) WHERE routed = -1")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_set_aside ON campaigns (id) WHERE notified = -1")
+
+
+@migrations()
+def m007_campaign_thread(db: Database) -> None:
+    """The asking e-mail's own References, so a reply's References is the whole chain (RFC 5322 §3.6.4)."""
+    db["campaigns"].add_column("thread_refs", str)
+
+
+@migrations()
+def m008_scale_indexes(db: Database) -> None:
     """Indexes that keep a few years of data cheap: the purge, the outbox's claim and depth, the country menu.
 
     The purge finds old rows by date without reading them (and outbox rows without their bodies); the claim
@@ -215,7 +234,7 @@ def m006_scale_indexes(db: Database) -> None:
 
 
 @migrations()
-def m007_callback_counts(db: Database) -> None:
+def m009_callback_counts(db: Database) -> None:
     """Callbacks per kind and country, kept by triggers: the replies page's menu and total without a scan.
 
     Counting 600,000 replies by country took hundreds of milliseconds on every page view; a trigger costs

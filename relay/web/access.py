@@ -121,6 +121,17 @@ def _dummy_hash() -> str:
     return passwords.make_hash("not a password")
 
 
+def basic_login(request: web.BaseRequest) -> str | None:
+    """The user name an `Authorization: Basic` header offers ("" if unreadable); None without one."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return None
+    try:
+        return base64.b64decode(header[6:]).decode().partition(":")[0]
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
 def ui_user(request: web.Request, users: dict[str, str]) -> str | None:
     """The authenticated UI user (HTTP basic), "" for an open loopback UI, None when refused."""
     if not users:

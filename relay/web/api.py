@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from functools import partial
 
@@ -10,9 +9,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import clock
+from relay import clock, numbers
 from relay.storage import queries
-from relay.storage.database import StoreError
 from relay.web.access import api_allowed
 from relay.web.keys import RELAY
 
@@ -52,13 +50,27 @@ async def api_replies(request: web.Request) -> web.Response:
         limit = max(1, min(1000, int(q.get("limit", "100"))))
     except ValueError:
         raise web.HTTPBadRequest(text="limit: expected a whole number\n") from None
+    region = request.app[RELAY].config.smtp_in.region
+    number = country = None
+    if q.get("number"):
+        number = numbers.search_term(q["number"][:64], region)
+        if number is None:
+            raise web.HTTPBadRequest(
+                text=f"number: {q['number'][:64]!r} is not a phone number (+33612345678, 0612345678)\n"
+            )
+    if q.get("country"):
+        country = numbers.country_code(q["country"][:64])
+        if country is None:
+            raise web.HTTPBadRequest(
+                text=f"country: {q['country'][:64]!r} is not a country code or name (BE, Belgium)\n"
+            )
     rows = await request.app[RELAY].store.read(
         partial(
             queries.replies,
             since=read_when(q.get("since"), "since"),
             until=read_when(q.get("until"), "until"),
-            country=q.get("country") or None,
-            number=q.get("number") or None,
+            country=country,
+            number=number,
             limit=limit,
         )
     )
@@ -74,13 +86,11 @@ async def api_campaign(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Read-only: a probe never writes (no commit, no fsync); the writer's last commit tells its state."""
     relay = request.app[RELAY]
     problems = []
-    try:
-        await asyncio.wait_for(relay.store.write(lambda db: queries.meta_set(db, "heartbeat", clock.iso())), 5)
-        database = "ok"
-    except (StoreError, TimeoutError) as exc:
-        database = f"not writable: {exc}"
+    database = relay.store.health()
+    if database != "ok":
         problems.append("database")
     try:
         depth = await relay.store.read(queries.depths)
@@ -90,14 +100,15 @@ async def healthz(request: web.Request) -> web.Response:
     oldest = depth.get("outbox_oldest_pending")
     if oldest and clock.parse_iso(oldest) < clock.now() - STALE_OUTBOX:
         problems.append("outbox")
+    status = "starting" if not relay.ready else "degraded" if problems else "ok"
     body = {
-        "status": "degraded" if problems else "ok",
+        "status": status,
         "problems": problems,
         "database": database,
         **depth,
         "last_octopush_call": relay.last_octopush_call(),
     }
-    return json_response(body, status=503 if problems else 200)
+    return json_response(body, status=200 if status == "ok" else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

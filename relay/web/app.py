@@ -8,6 +8,7 @@ from aiohttp import web
 
 from relay.web import api, callbacks, ui
 from relay.web.access import security_headers
+from relay.web.connections import client_deadline
 from relay.web.keys import RELAY
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def create_app(relay: Daemon) -> web.Application:
-    app = web.Application(client_max_size=callbacks.MAX_BODY)
+    app = web.Application(client_max_size=callbacks.MAX_BODY, middlewares=[client_deadline])
     app.on_response_prepare.append(security_headers)
     app[RELAY] = relay
     app.router.add_get("/octopush/{token}", callbacks.check)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from functools import partial
@@ -24,18 +25,27 @@ class BadBody(Exception):
     """The body is neither JSON nor a form."""
 
 
+def raw_text(body: bytes) -> str:
+    """The body as stored raw: bytes that are not UTF-8 are kept visible as `\\xNN`."""
+    return body.decode("utf-8", "backslashreplace")
+
+
 def parse_body(body: bytes, content_type: str) -> dict | list | str | int | float | None:
-    """JSON or form fields; raises BadBody for anything else."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadBody("the body is not UTF-8 text") from None
+    """JSON or form fields; raises BadBody for anything else.
+
+    Invalid Unicode does not make a body unreadable (SPEC §3): bytes that are not UTF-8 read as U+FFFD, and a
+    lone surrogate escape (`"\\ud83d"`), which orjson refuses, is read by the standard library's parser.
+    """
+    text = body.decode("utf-8", "replace")
     if "json" in content_type or (not content_type.startswith("application/x-www-form") and text.lstrip()[:1] in "{["):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            if "json" in content_type:
-                raise BadBody("the body is not valid JSON") from None
+            try:
+                return json.loads(text)
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+                if "json" in content_type:
+                    raise BadBody("the body is not valid JSON") from None
     if "=" in text or content_type.startswith("application/x-www-form-urlencoded"):
         # Lenient, as browsers and most HTTP libraries are: a trailing "&" or a bare field loses nothing.
         return dict(parse_qsl(text, keep_blank_values=True))
@@ -70,7 +80,7 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=400, text=f"{exc}\n")
     callback = classify(
         fields if isinstance(fields, dict) else {},
-        raw=body.decode("utf-8"),
+        raw=raw_text(body),
         content_type=request.content_type or "",
     )
     try:

@@ -2,24 +2,25 @@
 
 Server-rendered Jinja2 pages that work without JavaScript (the CSP forbids any
 script and any inline style). Every route applies one access rule: open on
-loopback when `http.ui_users` is empty, HTTP basic auth otherwise. The one
-form that changes something (an SMS answer) carries a CSRF token, because a
-browser sends basic-auth credentials with cross-site requests too.
+loopback when `http.ui_users` is empty, HTTP basic auth otherwise. The forms
+that change something (an SMS answer, a retry on the Attention page) carry a
+CSRF token, because a browser sends basic-auth credentials with cross-site
+requests too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import functools
 import hashlib
 import hmac
-import io
 import json
+import logging
+import math
 import re
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
@@ -28,32 +29,29 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
-import phonenumbers
 from aiohttp import web
 from sqlite_utils import Database
 
-from relay import clock
+from relay import clock, numbers
 from relay.config import Config
-from relay.mail.render import amount, country_label, intl, packaged_templates
-from relay.octopush.callbacks import normalise_number
+from relay.guard import printable
+from relay.mail.render import amount, country_label, intl, packaged_templates, sent_by
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
-from relay.web.access import ui_user
+from relay.web import chart, exports
+from relay.web.access import basic_login, ui_user
 from relay.web.keys import RELAY
 
+log = logging.getLogger("relay.web")
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000  # beyond any real page; keeps OFFSET inside SQLite's integers
 CONVERSATION_LIMIT = 500  # items of each direction shown on a conversation page
 ATTENTION_LIMIT = 200
-DEFAULT_TIMEZONE = "Europe/Paris"
 SESSION_COOKIE = "octorelay_session"
 REALM = 'Basic realm="octorelay", charset="UTF-8"'
-# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORM_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_NUMBER_NOISE = re.compile(r"[\s.\-()/]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,6 +92,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/campaigns", campaigns_page)
     app.router.add_get(r"/campaigns/{id:\d{1,18}}", campaign_page)  # beyond SQLite's integers: the router's 404
     app.router.add_get("/attention", attention_page)
+    app.router.add_post("/attention/retry", attention_retry)
     app.router.add_get("/static/style.css", stylesheet)
 
 
@@ -107,7 +106,9 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount)
+    env.filters.update(
+        intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount, sent_by=sent_by
+    )
     return env
 
 
@@ -116,17 +117,11 @@ def make_env(override: Path | None = None) -> jinja2.Environment:
 
 def ui_timezone(config: Config) -> ZoneInfo:
     """Pages show local time: the first subscription's timezone, else Octopush's own (Europe/Paris)."""
-    return ZoneInfo(config.subscriptions[0].timezone if config.subscriptions else DEFAULT_TIMEZONE)
+    return config.display_tz
 
 
 def conversation_url(number: str) -> str:
     return "/conversations/" + urllib.parse.quote(number or "", safe="+")
-
-
-def neutralise(value: object) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading formula character gets a quote in front."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def ui(handler: Handler) -> Handler:
@@ -134,9 +129,23 @@ def ui(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        users = request.app[RELAY].config.http.ui_users
-        # Verifying a password hash costs tens of milliseconds by design: keep it off the event loop.
-        user = await asyncio.to_thread(ui_user, request, users) if users else ui_user(request, users)
+        relay_ = request.app[RELAY]
+        users = relay_.config.http.ui_users
+        if users:
+            peer = request.remote or "unknown"
+            left = relay_.logins.refused(peer, "web interface")
+            if left:
+                raise web.HTTPTooManyRequests(
+                    text=f"429: too many failed logins from your address; try again in {math.ceil(left)} s\n",
+                    headers={"Retry-After": str(math.ceil(left))},
+                )
+            # Verifying a password hash costs tens of milliseconds by design: keep it off the event loop.
+            user = await asyncio.to_thread(ui_user, request, users)
+            login = basic_login(request)
+            if user is None and login is not None:
+                relay_.logins.failed(peer, f"web interface as {printable(login)}")
+        else:
+            user = ui_user(request, users)
         if user is None:
             raise web.HTTPUnauthorized(
                 text="401: the web interface needs a user name and password\n",
@@ -168,17 +177,8 @@ def _region(config: Config) -> str:
 
 
 def read_number(value: str, region: str) -> str:
-    """A number typed by a person: E.164 when phonenumbers reads it as valid, else the digits as typed."""
-    text = _NUMBER_NOISE.sub("", value or "")[:32]
-    if not text:
-        return ""
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return text
-    if phonenumbers.is_valid_number(parsed):
-        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return text
+    """A number typed in the filter: E.164 when it is a whole number in any form, else its digits (a fragment)."""
+    return numbers.search_term((value or "")[:64], region) or ""
 
 
 # ------------------------------------------------------------------ replies
@@ -197,14 +197,14 @@ class ReplyFilter:
     @classmethod
     def from_query(cls, query: Any, region: str) -> ReplyFilter:
         view = query.get("view", "date")
-        country = query.get("country", "").strip().upper()
+        country = numbers.country_code(query.get("country", "")[:64]) or ""
         try:
             page = min(MAX_PAGE, max(1, int(query.get("page", "1"))))
         except ValueError:
             page = 1
         return cls(
             view=view if view in ("date", "country") else "date",
-            country=country if len(country) == 2 and country.isalpha() else "",
+            country=country,
             number=read_number(query.get("number", ""), region),
             q=query.get("q", "").strip()[:200],
             page=page,
@@ -296,7 +296,13 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     total = counts.get(f.country, 0) if f.country else sum(counts.values())
     offset = (f.page - 1) * PAGE_SIZE
     sections: list[Section] = []
+    summary: list[dict] = []
+    graph = None
     if f.view == "country":
+        summary = queries.country_summary(db, **filters)
+        graph = chart.build(
+            queries.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
+        )
         order = [(f.country, total)] if f.country else menu
         for row in replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:
@@ -312,7 +318,7 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
                 count = queries.count_replies(db, since=since, until=until, **filters)
                 sections.append(Section(day.isoformat(), day.strftime("%A %d %B %Y"), count, []))
             sections[-1].rows.append(row)
-    return {"total": total, "sections": sections, "countries": menu}
+    return {"total": total, "sections": sections, "countries": menu, "summary": summary, "chart": graph}
 
 
 @ui
@@ -340,43 +346,20 @@ async def replies_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-CSV_HEADER = ("time", "time_utc", "number", "country", "country_name", "text", "answered_sms", "ticket", "campaign_id")
-
-
 # Rows per read: ~4 ms of a reader thread's CPU (under the GIL's 5 ms switch interval), ~25 KB of the response.
 CSV_CHUNK = 250
 CSV_PAUSE = 0.003  # seconds between two chunks, so the event loop has the GIL at least as often as the export
 
 
-def build_csv(rows: Iterable[dict], *, tz: ZoneInfo, header: bool) -> bytes:
-    """Replies as spreadsheet-safe UTF-8 CSV lines (the header, with a byte-order mark, when `header`)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    if header:
-        # The byte-order mark makes Excel read the file as UTF-8 rather than the local code page.
-        out.write("\ufeff")
-        writer.writerow(CSV_HEADER)
-    for row in rows:
-        cells: Iterable[object] = (
-            clock.local(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
-            row["occurred_at"],
-            row["number"],
-            row["country"],
-            country_label(row["country"]) if row["country"] else "",
-            row["text"],
-            row["answered"],
-            row["ticket"],
-            row["campaign_id"],
-        )
-        writer.writerow([neutralise(cell) for cell in cells])
-    return out.getvalue().encode("utf-8")
-
-
 def csv_chunk(db: Database, *, filters: dict[str, Any], tz: ZoneInfo, before: tuple[str, int] | None):
-    """The next `CSV_CHUNK` replies after `before` as CSV, and where the chunk after it starts (None: the end)."""
+    """The next `CSV_CHUNK` replies after `before` as spreadsheet-safe UTF-8 CSV (the first chunk with the
+    header), and where the chunk after it starts (None: the end)."""
     rows = queries.replies(db, limit=CSV_CHUNK, before=before, **filters)
     following = (rows[-1]["occurred_at"], rows[-1]["id"]) if len(rows) == CSV_CHUNK else None
-    return build_csv(rows, tz=tz, header=before is None), following
+    text = exports.replies_csv(rows, tz, header=before is None)
+    if before is None:
+        text = "\ufeff" + text  # the byte-order mark makes Excel read the file as UTF-8, not the local code page
+    return text.encode("utf-8"), following
 
 
 @ui
@@ -470,9 +453,22 @@ def _set_session(request: web.Request, response: web.Response, nonce: str) -> No
     response.set_cookie(SESSION_COOKIE, nonce, path="/", httponly=True, samesite="Strict", secure=request.secure)
 
 
-def _canonical(number: str) -> str:
-    e164, _ = normalise_number(number)
-    return e164
+def check_csrf(request: web.Request, form: Any, advice: str) -> None:
+    """A form that changes something must carry the token of this browser's session cookie, else 403."""
+    nonce = request.cookies.get(SESSION_COOKIE, "")
+    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
+    token = str(form.get("csrf", ""))
+    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise web.HTTPForbidden(text=f"403: this form expired or came from another site; {advice}\n")
+
+
+def _canonical(request: web.Request) -> numbers.Number:
+    """The conversation's number from the URL, in any form SPEC §5 accepts; what is not a phone number is a 404."""
+    given = request.match_info["number"]
+    number = numbers.parse(given[:64], _region(request.app[RELAY].config))
+    if number is None:
+        raise web.HTTPNotFound(text=f"404: {given[:64]!r} is not a phone number\n")
+    return number
 
 
 async def _show_conversation(
@@ -486,7 +482,7 @@ async def _show_conversation(
         request,
         "conversation.html",
         number=number,
-        country=normalise_number(number)[1],
+        country=numbers.parse(number, _region(relay_.config)).country,
         csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
         form_key=form_key or secrets.token_urlsafe(18),
         text=text,
@@ -504,9 +500,8 @@ async def _show_conversation(
 
 @ui
 async def conversation_page(request: web.Request) -> web.StreamResponse:
-    given = request.match_info["number"]
-    number = _canonical(given)
-    if number != given:
+    number = _canonical(request).e164
+    if number != request.match_info["number"]:
         raise web.HTTPMovedPermanently(conversation_url(number))
     return await _show_conversation(request, number)
 
@@ -515,15 +510,9 @@ async def conversation_page(request: web.Request) -> web.StreamResponse:
 async def conversation_answer(request: web.Request) -> web.StreamResponse:
     relay_ = request.app[RELAY]
     config = relay_.config
-    number = _canonical(request.match_info["number"])
+    number = _canonical(request).e164
     form = await request.post()
-    nonce = request.cookies.get(SESSION_COOKIE, "")
-    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
-    token = str(form.get("csrf", ""))
-    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise web.HTTPForbidden(
-            text="403: this form expired or came from another site; reload the conversation and send again\n"
-        )
+    check_csrf(request, form, "reload the conversation and send again")
     text = str(form.get("text", "")).replace("\r\n", "\n").strip()
     form_key = str(form.get("key", ""))
     if not _FORM_KEY.fullmatch(form_key):
@@ -649,7 +638,7 @@ def load_attention(db: Database) -> dict:
             [ATTENTION_LIMIT],
         )
     ]
-    return {"unrecognised": unrecognised, "mails": mails, "sends": sends}
+    return {"unrecognised": unrecognised, "mails": mails, "sends": sends, "set_aside": queries.set_aside(db)}
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -663,7 +652,41 @@ def _json_list(text: str | None) -> list[str]:
 @ui
 async def attention_page(request: web.Request) -> web.StreamResponse:
     data = await request.app[RELAY].store.read(load_attention)
-    return render(request, "attention.html", **data)
+    nonce, new = _session(request)
+    retried = request.query.get("retried", "")
+    response = render(
+        request,
+        "attention.html",
+        csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
+        retried=retried if retried in SET_ASIDE_WORK else "",
+        **data,
+    )
+    if new:
+        _set_session(request, response, nonce)
+    return response
+
+
+SET_ASIDE_WORK = ("routing", "confirmation", "send")
+
+
+@ui
+async def attention_retry(request: web.Request) -> web.StreamResponse:
+    """Put a row set aside after repeated failures back in its worker's queue (a button of the Attention page)."""
+    relay_ = request.app[RELAY]
+    form = await request.post()
+    check_csrf(request, form, "reload the Attention page and try again")
+    work, row_id = str(form.get("work", "")), str(form.get("id", ""))
+    if work not in SET_ASIDE_WORK or not row_id.isdigit() or len(row_id) > 18:
+        raise web.HTTPBadRequest(text="400: expected work=routing|confirmation|send and a row id\n")
+    # A send's retries get a new deadline, as a new request would (within Octopush's 24 h request_id window).
+    deadline = clock.iso(clock.now() + timedelta(seconds=relay_.config.octopush.retry_for)) if work == "send" else None
+    retried = await relay_.store.write(
+        partial(queries.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
+    )
+    if retried:
+        log.info("attention: %s #%s retried by %s", work, row_id, request.get("ui_user") or "a loopback user")
+        (relay_.sender.wake if work == "send" else relay_.notifier.wake)()
+    raise web.HTTPSeeOther(f"/attention?retried={work}" if retried else "/attention")
 
 
 # ------------------------------------------------------------------ static

@@ -366,7 +366,11 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
         from relay.octopush.client import TYPES, has_stop_mention
 
         if not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
-            s.fail("stop_mention", "must hold 'STOP au <number>' (premium) or 'no PUB=STOP' (low-cost)")
+            s.fail(
+                "stop_mention",
+                "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
+                "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
+            )
     if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):

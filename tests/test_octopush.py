@@ -169,17 +169,26 @@ def test_local_validation(changes, field, words):
 def test_validation_accepts_good_campaigns():
     validate(campaign(sender="ACME 2", send_at=datetime.now(UTC) + timedelta(hours=1)))
     validate(campaign(purpose="wholesale", text="Sale -20%! STOP au 30101"))
-    validate(campaign(purpose="wholesale", type="sms_low_cost", text="Sale -20%! No PUB=STOP"))
+    validate(campaign(purpose="wholesale", type="sms_low_cost", text="Sale -20%! no PUB=STOP"))
+    validate(campaign(purpose="wholesale", text="Sale -20%! STOP au XXXXX"))
 
 
 @pytest.mark.parametrize(
     ("text", "type", "expected"),
     [
         ("Promo STOP au 30101", "sms_premium", True),
-        ("Promo stop to 30101", "sms_premium", True),
+        ("Promo STOP au XXXXX", "sms_premium", True),  # Octopush fills in the short number
+        ("Promo stop au 30101", "sms_premium", False),  # Octopush checks the case
+        ("Promo STOP AU 30101", "sms_premium", False),
+        ("Promo STOP to 30101", "sms_premium", False),  # the seed example's wording: no API source confirms it
+        ("Promo STOP au xxxxx", "sms_premium", False),
+        ("Promo STOP  au 30101", "sms_premium", False),
         ("Promo STOP au", "sms_premium", False),
         ("Promo no PUB=STOP", "sms_premium", False),
-        ("Promo no pub=stop", "sms_low_cost", True),
+        ("Promo no PUB=STOP", "sms_low_cost", True),
+        ("Promo no pub=stop", "sms_low_cost", False),
+        ("Promo No PUB=STOP", "sms_low_cost", False),
+        ("Promo no PUB = STOP", "sms_low_cost", False),
         ("Promo STOP au 30101", "sms_low_cost", False),
     ],
 )
@@ -259,7 +268,9 @@ async def test_refusals_map_to_octopush_error(client, emulator, changes, code, a
 async def test_121_message(client):
     with pytest.raises(OctopushError) as info:
         await client.send_once(campaign(purpose="wholesale", text="Sale!"))
-    assert str(info.value).startswith("Octopush refused the campaign (code 121): Mention STOP is missing. Add ")
+    assert str(info.value).startswith(
+        "Octopush refused the campaign (code 121): STOP mention ([STOP au 30101]) is missing from your text. Add "
+    )
 
 
 async def test_missing_recipients_field_is_103(emulator):

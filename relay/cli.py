@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     purge = dbsub.add_parser("purge", parents=[common], help="delete old replies, receipts and sent mail")
     purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
     sub.add_parser("hash-password", parents=[common], help="hash a password for ui_users or smtp_in.users")
+    octopush = sub.add_parser("octopush", parents=[common], help="the Octopush account: callbacks, credit")
+    octosub = octopush.add_subparsers(dest="octopush_command", required=True, metavar="ACTION")
+    setup = octosub.add_parser(
+        "setup", parents=[common], help="register this relay's callback URL in the Octopush account"
+    )
+    setup.add_argument("--dry-run", action="store_true", help="print what would be set; change nothing")
+    octosub.add_parser("balance", parents=[common], help="the account's remaining credit")
+    campaign = sub.add_parser("campaign", parents=[common], help="act on one campaign")
+    campaignsub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    cancel = campaignsub.add_parser("cancel", parents=[common], help="cancel a scheduled (or held) campaign")
+    cancel.add_argument("id", type=int, metavar="ID", help="the relay's campaign number")
     return parser
 
 
@@ -85,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 config.smtp_out.password,
             ],
         )
-        handler = COMMANDS[args.command if args.command != "db" else f"db-{args.db_command}"]
+        sub = {"db": "db_command", "octopush": "octopush_command", "campaign": "campaign_command"}.get(args.command)
+        handler = COMMANDS[f"{args.command}-{getattr(args, sub)}" if sub else args.command]
         return handler(config, args)
     except (RelayError, OSError, sqlite3.Error) as exc:
         if os.environ.get("OCTORELAY_DEBUG") == "1":
@@ -424,6 +436,137 @@ def cmd_hash_password() -> int:
     return 0
 
 
+# ------------------------------------------------------------------ the Octopush account
+
+
+@contextlib.asynccontextmanager
+async def octopush_client(config):
+    """A client for the configured Octopush; in emulator mode, a stand-in account in this process."""
+    from relay.octopush.client import OctopushClient
+    from relay.octopush.emulator import Emulator
+
+    o = config.octopush
+    emulator = None
+    base_url, login, key = o.base_url, o.api_login, o.api_key
+    if o.mode == "emulator":
+        emulator = Emulator(reply_text="", credit=o.emulator.credit)
+        await emulator.start()
+        base_url, login, key = emulator.base_url, login or "emulator", key or "emulator"
+    client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+        if emulator is not None:
+            await emulator.stop()
+
+
+def is_loopback_url(url: str) -> bool:
+    """A URL whose host is this machine: Octopush, on the Internet, cannot reach it."""
+    import ipaddress
+
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or not host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def stored_token(config, *, create: bool) -> str | None:
+    """The callback token: configured, else stored in the database (made there when `create`)."""
+    from relay.storage import queries
+    from relay.storage.database import connect, migrate
+
+    if config.http.callback_token:
+        return config.http.callback_token
+    if create:
+        migrate(config.storage.path)
+        db = connect(config.storage.path)
+        try:
+            with db.atomic():
+                return queries.ensure_callback_token(db)
+        finally:
+            db.close()
+    if not config.storage.path.exists():
+        return None
+    db = connect(config.storage.path, readonly=True)
+    try:
+        return queries.meta_get(db, "callback_token")
+    except sqlite3.Error:  # a database from before the meta table: no token yet
+        return None
+    finally:
+        db.close()
+
+
+def cmd_octopush_setup(config, args) -> int:
+    from relay.octopush.client import CALLBACK_URL_FIELDS
+
+    o = config.octopush
+    public_url = config.http.public_url
+    if o.mode != "emulator" and is_loopback_url(public_url):
+        raise RelayError(
+            f"{config.source}: http.public_url is {public_url!r}, an address of this machine: Octopush cannot "
+            "reach it. Set http.public_url to the https address under which Octopush reaches this relay."
+        )
+    token = stored_token(config, create=not args.dry_run)
+    base = f"{public_url}/octopush/"
+    url = base + (token or "<TOKEN>")
+    urls = {name: url for name in CALLBACK_URL_FIELDS.values()}
+    what = {"callback_url_for_inbounds": "replies", "callback_url_for_deliveries": "delivery receipts"}
+    if args.dry_run:
+        print(
+            f"would set in the Octopush account {o.api_login or '(emulator)'} (PATCH /user/campaign-parameters/edit):"
+        )
+        for name, value in urls.items():
+            print(f"  {name} = {value}  ({what.get(name, 'STOP opt-outs')})")
+        if token is None:
+            print("<TOKEN> is made when the daemon first starts, or by `octorelay octopush setup` itself.")
+        return 0
+    settings = _run_async(_set_callbacks(config, urls))
+    answered = settings.get("callbacks") if isinstance(settings.get("callbacks"), dict) else {}
+    print(f"set in the Octopush account {o.api_login or '(emulator)'}:")
+    for name, value in urls.items():
+        shown = answered.get(name, value)
+        print(f"  {name} = {shown}  ({what.get(name, 'STOP opt-outs')})")
+    if o.mode == "emulator":
+        print("(mode emulator: a stand-in account in this process; nothing left this machine)")
+    return 0
+
+
+async def _set_callbacks(config, urls: dict[str, str]) -> dict:
+    async with octopush_client(config) as client:
+        return await client.set_callbacks(urls)
+
+
+def cmd_octopush_balance(config, args) -> int:
+    from relay.mail.render import amount
+
+    balance, sms = _run_async(_balance(config))
+    unit = "€" if balance.unit == "euros" else balance.unit
+    line = f"credit: {amount(balance.amount)} {unit}"
+    if sms is not None:
+        kind = "premium" if config.octopush.type == "sms_premium" else "low-cost"
+        line += f" (about {int(sms.amount)} {kind} SMS to {config.smtp_in.region})"
+    print(line + (" (emulator)" if config.octopush.mode == "emulator" else ""))
+    return 0
+
+
+async def _balance(config):
+    from relay.octopush.errors import OctopushError, TemporaryError
+
+    async with octopush_client(config) as client:
+        balance = await client.check_balance()
+        try:
+            sms = await client.check_balance(product=config.octopush.type, country=config.smtp_in.region)
+        except (OctopushError, TemporaryError):
+            sms = None  # the euros are the answer; the SMS count is a courtesy
+    return balance, sms
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -433,4 +576,6 @@ COMMANDS = {
     "callback-url": cmd_callback_url,
     "db-backup": cmd_db_backup,
     "db-purge": cmd_db_purge,
+    "octopush-setup": cmd_octopush_setup,
+    "octopush-balance": cmd_octopush_balance,
 }

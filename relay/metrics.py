@@ -21,6 +21,15 @@ class Metrics:
         self.smtp_in = Counter("octorelay_smtp_messages", "E-mails received on SMTP", ["outcome"], registry=r)
         self.outbox_depth = Gauge("octorelay_outbox_pending", "E-mails waiting in the outbox", registry=r)
         self.send_queue_depth = Gauge("octorelay_send_queue_pending", "Octopush calls waiting", registry=r)
+        # NaN until the first balance check (at start, then hourly) or send answer says how much is left.
+        self.credit = Gauge("octorelay_octopush_credit_euros", "Octopush credit left, in euros", registry=r)
+        self.credit.set(float("nan"))
+        self.credit_sms = Gauge(
+            "octorelay_octopush_credit_sms",
+            "Octopush credit left, in SMS of the default type to smtp_in.region (Octopush's own count)",
+            registry=r,
+        )
+        self.credit_sms.set(float("nan"))
         self.e2e_seconds = Histogram(
             "octorelay_notify_seconds",
             "Time from a callback's arrival to its e-mails committed in the outbox (callbacks e-mailed at once only)",

@@ -38,6 +38,12 @@ STOP_MENTIONS = {
     "sms_low_cost": re.compile(r"no PUB=STOP"),
 }
 STOP_EXAMPLES = {"sms_premium": "STOP au 30101", "sms_low_cost": "no PUB=STOP"}
+# The account settings that say where Octopush POSTs each kind of callback (PATCH campaign-parameters/edit).
+CALLBACK_URL_FIELDS = {
+    "reply": "callback_url_for_inbounds",
+    "delivery": "callback_url_for_deliveries",
+    "stop": "callback_url_for_blacklisted_numbers",
+}
 # Octopush's personalisation fields: each recipient's value replaces its placeholder (at most 50 characters).
 PLACEHOLDERS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
 MAX_PLACEHOLDER_VALUE = 50
@@ -120,6 +126,13 @@ class SendResult:
     residual_credit: float | None
     total_cost: float | None
     already_sent: bool = False  # Octopush answered 120: an earlier attempt went through; ticket unknown
+
+
+def stored_recipient(row: dict) -> Recipient:
+    """A recipient as the `recipients` table keeps it (params as a JSON list)."""
+    return Recipient(
+        row["number"], row.get("first_name") or "", row.get("last_name") or "", tuple(json.loads(row.get("params") or "[]"))
+    )
 
 
 def has_stop_mention(text: str, type: str) -> bool:

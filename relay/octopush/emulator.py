@@ -48,6 +48,7 @@ from aiohttp import web
 
 from relay.clock import to_octopush
 from relay.octopush.client import (
+    CALLBACK_URL_FIELDS,
     MAX_PLACEHOLDER_VALUE,
     MAX_RECIPIENTS,
     MAX_TEXT,
@@ -84,11 +85,7 @@ CODE_MESSAGES = {
     152: "Low cost SMS are not allowed to this country.",
     153: "Route congested, try again later.",
 }
-CALLBACK_KINDS = {
-    "reply": "callback_url_for_inbounds",
-    "delivery": "callback_url_for_deliveries",
-    "stop": "callback_url_for_blacklisted_numbers",
-}
+CALLBACK_KINDS = CALLBACK_URL_FIELDS
 CALLBACK_SETTINGS = (*CALLBACK_KINDS.values(), "callback_url_for_visits", "email_for_inbounds")
 CANCEL_BEFORE = 600.0  # seconds: Octopush cancels a scheduled campaign only until 10 minutes before it
 CANCEL_MAX_RECIPIENTS = 2  # "fewer than 3 recipients"
@@ -146,7 +143,8 @@ class Emulator:
         self.credit = credit
         self.short_number = short_number
         self.base_url = ""
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # sms-campaign/send requests
+        self.calls: list[dict[str, Any]] = []  # every request, account endpoints included
         self.sent: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []  # every callback POSTed: {"kind", "body", "status"}
         self.settings: dict[str, Any] = {"callbacks": {name: "" for name in CALLBACK_SETTINGS}}
@@ -194,7 +192,7 @@ class Emulator:
             self._session = None
 
     def inject(self, *faults: str) -> None:
-        """Queue faults applied to the next requests, one each, in order."""
+        """Queue faults applied to the next send requests, one each, in order."""
         for fault in faults:
             code = fault.partition(":")[2]
             if fault not in FAULTS and not (fault.startswith("code:") and code.isdigit()):
@@ -202,7 +200,10 @@ class Emulator:
         self._faults.extend(faults)
 
     async def handle(self, request: web.Request, process) -> web.StreamResponse:
-        """Record a request, apply the next injected fault, else `process(request, raw)` -> (status, answer)."""
+        """Record a request, apply the next injected fault, else `process(request, raw)` -> (status, answer).
+
+        Faults are for sends only: the daemon's hourly balance check never takes one meant for a send.
+        """
         raw = await request.read()
         try:
             shown: Any = json.loads(raw) if raw else None
@@ -216,8 +217,11 @@ class Emulator:
             "headers": dict(request.headers),
             "status": None,
         }
-        self.requests.append(entry)
-        fault = self._faults.popleft() if self._faults else None
+        self.calls.append(entry)
+        sending = process == self._process
+        if sending:
+            self.requests.append(entry)
+        fault = self._faults.popleft() if self._faults and sending else None
         if fault in ("500", "429"):
             entry["status"] = int(fault)
             message = "Internal server error" if fault == "500" else "Too many requests"
@@ -244,9 +248,6 @@ class Emulator:
         if answer is None:
             return web.Response(status=status)
         return web.json_response(answer, status=status)
-
-    async def handle_send(self, request: web.Request) -> web.StreamResponse:
-        return await self.handle(request, self._process)
 
     def _process(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Validate like Octopush, then accept: (201, answer); raises Refusal."""

@@ -194,3 +194,11 @@ def m005_unrouted_index(db: Database) -> None:
     """Most callbacks are now stored routed: index only those the notifier still has to read."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_unrouted ON callbacks (id) WHERE routed = 0")
     db.execute("DROP INDEX IF EXISTS idx_callbacks_routed")
+
+
+@migrations()
+def m006_scheduled_campaigns(db: Database) -> None:
+    """A scheduled campaign to 3 or more numbers waits in our own queue (`not_before`), so it can be cancelled."""
+    db["sends"].add_column("not_before", str)  # a pending call waits until then; NULL: at once
+    db["campaigns"].add_column("cancelled_by", str)  # who cancelled it (campaign status "cancelled")
+    db["campaigns"].add_column("cancelled_at", str)

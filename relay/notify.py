@@ -226,10 +226,10 @@ class Notifier:
 
         def queue(db: Database) -> None:
             for campaign_id in ids:
-                if db.execute("UPDATE campaigns SET notified = 1 WHERE id = ? AND notified = 0", [campaign_id]).rowcount:
-                    for owner, mail in mails:
-                        if owner == campaign_id:
-                            remember(db, mail)
+                marked = db.execute("UPDATE campaigns SET notified = 1 WHERE id = ? AND notified = 0", [campaign_id])
+                for owner, mail in mails if marked.rowcount else ():
+                    if owner == campaign_id:
+                        remember(db, mail)
 
         await self.store.write(queue, small=not mails)
         if mails:
@@ -256,10 +256,7 @@ class Notifier:
         """Each planned e-mail with the campaign it belongs to."""
         mails = []
         for kind, campaign in planned:
-            if kind == "alert":
-                mail = self._alert(error=campaign.get("error"))
-            else:
-                mail = self._confirmation(campaign)
+            mail = self._alert(error=campaign.get("error")) if kind == "alert" else self._confirmation(campaign)
             mail.data = serialise(mail.message)
             mails.append((campaign["id"], mail))
         return mails

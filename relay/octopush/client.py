@@ -130,9 +130,8 @@ class SendResult:
 
 def stored_recipient(row: dict) -> Recipient:
     """A recipient as the `recipients` table keeps it (params as a JSON list)."""
-    return Recipient(
-        row["number"], row.get("first_name") or "", row.get("last_name") or "", tuple(json.loads(row.get("params") or "[]"))
-    )
+    params = tuple(json.loads(row.get("params") or "[]"))
+    return Recipient(row["number"], row.get("first_name") or "", row.get("last_name") or "", params)
 
 
 def has_stop_mention(text: str, type: str) -> bool:

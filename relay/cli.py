@@ -282,7 +282,14 @@ async def _send(config, args) -> int:
     await store.start()
     try:
         base_url, login, key = o.base_url, o.api_login, o.api_key
+        emulator = None
         if o.mode == "emulator":
+            # A running daemon's emulator is the stand-in Octopush that holds its campaigns: use it when it
+            # answers, so `campaign cancel` finds a scheduled SMS sent from here too.
+            stored = await store.read(lambda db: queries.meta_get(db, "emulator_url"))
+            base_url = await _probe_emulator(stored, login or "emulator", key or "emulator", o.timeout)
+            login, key = login or "emulator", key or "emulator"
+        if o.mode == "emulator" and not base_url:
             token = config.http.callback_token or await store.write(queries.ensure_callback_token)
             listen = config.http.listen
             emulator = Emulator(
@@ -298,22 +305,37 @@ async def _send(config, args) -> int:
         await client.start()
         components.append(client)
         campaign_id, _ = await store.write(partial(queue_campaign, req=request, retry_for=o.retry_for))
-        queue = SendQueue(
-            store,
-            client,
-            simulation=o.mode == "simulation",
-            auto_optimize_text=o.auto_optimize_text,
-            only_campaign=campaign_id,
-        )
-        await queue.start()
-        components.append(queue)
-        result = await queue.wait(campaign_id)
-        if o.mode == "emulator" and result["status"] == "sent":
-            # The emulator lives in this process: let its receipt and reply reach a running daemon.
-            await emulator.drain(o.emulator.reply_after + 3)
+        queued = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+        if any(s["not_before"] for s in queued["sends"]):
+            # Held in our own queue until its time: the daemon hands it to Octopush then.
+            result = None
+        else:
+            queue = SendQueue(
+                store,
+                client,
+                simulation=o.mode == "simulation",
+                auto_optimize_text=o.auto_optimize_text,
+                only_campaign=campaign_id,
+            )
+            await queue.start()
+            components.append(queue)
+            result = await queue.wait(campaign_id)
+            if emulator is not None and result["status"] == "sent":
+                # The emulator lives in this process: let its receipt and reply reach a running daemon.
+                await emulator.drain(o.emulator.reply_after + 3)
     finally:
         for component in reversed(components):
             await component.stop()
+    when = clock.local(queued["send_at"], clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
+    if result is None:
+        print(
+            f"campaign {campaign_id} scheduled for {when}: {queued['contacts']} recipient(s), held by the relay "
+            f"until then (the running daemon hands it to Octopush); cancel with `octorelay campaign cancel "
+            f"{campaign_id}`"
+        )
+        if queued["removed_optouts"]:
+            print(f"left out (sent STOP): {', '.join(queued['removed_optouts'])}")
+        return 0
     if result["status"] == "failed":
         raise RelayError(f"not sent: {result['error']}")
     tickets = ", ".join(t for t in result["tickets"]) or "(already sent earlier: same request)"
@@ -324,9 +346,32 @@ async def _send(config, args) -> int:
         f", credit left {result.get('residual_credit')}, encoding {result['encoding']}"
         + (" (simulation: nothing sent)" if request.simulation else "")
     )
+    if result["status"] == "scheduled":
+        print(
+            f"campaign {campaign_id} scheduled for {when}: Octopush sends it then; cancel it until 10 minutes "
+            f"before with `octorelay campaign cancel {campaign_id}`"
+        )
     if result["removed_optouts"]:
         print(f"left out (sent STOP): {', '.join(result['removed_optouts'])}")
     return 0
+
+
+async def _probe_emulator(url: str | None, login: str, key: str, timeout: float) -> str:
+    """`url` when a running daemon's emulator answers there, else "" (the daemon stores it in meta at start)."""
+    from relay.octopush.client import OctopushClient
+    from relay.octopush.errors import OctopushError, TemporaryError
+
+    if not url:
+        return ""
+    probe = OctopushClient(url, login, key, timeout=min(timeout, 2.0))
+    await probe.start()
+    try:
+        await probe.check_balance()
+        return url
+    except (OctopushError, TemporaryError):
+        return ""
+    finally:
+        await probe.stop()
 
 
 def cmd_digest(config, args) -> int:
@@ -449,9 +494,12 @@ async def octopush_client(config):
     emulator = None
     base_url, login, key = o.base_url, o.api_login, o.api_key
     if o.mode == "emulator":
-        emulator = Emulator(reply_text="", credit=o.emulator.credit)
-        await emulator.start()
-        base_url, login, key = emulator.base_url, login or "emulator", key or "emulator"
+        login, key = login or "emulator", key or "emulator"
+        base_url = await _probe_emulator(read_meta(config, "emulator_url"), login, key, o.timeout)
+        if not base_url:  # no daemon running: a stand-in account of this command's own
+            emulator = Emulator(reply_text="", credit=o.emulator.credit)
+            await emulator.start()
+            base_url = emulator.base_url
     client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
     await client.start()
     try:
@@ -483,20 +531,28 @@ def stored_token(config, *, create: bool) -> str | None:
 
     if config.http.callback_token:
         return config.http.callback_token
-    if create:
-        migrate(config.storage.path)
-        db = connect(config.storage.path)
-        try:
-            with db.atomic():
-                return queries.ensure_callback_token(db)
-        finally:
-            db.close()
+    if not create:
+        return read_meta(config, "callback_token")
+    migrate(config.storage.path)
+    db = connect(config.storage.path)
+    try:
+        with db.atomic():
+            return queries.ensure_callback_token(db)
+    finally:
+        db.close()
+
+
+def read_meta(config, key: str) -> str | None:
+    """A value the daemon stored, read without creating anything (None without a database)."""
+    from relay.storage import queries
+    from relay.storage.database import connect
+
     if not config.storage.path.exists():
         return None
     db = connect(config.storage.path, readonly=True)
     try:
-        return queries.meta_get(db, "callback_token")
-    except sqlite3.Error:  # a database from before the meta table: no token yet
+        return queries.meta_get(db, key)
+    except sqlite3.Error:  # a database from before the meta table
         return None
     finally:
         db.close()
@@ -567,6 +623,73 @@ async def _balance(config):
     return balance, sms
 
 
+# ------------------------------------------------------------------ campaigns
+
+
+def cmd_campaign_cancel(config, args) -> int:
+    return _run_async(_cancel(config, args))
+
+
+async def _cancel(config, args) -> int:
+    from relay.groups import contacts, load_groups
+    from relay.mail.outbox import Outbox
+    from relay.mail.render import Renderer
+    from relay.notify import Notifier
+    from relay.octopush.client import OctopushClient
+    from relay.sending import cancel_campaign
+    from relay.storage import queries
+    from relay.storage.database import Store
+
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
+    o = config.octopush
+    store = Store(config.storage.path)
+    await store.start()
+    outbox = None
+    client = None
+    try:
+        base_url, login, key = o.base_url, o.api_login, o.api_key
+        if o.mode == "emulator":
+            # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
+            base_url = await store.read(lambda db: queries.meta_get(db, "emulator_url")) or "http://127.0.0.1:9"
+            login, key = login or "emulator", key or "emulator"
+        client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
+        await client.start()
+        who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "the operator"
+        row = await cancel_campaign(store, client, args.id, by=f"{who} (octorelay campaign cancel)")
+        # Tell the sender now rather than at the daemon's next sweep; the sweep never doubles it.
+        notifier = Notifier(
+            config,
+            store,
+            Outbox(config.smtp_out, store),
+            Renderer(config.templates_dir),
+            contacts(load_groups(config.groups, config.smtp_in.region)),
+        )
+        await notifier.confirm_pending()
+        ids = await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled"))
+        if ids:
+            outbox = Outbox(config.smtp_out, store, only=ids)
+            await outbox.start()
+            deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
+            while asyncio.get_running_loop().time() < deadline:
+                if not await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled")):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        if outbox is not None:
+            await outbox.stop()
+        if client is not None:
+            await client.stop()
+        await store.stop()
+    when = clock.local(row.get("send_at"), clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
+    print(
+        f"campaign {args.id} cancelled"
+        + (f" (it was {row['status']} for {when})" if when else f" (it was {row['status']})")
+        + (f"; {row['sender_email']} is told by e-mail" if row.get("sender_email") else "")
+    )
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -578,4 +701,5 @@ COMMANDS = {
     "db-purge": cmd_db_purge,
     "octopush-setup": cmd_octopush_setup,
     "octopush-balance": cmd_octopush_balance,
+    "campaign-cancel": cmd_campaign_cancel,
 }

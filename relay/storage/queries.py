@@ -326,6 +326,18 @@ def cancel_campaign(db: Database, *, campaign_id: int, by: str, at_octopush: lis
     )
 
 
+def pending_mail_of(db: Database, *, campaign_id: int, kind: str) -> list[int]:
+    """Outbox ids of a campaign's e-mails of one kind still waiting for delivery."""
+    return [
+        r[0]
+        for r in db.execute(
+            """SELECT o.id FROM outbox o JOIN messages m ON m.message_id = o.message_id
+               WHERE m.campaign_id = ? AND o.kind = ? AND o.status = 'pending'""",
+            [campaign_id, kind],
+        )
+    ]
+
+
 def depths(db: Database) -> dict:
     outbox = dict(db.execute("SELECT status, count(*) FROM outbox WHERE status != 'sent' GROUP BY status").fetchall())
     sends = dict(db.execute("SELECT status, count(*) FROM sends WHERE status != 'sent' GROUP BY status").fetchall())

@@ -116,7 +116,8 @@ def test_payload_omits_empty_optional_fields():
 
 def test_payload_full():
     c = campaign(
-        recipients=(Recipient(FR, "Ada", "", ("x", "", "z")),),
+        text="Hi {first_name}, {param1}{param3}",
+        recipients=(Recipient(FR, "Ada", "Lovelace", ("x", "", "z", "unused")),),
         type="sms_low_cost",
         purpose="wholesale",
         sender="ACME",
@@ -127,7 +128,7 @@ def test_payload_full():
         request_id="abc",
     )
     assert c.payload() == {
-        "text": "Server db1 is down",
+        "text": "Hi {first_name}, {param1}{param3}",
         "recipients": [{"phone_number": FR, "first_name": "Ada", "param1": "x", "param3": "z"}],
         "type": "sms_low_cost",
         "purpose": "wholesale",

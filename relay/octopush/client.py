@@ -72,15 +72,12 @@ class Recipient:
         index = int(placeholder[len("param") :]) - 1
         return self.params[index] if index < len(self.params) else ""
 
-    def payload(self) -> dict[str, str]:
+    def payload(self, used: tuple[str, ...] | list[str] = PLACEHOLDERS) -> dict[str, str]:
+        """The recipient object; of its values, only those of the placeholders `used`, and not empty ones."""
         body = {"phone_number": self.phone_number}
-        if self.first_name:
-            body["first_name"] = self.first_name
-        if self.last_name:
-            body["last_name"] = self.last_name
-        for i, value in enumerate(self.params[:5], start=1):
-            if value:
-                body[f"param{i}"] = value
+        for name in used:
+            if self.value(name):
+                body[name] = self.value(name)
         return body
 
 
@@ -99,9 +96,11 @@ class Campaign:
 
     def payload(self) -> dict[str, Any]:
         """The exact JSON body: documented field names only, empty optional fields left out."""
+        used = placeholders(self.text)
         body: dict[str, Any] = {
             "text": self.text,
-            "recipients": [r.payload() for r in self.recipients],
+            # Only the values the text uses: nothing else of a contact leaves, and a long unused one is no matter.
+            "recipients": [r.payload(used) for r in self.recipients],
             "type": self.type,
             "purpose": self.purpose,
             "with_replies": self.with_replies,

@@ -235,7 +235,8 @@ class Emulator:
             code = int(fault[len("code:") :])
             entry["status"] = 401 if code == 101 else 400
             return web.json_response(
-                {"code": code, "message": CODE_MESSAGES.get(code, "Error.")}, status=entry["status"]
+                {"code": code, "message": CODE_MESSAGES.get(code, f"Undocumented error {code}.")},
+                status=entry["status"],
             )
         try:
             _authorised(request, self.credentials)

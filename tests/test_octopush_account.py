@@ -15,6 +15,7 @@ from relay import backoff
 from relay.octopush.client import Campaign, OctopushClient, Recipient, check_placeholders, personalise
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import ADVICE, OctopushError, TemporaryError, ValidationError
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -222,9 +223,7 @@ async def test_registered_callback_urls_are_where_callbacks_go(emulator, client)
         assert (await client.campaign_parameters())["callbacks"]["callback_url_for_inbounds"] == base + "replies"
         emulator.reply_text = "OK"
         await client.send(campaign())
-        deadline = asyncio.get_running_loop().time() + 5
-        while len(got) < 2 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: len(got) >= 2, 5)
         assert {g["path"] for g in got} == {"/octopush/receipts", "/octopush/replies"}
     finally:
         await runner.cleanup()

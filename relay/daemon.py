@@ -251,20 +251,20 @@ class Daemon:
         cfg = self.config
         try:
             balance = await self.client.check_balance()
+            try:
+                sms = (await self.client.check_balance(product=cfg.octopush.type, country=cfg.smtp_in.region)).amount
+            except (OctopushError, TemporaryError) as exc:
+                log.info("credit check: no SMS count for %s: %s", cfg.smtp_in.region, exc)
+                sms = None
+            self.metrics.credit.set(balance.amount)
+            self.metrics.credit_sms.set(float("nan") if sms is None else sms)
+            await self.notifier.check_credit(balance.amount, sms)
         except (OctopushError, TemporaryError) as exc:
             log.warning("credit check: %s", exc)
             return None
-        sms: float | None = None
-        try:
-            sms = (await self.client.check_balance(product=cfg.octopush.type, country=cfg.smtp_in.region)).amount
-        except (OctopushError, TemporaryError) as exc:
-            log.info("credit check: no SMS count for %s: %s", cfg.smtp_in.region, exc)
-        self.metrics.credit.set(balance.amount)
-        self.metrics.credit_sms.set(float("nan") if sms is None else sms)
-        try:
-            await self.notifier.check_credit(balance.amount, sms)
         except Exception:  # noqa: BLE001 - a job logs; the next hour tries again
-            log.exception("credit check: the alert could not be queued")
+            log.exception("credit check failed")
+            return None
         return balance.amount
 
     async def refresh_gauges(self) -> None:

@@ -260,3 +260,44 @@ async def test_placeholders_reach_each_group_recipient(make_daemon, sink, tmp_pa
     with pytest.raises(Exception) as info:
         await smtp_send(daemon, message(to, "Bonjour {firstname}", "Typo"), to)
     assert "550" in str(info.value) and "{first_name}" in str(info.value)
+
+
+# --- STOP mentions from an e-mail ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mention", "ok"),
+    [("STOP au 30101", True), ("STOP au XXXXX", True), ("no PUB=STOP", True), ("stop au 30101", False)],
+)
+def test_stop_mention_setting_follows_octopushs_rules(tmp_path, capsys, mention, ok):
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=f'[smtp_in]\nstop_mention = "{mention}"\n')
+    assert run("check-config", "-c", str(path)) == (0 if ok else 1)
+    if not ok:
+        err = capsys.readouterr().err
+        assert "smtp_in.stop_mention" in err and "exactly" in err
+
+
+async def test_marketing_e_mails_and_the_stop_mention(make_daemon, sink):
+    daemon = await make_daemon(smtp_port=sink.port)
+    to = [f"{FR}@{DOMAIN}"]
+    for body, subject, words in [
+        ("Soldes! stop au 30101", "[marketing] Promo", "'STOP au '"),
+        ("Soldes! STOP to 30101", "[marketing] Promo", "'STOP au XXXXX'"),
+        ("Soldes! No PUB=STOP", "[marketing] [low-cost] Promo", "'no PUB=STOP', written exactly so"),
+    ]:
+        with pytest.raises(Exception) as info:
+            await smtp_send(daemon, message(to, body, subject), to)
+        assert "550 5.6.0" in str(info.value) or "5.6.0" in str(info.value)
+        assert words in str(info.value)
+    await e_mail(daemon, [FR], "Soldes! STOP au XXXXX", "[marketing] Promo")
+    await e_mail(daemon, [FR], "Soldes! no PUB=STOP", "[marketing] [low-cost] Promo")
+    await wait_for(lambda: len(daemon.emulator.sent) == 2)
+    assert [s["purpose"] for s in daemon.emulator.sent] == ["wholesale", "wholesale"]
+
+
+async def test_the_configured_mention_is_added_as_written(make_daemon, sink):
+    daemon = await make_daemon('[smtp_in]\nstop_mention = "STOP au XXXXX"\n', smtp_port=sink.port)
+    await e_mail(daemon, [FR], "Soldes!", "[marketing] Promo")
+    await e_mail(daemon, [FR2], "Soldes!", "[marketing] [low-cost] Promo")
+    await wait_for(lambda: len(daemon.emulator.sent) == 2)
+    assert sorted(s["text"] for s in daemon.emulator.sent) == ["Soldes!\nSTOP au XXXXX", "Soldes!\nno PUB=STOP"]

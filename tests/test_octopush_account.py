@@ -252,6 +252,29 @@ async def test_cancel_follows_octopushs_rules(client, emulator):
     assert emulator.cancelled == [small.ticket]
 
 
+async def test_check_credits_per_country(emulator):
+    emulator.credit = 1.1
+    headers = {"api-login": LOGIN, "api-key": KEY}
+    async with aiohttp.ClientSession() as session:
+        url = f"{emulator.base_url}/wallet/check-credits?country_codes[]=FR&country_codes[]=BE"
+        async with session.get(url, headers=headers) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {
+                "FR": {"premium_sms": 20, "low_cost_sms": 31},
+                "BE": {"premium_sms": 20, "low_cost_sms": 31},
+            }
+        async with session.get(f"{emulator.base_url}/wallet/check-credits?country=FR", headers=headers) as resp:
+            assert resp.status == 400 and "country" in (await resp.json())["message"]
+
+
+async def test_at_most_1000_cancellations_a_month(client, emulator):
+    ticket = (await client.send(campaign(send_at=datetime.now(UTC) + timedelta(hours=1)))).ticket
+    emulator._cancels[datetime.now(UTC).strftime("%Y-%m")] = 1000
+    with pytest.raises(OctopushError, match="1000"):
+        await client.cancel(ticket)
+    assert ticket in emulator.scheduled
+
+
 async def test_a_cancelled_campaign_sends_no_callback(emulator, client):
     emulator.callback_url = "http://127.0.0.1:9/never"
     ticket = (await client.send(campaign(send_at=datetime.now(UTC) + timedelta(minutes=11)))).ticket

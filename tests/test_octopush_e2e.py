@@ -72,6 +72,36 @@ def test_setup_dry_run_and_balance_create_no_state(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]  # no database, no token, no state dir
 
 
+async def test_balance_as_a_real_process_reads_a_running_daemons_emulator(make_daemon, tmp_path):
+    """A subprocess, as an operator runs it: it asks the daemon's own stand-in Octopush, and writes nothing."""
+    import os
+    import sys
+    from pathlib import Path
+
+    daemon = await make_daemon()
+    await e_mail(daemon, [FR], "x" * 200, "Two parts")  # 2 premium SMS: 0.11 € of the emulated 100 €
+    await wait_for(lambda: daemon.emulator.credit < 100)
+    db = tmp_path / "octorelay.db"
+    before = db.stat().st_mtime_ns
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "octopush",
+        "balance",
+        "-c",
+        str(tmp_path / "octorelay.toml"),
+        env={**os.environ, "PYTHONPATH": root},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("credit: 99.89 € (about 1816 premium SMS to FR)")
+    assert db.stat().st_mtime_ns == before
+
+
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
 def test_setup_refuses_a_loopback_public_url_in_live_mode(tmp_path, capsys, dry_run):
     live = live_mode("https://api.octopush.com/v1/public")

@@ -328,7 +328,7 @@ def _validate(raw: dict, source: str, env: dict[str, str], base: Path) -> Config
     if not octopush.base_url.startswith(("http://", "https://")):
         c.fail("base_url", f"must be an http(s) URL, not {octopush.base_url!r}")
     if octopush.sender and not _valid_sender(octopush.sender):
-        c.fail("sender", "must be 3 to 11 letters, digits or spaces")
+        c.fail("sender", "must be 3 to 11 letters or digits, without space, accent or punctuation")
     if octopush.mode != "emulator" and not (octopush.api_login and octopush.api_key):
         c.fail("api_key", f"mode {octopush.mode!r} needs api_login and api_key (or api_key_file)")
 
@@ -482,7 +482,7 @@ def _subscriptions(items: object, source: str) -> tuple[Subscription, ...]:
 
 
 def _valid_sender(sender: str) -> bool:
-    return 3 <= len(sender) <= 11 and all(ch.isascii() and (ch.isalnum() or ch == " ") for ch in sender)
+    return 3 <= len(sender) <= 11 and all(ch.isascii() and ch.isalnum() for ch in sender)
 
 
 def _is_hash(value: str) -> bool:

@@ -146,7 +146,8 @@ def test_payload_full():
     [
         ({"text": "x" * 1300}, "text", "the text is 1300 characters; the maximum is 1224"),
         ({"text": "  "}, "text", "empty"),
-        ({"sender": "AB"}, "sender", "sender 'AB' must be 3 to 11 letters, digits or spaces"),
+        ({"sender": "AB"}, "sender", "sender 'AB' must be 3 to 11 letters or digits, without space"),
+        ({"sender": "ACME 2"}, "sender", "without space, accent or punctuation (Octopush's code 106)"),
         ({"sender": "ACME-CORP"}, "sender", "3 to 11"),
         ({"type": "sms_cheap"}, "type", "sms_premium"),
         ({"purpose": "marketing"}, "purpose", "wholesale"),
@@ -168,7 +169,7 @@ def test_local_validation(changes, field, words):
 
 
 def test_validation_accepts_good_campaigns():
-    validate(campaign(sender="ACME 2", send_at=datetime.now(UTC) + timedelta(hours=1)))
+    validate(campaign(sender="ACME2", send_at=datetime.now(UTC) + timedelta(hours=1)))
     validate(campaign(purpose="wholesale", text="Sale -20%! STOP au 30101"))
     validate(campaign(purpose="wholesale", type="sms_low_cost", text="Sale -20%! no PUB=STOP"))
     validate(campaign(purpose="wholesale", text="Sale -20%! STOP au XXXXX"))

@@ -30,7 +30,10 @@ MAX_TEXT = 1224
 MAX_RECIPIENTS = 500
 TYPES = ("sms_premium", "sms_low_cost")
 PURPOSES = ("alert", "wholesale")
-SENDER_RE = re.compile(r"[a-zA-Z0-9 ]{3,11}")
+# Letters and digits only: Octopush's pages disagree on spaces (code 106 says "no accent, space or punctuation"),
+# and only this reading is safe under both.
+SENDER_RE = re.compile(r"[a-zA-Z0-9]{3,11}")
+SENDER_RULE = "3 to 11 letters or digits, without space, accent or punctuation (Octopush's code 106)"
 # The mentions exactly as Octopush checks them, case included (octopush-api.md): premium marketing needs
 # "STOP au " and the short number, or the literal "XXXXX" that Octopush fills in; low-cost needs "no PUB=STOP".
 STOP_MENTIONS = {
@@ -221,7 +224,7 @@ def validate(c: Campaign, now: datetime | None = None) -> None:
     if c.purpose not in PURPOSES:
         raise ValidationError(f"purpose {c.purpose!r} must be one of {', '.join(PURPOSES)}", "purpose")
     if c.sender and not SENDER_RE.fullmatch(c.sender):
-        raise ValidationError(f"sender {c.sender!r} must be 3 to 11 letters, digits or spaces", "sender")
+        raise ValidationError(f"sender {c.sender!r} must be {SENDER_RULE}", "sender")
     if c.send_at is not None:
         if c.send_at.tzinfo is None or c.send_at.utcoffset() is None:
             raise ValidationError("send_at must carry a time zone", "send_at")

@@ -301,6 +301,9 @@ def test_personalise_and_its_checks():
         check_placeholders("Hi {first_name}", [ada, long])
     assert "groups.team (team.csv) line 3: first_name" in str(info.value) and "51" in str(info.value)
     check_placeholders("Hi {last_name}", [long])  # only the values the text uses
+    with pytest.raises(ValidationError) as info:
+        check_placeholders("Hi {first_name}", [ada, Recipient(FR2)])
+    assert f"{FR2} has no values" in str(info.value) and "group" in str(info.value)
 
 
 async def test_the_emulator_personalises_and_counts_parts_per_recipient(client, emulator):

@@ -290,6 +290,11 @@ async def test_placeholders_reach_each_group_recipient(make_daemon, sink, tmp_pa
     with pytest.raises(Exception) as info:
         await smtp_send(daemon, message(to, "Bonjour {firstname}", "Typo"), to)
     assert "550" in str(info.value) and "{first_name}" in str(info.value)
+    # A number written directly has no values: refused rather than sent as "Bonjour ,".
+    both = [f"short@{DOMAIN}", f"{FR3}@{DOMAIN}"]
+    with pytest.raises(Exception) as info:
+        await smtp_send(daemon, message(both, "Bonjour {first_name}", "Mixte"), both)
+    assert "550" in str(info.value) and f"{FR3} has no values" in str(info.value)
 
 
 # --- STOP mentions from an e-mail ---------------------------------------------------------------------

@@ -168,6 +168,12 @@ def check_placeholders(text: str, recipients: tuple[Recipient, ...] | list[Recip
             raise ValidationError(f"{{{name}}}: Octopush has only {{param1}} to {{param5}}", "text")
     used = placeholders(text)
     for r in recipients if used else ():
+        if not any(r.value(name) for name in PLACEHOLDERS):
+            raise ValidationError(
+                f"the text uses {{{used[0]}}} but {r.phone_number} has no values to fill it in (a number written "
+                "directly carries none): send to a group whose file has the column, or write the text out",
+                "recipients",
+            )
         for name in used:
             value = r.value(name)
             if len(value) > MAX_PLACEHOLDER_VALUE:

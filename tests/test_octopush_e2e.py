@@ -336,3 +336,13 @@ async def test_the_configured_mention_is_added_as_written(make_daemon, sink):
     await e_mail(daemon, [FR2], "Soldes!", "[marketing] [low-cost] Promo")
     await wait_for(lambda: len(daemon.emulator.sent) == 2)
     assert sorted(s["text"] for s in daemon.emulator.sent) == ["Soldes!\nSTOP au XXXXX", "Soldes!\nno PUB=STOP"]
+
+
+async def test_the_confirmation_says_when_a_scheduled_sms_goes(make_daemon, sink):
+    daemon = await make_daemon('[smtp_in]\nconfirm = "all"\n', smtp_port=sink.port)
+    when = clock.now() + timedelta(hours=3)
+    await e_mail(daemon, [FR], "Plus tard", f"[at:{when.strftime('%Y-%m-%dT%H:%M:%SZ')}] Rappel")
+    [mail] = await wait_for(lambda: mails_to(sink, "alice@example.org"))
+    local = when.astimezone(clock.region_timezone("FR")).strftime("%Y-%m-%d %H:%M")
+    assert mail["Subject"] == "SMS scheduled: Rappel"
+    assert f"it goes out on {local}" in plain(mail) and "octorelay campaign cancel" in plain(mail)

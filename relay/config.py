@@ -363,7 +363,7 @@ def _validate(
     if not octopush.base_url.startswith(("http://", "https://")):
         c.fail("base_url", f"must be an http(s) URL, not {octopush.base_url!r}")
     if octopush.sender and not _valid_sender(octopush.sender):
-        c.fail("sender", "must be 3 to 11 letters, digits or spaces")
+        c.fail("sender", "must be 3 to 11 letters or digits, without space, accent or punctuation")
     has_key = octopush.api_key or any("octopush.api_key_file" in u for u in c.unread)
     if octopush.mode != "emulator" and not (octopush.api_login and has_key):
         c.fail("api_key", f"mode {octopush.mode!r} needs api_login and api_key (or api_key_file)")
@@ -407,7 +407,11 @@ def _validate(
         from relay.octopush.client import TYPES, has_stop_mention
 
         if not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
-            s.fail("stop_mention", "must hold 'STOP au <number>' (premium) or 'no PUB=STOP' (low-cost)")
+            s.fail(
+                "stop_mention",
+                "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
+                "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
+            )
     if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):
@@ -520,7 +524,7 @@ def _subscriptions(items: object, source: str) -> tuple[Subscription, ...]:
 
 
 def _valid_sender(sender: str) -> bool:
-    return 3 <= len(sender) <= 11 and all(ch.isascii() and (ch.isalnum() or ch == " ") for ch in sender)
+    return 3 <= len(sender) <= 11 and all(ch.isascii() and ch.isalnum() for ch in sender)
 
 
 def _is_hash(value: str) -> bool:

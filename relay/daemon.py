@@ -29,6 +29,7 @@ from relay.metrics import Metrics
 from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
+from relay.octopush.errors import OctopushError, TemporaryError
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue
 from relay.storage import queries
@@ -111,6 +112,8 @@ class Daemon:
             )
             await self._up(self.emulator)
             base_url = self.emulator.base_url
+            # `octorelay campaign cancel` reaches this emulator, which holds the campaigns this daemon sent.
+            await self.store.write(partial(queries.meta_set, key="emulator_url", value=base_url))
             login, key = login or "emulator", key or "emulator"
         self.client = OctopushClient(
             base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for
@@ -268,6 +271,31 @@ class Daemon:
         if not call:
             return None
         return {k: (clock.iso(v) if hasattr(v, "tzinfo") else v) for k, v in call.items()}
+
+    async def check_credit(self) -> float | None:
+        """Hourly: ask Octopush for the credit (check-balance), export it, and alert under `low_credit`.
+
+        Asked of Octopush, not read from the last send's answer: a relay that sends nothing for a week still
+        learns its credit. The SMS count is Octopush's own for the default type and `smtp_in.region`.
+        """
+        cfg = self.config
+        try:
+            balance = await self.client.check_balance()
+            try:
+                sms = (await self.client.check_balance(product=cfg.octopush.type, country=cfg.smtp_in.region)).amount
+            except (OctopushError, TemporaryError) as exc:
+                log.info("credit check: no SMS count for %s: %s", cfg.smtp_in.region, exc)
+                sms = None
+            self.metrics.credit.set(balance.amount)
+            self.metrics.credit_sms.set(float("nan") if sms is None else sms)
+            await self.notifier.check_credit(balance.amount, sms)
+        except (OctopushError, TemporaryError) as exc:
+            log.warning("credit check: %s", exc)
+            return None
+        except Exception:  # noqa: BLE001 - a job logs; the next hour tries again
+            log.exception("credit check failed")
+            return None
+        return balance.amount
 
     async def refresh_gauges(self) -> None:
         depth = await self.store.read(queries.depths)

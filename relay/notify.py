@@ -25,6 +25,7 @@ from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
 from relay.octopush.callbacks import is_e164
+from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
 from relay.storage import queries
 from relay.storage.database import Store, StoreError
@@ -252,14 +253,16 @@ class Notifier:
     async def confirm_pending(self) -> int:
         """E-mail senders about finished campaigns, as each campaign's `confirm` says; alert on account errors.
 
-        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together, and
-        a campaign whose e-mail keeps failing is set aside like a callback.
+        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together,
+        and only for a campaign still unmarked then, so a command (`campaign cancel`) sweeping at the same time
+        as the daemon never doubles an e-mail; a campaign whose e-mail keeps failing is set aside like a callback.
         """
         ids = await self.store.read(
             lambda db: [
                 r[0]
                 for r in db.execute(
-                    "SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed') ORDER BY id LIMIT ?",
+                    """SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed', 'cancelled')
+                       ORDER BY id LIMIT ?""",
                     [BATCH],
                 )
             ]
@@ -281,11 +284,15 @@ class Notifier:
         return await self._commit("confirmation", mails, failed)
 
     def _planned(self, campaigns: list[dict]) -> list[tuple[str, dict]]:
-        """The e-mails these finished campaigns call for: ("confirmation" | "alert", campaign)."""
+        """The e-mails these finished campaigns call for: ("confirmation" | "cancelled" | "alert", campaign)."""
         planned = []
         for campaign in campaigns:
             wanted = campaign.get("confirm") or "none"
             failed = campaign["status"] == "failed"
+            if campaign["status"] == "cancelled":
+                if campaign.get("sender_email"):  # whatever `confirm` says: they asked for an SMS that will not go
+                    planned.append(("cancelled", campaign))
+                continue
             if campaign.get("sender_email") and (wanted == "all" or (wanted == "errors" and failed)):
                 planned.append(("confirmation", campaign))
             if failed and campaign.get("error_code") in ALERT_CODES and self.config.subscriptions:
@@ -312,9 +319,19 @@ class Notifier:
         return out
 
     def _campaign_context(self, campaign: dict) -> dict:
+        recipients = campaign.get("recipients") or []
+        tz = clock.region_timezone(self.config.smtp_in.region)
         return {
             "label": strip_prefixes(campaign.get("label") or "") or "SMS",
             "text": campaign["text"],
+            # With placeholders, the text as its first recipient reads it once Octopush has filled them in.
+            "first_text": personalise(campaign["text"], stored_recipient(recipients[0]))
+            if recipients and placeholders(campaign["text"])
+            else "",
+            "first_number": recipients[0]["number"] if recipients else "",
+            "send_at": clock.local(campaign.get("send_at"), tz, MAIL_TIME),
+            "scheduled": campaign["status"] == "scheduled",
+            "cancelled_by": campaign.get("cancelled_by") or "",
             "tickets": campaign.get("tickets") or [],
             "contacts": campaign.get("contacts") or 0,
             "sms_needed": campaign.get("sms_needed") or 0,
@@ -330,7 +347,10 @@ class Notifier:
     def _confirmation(self, campaign: dict) -> Mail:
         context = self._campaign_context(campaign)
         original = campaign.get("message_id") or ""
-        if campaign["status"] == "failed":
+        if campaign["status"] == "cancelled":
+            name, extra = "cancelled", {}
+            subject = f"SMS cancelled: {context['label']}"
+        elif campaign["status"] == "failed":
             name = "failure"
             # The stored error already reads "Octopush refused … (code N): message. What to do."
             extra = {
@@ -339,7 +359,7 @@ class Notifier:
             subject = f"SMS not sent: {context['label']}"
         else:
             name, extra = "confirmation", {}
-            subject = f"SMS sent: {context['label']}"
+            subject = f"SMS {'scheduled' if context['scheduled'] else 'sent'}: {context['label']}"
         text, html = self.renderer.render(name, campaign=context, **extra)
         msg = build_message(
             sender=self.config.smtp_out.sender,
@@ -354,11 +374,14 @@ class Notifier:
         number = context["recipients"][0] if len(context["recipients"]) == 1 else ""
         return Mail(name, (campaign["sender_email"],), msg, number, campaign["id"])
 
-    def _alert(self, *, error=None, residual_credit: float | None = None) -> Mail:
+    def _alert(self, *, error=None, residual_credit: float | None = None, sms: float | None = None) -> Mail:
         sub = self.config.subscriptions[0]
         text, html = self.renderer.render(
             "alert",
             residual_credit=residual_credit,
+            sms=int(sms) if sms is not None else None,
+            sms_kind="premium" if self.config.octopush.type == "sms_premium" else "low-cost",
+            region=self.config.smtp_in.region,
             threshold=self.config.octopush.low_credit,
             error=str(error) if error else "",
         )
@@ -373,25 +396,27 @@ class Notifier:
         )
         return Mail("alert", sub.to, msg)
 
-    async def check_credit(self) -> bool:
-        """Hourly: alert the first subscription once when the credit falls under `low_credit`."""
+    async def check_credit(self, credit: float, sms: float | None = None) -> bool:
+        """Alert the first subscription once when the credit (euros, from check-balance) is under `low_credit`.
+
+        `sms` is roughly how many SMS that is (Octopush's count for the default type and region), when known.
+        The alert is said once per credit level; back over the threshold, the next fall alerts again.
+        """
         threshold = self.config.octopush.low_credit
-        if threshold <= 0 or not self.config.subscriptions:
-            return False
-        credit, alerted = await self.store.read(
-            lambda db: (queries.meta_get(db, "residual_credit"), queries.meta_get(db, "low_credit_alerted"))
-        )
-        if credit is None or float(credit) >= threshold:
+        level = repr(float(credit))
+        alerted = await self.store.read(lambda db: queries.meta_get(db, "low_credit_alerted"))
+        if threshold <= 0 or credit >= threshold or not self.config.subscriptions:
             if alerted:
                 await self.store.write(lambda db: db.execute("DELETE FROM meta WHERE key = 'low_credit_alerted'"))
             return False
-        if alerted == credit:
+        if alerted == level:
             return False  # already said for this credit
-        mail = self._alert(residual_credit=float(credit))
+        mail = self._alert(residual_credit=float(credit), sms=sms)
+        mail.data = serialise(mail.message)
 
         def queue(db: Database) -> None:
             remember(db, mail)
-            queries.meta_set(db, "low_credit_alerted", credit)
+            queries.meta_set(db, "low_credit_alerted", level)
 
         await self.store.write(queue)
         self.outbox.wake()
@@ -481,11 +506,13 @@ def describe(exc: BaseException) -> str:
 
 
 def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
-    """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together."""
-    for row_mails in mails.values():
-        for mail in row_mails:
-            remember(db, mail)
-    queries.mark_done(db, work=work, ids=list(mails))
+    """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together; a row that
+    another process (a command sweeping beside the daemon) marked first gets no second e-mail."""
+    marked = queries.mark_done(db, work=work, ids=list(mails))
+    for row_id, row_mails in mails.items():
+        if row_id in marked:
+            for mail in row_mails:
+                remember(db, mail)
 
 
 _KIND_NAMES = {

@@ -21,7 +21,7 @@ from functools import partial
 from sqlite_utils import Database
 
 from relay import backoff, clock
-from relay.errors import RelayError
+from relay.errors import CannotCancel, RelayError
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
@@ -31,6 +31,9 @@ from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
+# SPEC §5: a scheduled campaign to fewer numbers than this goes to Octopush at once with its send_at (Octopush can
+# cancel it until 10 minutes before); a larger one waits in our own queue until its time, cancellable until then.
+HAND_OVER_BELOW = 3
 
 
 class NothingToSend(RelayError):
@@ -128,7 +131,10 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "created_at": now,
         },
     )
-    deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
+    # A scheduled campaign to HAND_OVER_BELOW numbers or more stays here until its time; its retries count from then.
+    held = req.send_at is not None and len(recipients) >= HAND_OVER_BELOW
+    not_before = clock.iso(req.send_at) if held else None
+    deadline = clock.iso((req.send_at if held else clock.now()) + timedelta(seconds=retry_for))
     # One Octopush call per 500 recipients. The request_id is the request's key and this campaign's id:
     # fixed for every retry of this campaign, new for a repeat sent as new after 24 h (whose older call may
     # have reached Octopush late, within its own 24 h). "-1", "-2"… are added when there are several calls.
@@ -143,6 +149,7 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
                 "request_id": call.request_id,
                 "status": "pending",
                 "deadline": deadline,
+                "not_before": not_before,
                 "created_at": now,
             },
         )
@@ -228,10 +235,13 @@ class SendQueue:
         self._wake.set()
 
     async def wait(self, campaign_id: int) -> dict:
-        """Wait until a campaign is sent or failed, or one of its calls is set aside; returns its row."""
+        """Wait until Octopush has a campaign or refused it, or one of its calls is set aside; returns its row."""
         while True:
             row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
-            if row and (row["status"] in ("sent", "failed") or any(s["status"] == "set_aside" for s in row["sends"])):
+            if row and (
+                row["stored_status"] in ("sent", "failed", "cancelled")
+                or any(s["status"] == "set_aside" for s in row["sends"])
+            ):
                 return row
             future = self._finished.setdefault(campaign_id, asyncio.get_running_loop().create_future())
             self.wake()
@@ -243,19 +253,24 @@ class SendQueue:
             self._wake.clear()
             room = WORKERS * 2 - len(self._inflight)
             rows = []
-            if room > 0:
-                try:
+            idle = 30.0
+            try:
+                if room > 0:
                     rows = await self.store.read(
                         partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
                     )
-                except Exception:  # noqa: BLE001 - a worker logs and goes on
-                    log.exception("send queue: cannot read pending sends")
+                # A campaign held until its time is handed over then, not at the next 30 s look.
+                due = await self.store.read(queries.next_scheduled_send)
+                if due:
+                    idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
+            except Exception:  # noqa: BLE001 - a worker logs and goes on
+                log.exception("send queue: cannot read pending sends")
             for row in rows:
                 if row["id"] not in self._inflight:
                     task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
                     self._inflight[row["id"]] = task
                     task.add_done_callback(partial(self._done, row["id"]))
-            await backoff.nap(self._wake, 30)
+            await backoff.nap(self._wake, idle)
 
     def _done(self, send_id: int, task: asyncio.Task) -> None:
         # Only now may the next read pick the row again (one given back after an error, say).
@@ -358,6 +373,8 @@ class SendQueue:
         if self.metrics:
             if error is None:
                 self.metrics.sms_sent.inc()
+                if result.residual_credit is not None:  # fresher than the hourly check, between two checks
+                    self.metrics.credit.set(result.residual_credit)
             else:
                 self.metrics.sms_failed.labels(str(getattr(error, "code", "") or "")).inc()
         if error is None:
@@ -392,13 +409,17 @@ def _pending(db: Database, *, exclude: list[int], limit: int, campaign: int | No
     """The next pending calls, skipping those already waiting for a worker."""
     skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
     mine = "AND campaign_id = ?" if campaign is not None else ""
-    sql = f"SELECT id FROM sends WHERE status = 'pending' {skip} {mine} ORDER BY id LIMIT ?"
-    return [dict(r) for r in db.query(sql, [*exclude, *([campaign] if campaign is not None else []), limit])]
+    sql = f"""SELECT id FROM sends WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?) {skip} {mine}
+              ORDER BY id LIMIT ?"""
+    params = [clock.iso(), *exclude, *([campaign] if campaign is not None else []), limit]
+    return [dict(r) for r in db.query(sql, params)]
 
 
 def _claim(db: Database, *, send_id: int) -> dict | None:
     cur = db.execute(
-        "UPDATE sends SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'", [send_id]
+        """UPDATE sends SET status = 'sending', attempts = attempts + 1
+           WHERE id = ? AND status = 'pending' AND (not_before IS NULL OR not_before <= ?)""",
+        [send_id, clock.iso()],
     )
     if not cur.rowcount:
         return None
@@ -484,3 +505,43 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         ],
     )
     return campaign_id, not quiet
+
+
+async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_id: int, *, by: str) -> dict:
+    """Cancel a scheduled or held campaign; returns its row as it was. CannotCancel says why not.
+
+    A campaign still in our queue (held for approval, or scheduled to HAND_OVER_BELOW numbers or more) is
+    cancelled here, in one transaction with its calls. One already handed to Octopush with its send_at is
+    cancelled there first (DELETE /sms-campaign/cancel: until 10 minutes before), then here. Either way its
+    status becomes "cancelled" and its sender is told by the notifier's sweep (`notified = 0`).
+    """
+    row = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+    if row is None:
+        raise CannotCancel(f"there is no campaign {campaign_id}")
+    if row["status"] not in ("held", "scheduled"):
+        raise CannotCancel(
+            f"campaign {campaign_id} is {row['status']}: only a scheduled or held campaign can be cancelled"
+        )
+    handed_over = [s for s in row["sends"] if s["status"] == "sent"]
+    cancelled_there = []
+    for send in handed_over:
+        if not send["ticket"]:
+            raise CannotCancel(
+                f"campaign {campaign_id} is at Octopush without a ticket (an earlier attempt went through, "
+                "code 120), so it cannot be cancelled from here: cancel it in the Octopush interface"
+            )
+        if client is None:
+            raise CannotCancel(f"campaign {campaign_id} is at Octopush, which this command cannot reach")
+        try:
+            await client.cancel(send["ticket"])
+        except OctopushError as exc:
+            raise CannotCancel(
+                f"Octopush did not cancel campaign {campaign_id} (ticket {send['ticket']}): {exc.message} "
+                "Octopush cancels a scheduled SMS only until 10 minutes before its time."
+            ) from None
+        except TemporaryError as exc:
+            raise CannotCancel(f"campaign {campaign_id} was not cancelled: {exc}; try again") from None
+        cancelled_there.append(send["id"])
+    await store.write(partial(queries.cancel_campaign, campaign_id=campaign_id, by=by, at_octopush=cancelled_there))
+    log.info("campaign #%d cancelled by %s", campaign_id, by)
+    return row

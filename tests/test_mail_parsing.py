@@ -377,7 +377,7 @@ def subject(text: str, region: str = "FR") -> Tags:
         ("[no-replies] x", {"with_replies": False}),
         ("[simulate] x", {"simulate": True}),
         ("[sender:ACME] x", {"sender": "ACME"}),
-        ("[sender: My Shop ] x", {"sender": "My Shop"}),
+        ("[sender: MyShop ] x", {"sender": "MyShop"}),
         ("x [PREMIUM]", {"type": "sms_premium"}),
         ("x [ No Replies ]", {"with_replies": False}),
         ("x [SiMuLaTe]", {"simulate": True}),
@@ -471,7 +471,7 @@ def test_repeated_identical_tags_are_fine():
     assert subject("[alert] x [ALERT]").purpose == "alert"
 
 
-@pytest.mark.parametrize("name", ["AB", "ABCDEFGHIJKL", "ACME!", "Café", ""])
+@pytest.mark.parametrize("name", ["AB", "ABCDEFGHIJKL", "ACME!", "Café", "", "My Shop"])
 def test_bad_sender(name):
     with pytest.raises(Rejected, match="bad sender"):
         subject(f"[sender:{name}] x")

@@ -242,11 +242,16 @@ async def test_group_sends_with_contact_fields(make_daemon, sink, tmp_path):
     csv.write_text("phone_number,first_name,last_name,param1\n0612345678,Ann,Lee,blue\n+33612345679,Bob,Ray,\n")
     daemon = await make_daemon(f'[groups]\nteam = "{csv}"\n', smtp_port=sink.port)
     to = "team@sms.example.org"
-    await smtp_send(daemon, message(to, "Meeting at 10"), [to])
+    await smtp_send(daemon, message(to, "Meeting at 10, {first_name} {last_name} ({param1})"), [to])
     await wait_for(lambda: sent(daemon))
     recipients = sent(daemon)[0]["recipients"]
     assert recipients[0] == {"phone_number": "+33612345678", "first_name": "Ann", "last_name": "Lee", "param1": "blue"}
-    assert recipients[1]["phone_number"] == "+33612345679"
+    assert recipients[1] == {"phone_number": "+33612345679", "first_name": "Bob", "last_name": "Ray"}
+    # Only the values the text uses leave the relay.
+    await smtp_send(daemon, message(to, "Meeting at 11"), [to])
+    await wait_for(lambda: len(sent(daemon)) == 2)
+    assert [r["phone_number"] for r in sent(daemon)[1]["recipients"]] == ["+33612345678", "+33612345679"]
+    assert all(set(r) == {"phone_number"} for r in sent(daemon)[1]["recipients"])
 
 
 async def test_auth_only_after_starttls(make_daemon, sink, tmp_path):

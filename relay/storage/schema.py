@@ -213,3 +213,11 @@ def m006_failures_set_aside(db: Database) -> None:
 def m007_campaign_thread(db: Database) -> None:
     """The asking e-mail's own References, so a reply's References is the whole chain (RFC 5322 §3.6.4)."""
     db["campaigns"].add_column("thread_refs", str)
+
+
+@migrations()
+def m008_scheduled_campaigns(db: Database) -> None:
+    """A scheduled campaign to 3 or more numbers waits in our own queue (`not_before`), so it can be cancelled."""
+    db["sends"].add_column("not_before", str)  # a pending call waits until then; NULL: at once
+    db["campaigns"].add_column("cancelled_by", str)  # who cancelled it (campaign status "cancelled")
+    db["campaigns"].add_column("cancelled_at", str)

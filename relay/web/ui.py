@@ -34,11 +34,12 @@ from sqlite_utils import Database
 
 from relay import clock, numbers
 from relay.config import Config
+from relay.errors import CannotCancel
 from relay.guard import printable
 from relay.mail.render import amount, country_label, intl, packaged_templates, sent_by
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
-from relay.sending import NothingToSend, SendRequest, queue_campaign
+from relay.sending import NothingToSend, SendRequest, cancel_campaign, queue_campaign
 from relay.storage import queries
 from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
@@ -91,6 +92,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/conversations/{number}", conversation_answer)
     app.router.add_get("/campaigns", campaigns_page)
     app.router.add_get(r"/campaigns/{id:\d{1,18}}", campaign_page)  # beyond SQLite's integers: the router's 404
+    app.router.add_post(r"/campaigns/{id:\d{1,18}}/cancel", campaign_cancel)
     app.router.add_get("/attention", attention_page)
     app.router.add_post("/attention/retry", attention_retry)
     app.router.add_get("/static/style.css", stylesheet)
@@ -372,8 +374,10 @@ def load_conversation(db: Database, *, number: str) -> dict:
             [number, CONVERSATION_LIMIT],
         )
     ]
+    now = clock.iso()
     for item in sent:
         item["direction"] = "out"
+        item["campaign_status"] = queries.public_status(item["campaign_status"], item["send_at"], now)
         # A scheduled SMS belongs where it goes out, not where it was asked for.
         item["at"] = item["send_at"] or item["sent_at"] or item["created_at"]
     for item in received:
@@ -513,8 +517,10 @@ def load_campaigns(db: Database, *, page: int) -> dict:
         )
     ]
     by_id = {row["id"]: row for row in rows}
+    now = clock.iso()
     for row in rows:
         row["deliveries"] = []
+        row["status"] = queries.public_status(row["status"], row["send_at"], now)
     if by_id:
         marks = ", ".join("?" * len(by_id))
         states = db.execute(
@@ -548,7 +554,10 @@ async def campaigns_page(request: web.Request) -> web.StreamResponse:
 
 @ui
 async def campaign_page(request: web.Request) -> web.StreamResponse:
-    campaign_id = int(request.match_info["id"])
+    return await _show_campaign(request, int(request.match_info["id"]))
+
+
+async def _show_campaign(request: web.Request, campaign_id: int, *, error: str = "", status: int = 200):
     row = await request.app[RELAY].store.read(partial(queries.campaign, campaign_id=campaign_id))
     if row is None:
         return render(
@@ -559,7 +568,46 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
     deliveries: dict[str, int] = {}
     for r in row["recipients"]:
         deliveries[r["status"] or ""] = deliveries.get(r["status"] or "", 0) + 1
-    return render(request, "campaign.html", c=row, deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]))
+    nonce, new = _session(request)
+    response = render(
+        request,
+        "campaign.html",
+        c=row,
+        deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]),
+        csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
+        error=error,
+        cancelled=request.query.get("cancelled") == "1",
+        status=status,
+    )
+    if new:
+        _set_session(request, response, nonce)
+    return response
+
+
+def _check_csrf(request: web.Request, form) -> None:
+    nonce = request.cookies.get(SESSION_COOKIE, "")
+    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
+    token = str(form.get("csrf", ""))
+    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise web.HTTPForbidden(
+            text="403: this form expired or came from another site; reload the page and try again\n"
+        )
+
+
+@ui
+async def campaign_cancel(request: web.Request) -> web.StreamResponse:
+    """The campaign page's Cancel button: a scheduled (or held) campaign, in our queue or at Octopush."""
+    relay_ = request.app[RELAY]
+    campaign_id = int(request.match_info["id"])
+    _check_csrf(request, await request.post())
+    user = request.get("ui_user", "")
+    by = f"{user} (web interface)" if user else "the web interface (on loopback)"
+    try:
+        await cancel_campaign(relay_.store, relay_.client, campaign_id, by=by)
+    except CannotCancel as exc:
+        return await _show_campaign(request, campaign_id, error=str(exc), status=409)
+    relay_.notifier.wake()  # tells the sender
+    raise web.HTTPSeeOther(f"/campaigns/{campaign_id}?cancelled=1")
 
 
 # ------------------------------------------------------------------ attention

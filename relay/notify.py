@@ -306,10 +306,10 @@ class Notifier:
             if isinstance(out.get(campaign["id"]), str):
                 continue
             try:
-                if kind == "confirmation":
-                    mail = self._confirmation(campaign)
-                else:
+                if kind == "alert":
                     mail = self._alert(error=campaign.get("error"))
+                else:  # a confirmation, or a cancellation: _confirmation reads the campaign's status
+                    mail = self._confirmation(campaign)
                 mail.data = serialise(mail.message)
             except Exception as exc:  # noqa: BLE001 - this campaign's failure, counted by _commit
                 log.warning("notifier: campaign #%d: cannot make its %s", campaign["id"], kind, exc_info=True)

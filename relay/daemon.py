@@ -28,8 +28,8 @@ from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
-from relay.sending import SendQueue
-from relay.storage import queries
+from relay.sending import Guards, SendQueue
+from relay.storage import guards, queries
 from relay.storage.database import Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
@@ -243,6 +243,15 @@ class Daemon:
         depth = await self.store.read(queries.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
+        limits = self.config.limits
+        since = clock.iso(Guards.from_config(self.config).day()[0])
+        used, top = await self.store.read(lambda db: (guards.used_since(db, since), guards.top_sender_since(db, since)))
+        for name, value, limit in (
+            ("daily_sms", used, limits.daily_sms),
+            ("sender_daily_sms", top, limits.sender_daily_sms),
+        ):
+            self.metrics.sms_used_today.labels(name).set(value)
+            self.metrics.sms_limit.labels(name).set(limit)
 
     async def purge(self, days: int | None = None) -> dict:
         days = self.config.storage.retention_days if days is None else days

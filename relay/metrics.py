@@ -21,6 +21,15 @@ class Metrics:
         self.smtp_in = Counter("octorelay_smtp_messages", "E-mails received on SMTP", ["outcome"], registry=r)
         self.outbox_depth = Gauge("octorelay_outbox_pending", "E-mails waiting in the outbox", registry=r)
         self.send_queue_depth = Gauge("octorelay_send_queue_pending", "Octopush calls waiting", registry=r)
+        self.sms_used_today = Gauge(
+            "octorelay_sms_used_today",
+            "SMS parts x numbers accepted today, per [limits] rule (sender_daily_sms: the busiest sender)",
+            ["limit"],
+            registry=r,
+        )
+        self.sms_limit = Gauge(
+            "octorelay_sms_limit", "The [limits] value of each rule (0 = no limit)", ["limit"], registry=r
+        )
         self.e2e_seconds = Histogram(
             "octorelay_notify_seconds",
             "Time from a callback's arrival to its e-mails committed in the outbox (callbacks e-mailed at once only)",

@@ -265,6 +265,11 @@ class Notifier:
             "removed_optouts": campaign.get("removed_optouts") or [],
             "simulation": bool(campaign.get("simulation")),
             "recipients": [r["number"] for r in campaign.get("recipients", [])],
+            "sender_email": campaign.get("sender_email") or "",
+            "login": campaign.get("login") or "",
+            "send_at": clock.local(
+                campaign.get("send_at"), clock.region_timezone(self.config.smtp_in.region), MAIL_TIME
+            ),
         }
 
     def _confirmation(self, campaign: dict) -> Mail:

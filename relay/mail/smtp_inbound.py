@@ -12,15 +12,15 @@ import contextlib
 import logging
 import ssl
 import unicodedata
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import getaddresses
 from functools import partial
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from relay import clock, passwords
+from relay import clock, marketing, passwords
 from relay.config import Config
 from relay.errors import RelayError
 from relay.mail.parsing import (
@@ -38,12 +38,14 @@ from relay.mail.parsing import (
 )
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
-from relay.sending import NothingToSend, SendRequest, queue_campaign, request_key
+from relay.sending import Guards, LimitExceeded, NothingToSend, SendRequest, queue_campaign, request_key
+from relay.storage import queries
 
 log = logging.getLogger("relay.smtp")
 
 OK = "250 OK"
 SENDER_REFUSED = "550 5.7.1 Sender not allowed to send SMS through this relay"
+NOT_YOUR_ADDRESS = "550 5.7.1 Login {login} may not send as {address}: use one of its own addresses"
 AUTH_NEEDED = "550 5.7.1 Authentication required (STARTTLS, then AUTH)"
 RELAY_DENIED = "550 5.7.1 relaying denied"
 TOO_MANY = "452 4.5.3 Too many recipients"
@@ -72,11 +74,22 @@ def refused(reason: str) -> str:
     return f"550 5.6.0 {ascii_line(reason)}"
 
 
+def not_allowed(reason: str) -> str:
+    return f"550 5.7.1 {ascii_line(reason)}"
+
+
+def address_of(text: str) -> str:
+    """The bare, lower-case address of a header or envelope value ("" when there is none)."""
+    pairs = getaddresses([text or ""])
+    return pairs[0][1].strip().lower() if pairs else ""
+
+
 @dataclass
 class Pending:
-    """What RCPT collected for this envelope: numbers with their contact fields."""
+    """What MAIL and RCPT collected for this envelope: the login, numbers with their contact fields."""
 
     recipients: dict[str, Recipient] = field(default_factory=dict)
+    login: str = ""
 
 
 class RelaySMTP(SMTP):
@@ -130,9 +143,17 @@ class Handler:
             self.listener.count("sender_refused")
             log.info("MAIL FROM refused: %s is not an allowed sender", address)
             return SENDER_REFUSED
+        login = str(session.auth_data or "") if session.authenticated else ""
+        if login and not null_sender:
+            # A login sends only as its own addresses (SPEC §5 "Who sends"); a plain hash, as any allowed sender.
+            user = cfg.users.get(login)
+            if user is None or (user.senders is not None and not sender_glob_allows(user.senders, address)):
+                self.listener.count("sender_refused")
+                log.info("MAIL FROM refused: login %r may not send as %s", login, address)
+                return NOT_YOUR_ADDRESS.format(login=ascii_line(login), address=ascii_line(address))
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.pending = Pending()  # type: ignore[attr-defined]
+        envelope.pending = Pending(login=login)  # type: ignore[attr-defined]
         return OK
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options) -> str:
@@ -152,6 +173,12 @@ class Handler:
         new = [r for r in members if r.phone_number not in pending.recipients]
         if len(pending.recipients) + len(new) > cfg.max_recipients:
             return TOO_MANY
+        try:
+            Guards.from_config(self.config).check_countries([r.phone_number for r in new])
+        except LimitExceeded as exc:
+            self.listener.count("limit_refused")
+            log.info("RCPT refused for %s: %s", envelope.mail_from, exc)
+            return not_allowed(str(exc))
         for r in new:
             pending.recipients[r.phone_number] = r
         envelope.rcpt_tos.append(address)
@@ -174,10 +201,18 @@ class Handler:
         if not pending.recipients:
             return NO_RECIPIENT
         data = envelope.original_content or envelope.content
-        if len(data) <= INLINE_PARSE:
-            parsed = read_message(data, envelope.mail_from or "", cfg.region)
-        else:  # a large e-mail (HTML to text) takes CPU time: off the event loop, which answers callbacks
-            parsed = await asyncio.to_thread(read_message, data, envelope.mail_from or "", cfg.region)
+        read = partial(
+            read_message,
+            data,
+            envelope.mail_from or "",
+            cfg.region,
+            own_address=address_of(self.config.smtp_out.sender),
+            own_domain=cfg.domain,
+        )
+        # A large e-mail (HTML to text) takes CPU time: off the event loop, which answers callbacks.
+        parsed = read() if len(data) <= INLINE_PARSE else await asyncio.to_thread(read)
+        if not parsed.automatic and parsed.message_id and await self._made_here(parsed.message_id):
+            parsed.automatic = "a Message-ID this relay made (mail loop)"
         if parsed.automatic:
             self.listener.count("dropped_automatic")
             log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
@@ -185,6 +220,7 @@ class Handler:
         if parsed.rejected:
             self.listener.count("refused")
             return refused(parsed.rejected)
+        sender_email = envelope.mail_from.strip("<> ")
         tags, body = parsed.tags, parsed.body
         o = self.config.octopush
         text = body.text
@@ -198,6 +234,10 @@ class Handler:
                 return refused(str(exc))
         message_id = parsed.message_id
         numbers = list(pending.recipients)
+        if message_id:
+            key = request_key(message_id, numbers)
+        else:  # SPEC §5: a repeat without Message-ID is known by its sender, recipients and text
+            key = request_key(f"{sender_email.lower()}\n{text}", numbers, salt="no-message-id")
         request = SendRequest(
             text=text,
             recipients=tuple(pending.recipients.values()),
@@ -209,12 +249,14 @@ class Handler:
             simulation=tags.simulate or o.mode == "simulation",
             auto_optimize_text=o.auto_optimize_text,
             origin="email",
-            sender_email=envelope.mail_from.strip("<> "),
+            sender_email=sender_email,
+            login=pending.login,
             message_id=message_id,
             label=tags.label or await self._thread_label(parsed.references),
             confirm=cfg.confirm,
-            request_key=request_key(message_id, numbers) if message_id else uuid.uuid4().hex,
+            request_key=key,
         )
+        request, delayed = marketing.schedule(request, o, cfg.region)
         try:
             request.validate()
         except RelayError as exc:
@@ -222,22 +264,36 @@ class Handler:
             return refused(str(exc))
         try:
             campaign_id, new = await daemon.store.write(
-                partial(_queue_once, req=request, retry_for=o.retry_for),
+                partial(_queue_once, req=request, retry_for=o.retry_for, guards=Guards.from_config(self.config)),
                 small=len(request.recipients) <= SMALL_WRITE_RECIPIENTS,
             )
+        except LimitExceeded as exc:
+            self.listener.count("limit_refused")
+            log.info("refused from %s: %s", sender_email, exc)
+            return not_allowed(str(exc))
         except NothingToSend as exc:
             self.listener.count("refused")
             return refused(str(exc))
         except Exception as exc:  # noqa: BLE001 - the store failed: a temporary answer, the sender retries
             log.error("message not stored, answered 451: %s", exc)
             return TRY_LATER
-        if new:
-            daemon.sender.wake()
-            self.listener.count("queued")
-            log.info("campaign #%d queued from %s to %d number(s)", campaign_id, envelope.mail_from, len(numbers))
-            return f"250 2.0.0 Queued as campaign {campaign_id}"
-        self.listener.count("duplicate")
-        return f"250 2.0.0 Already queued as campaign {campaign_id}"
+        if not new:
+            self.listener.count("duplicate")
+            log.info("repeat of campaign #%d from %s: not sent again", campaign_id, sender_email)
+            return f"250 2.0.0 Already queued as campaign {campaign_id}"
+        daemon.sender.wake()
+        self.listener.count("queued")
+        who = f"{sender_email} (login {pending.login})" if pending.login else sender_email
+        log.info("campaign #%d queued from %s to %d number(s)", campaign_id, who, len(numbers))
+        answer = f"250 2.0.0 Queued as campaign {campaign_id}"
+        if delayed:
+            when = request.send_at.astimezone(clock.region_timezone(cfg.region)).strftime("%Y-%m-%d %H:%M %Z")
+            answer += f", to go at {when} (outside marketing hours)"
+        return answer
+
+    async def _made_here(self, message_id: str) -> bool:
+        """A Message-ID the relay put on an e-mail it sent: answering it by auto-reply would loop."""
+        return await self.listener.daemon.store.read(partial(queries.made_here, message_id=message_id))
 
     async def _thread_label(self, refs: list[str]) -> str:
         """An answer with an empty subject keeps the label of the conversation it answers."""
@@ -269,9 +325,9 @@ class Parsed:
     body: Body | None = None
 
 
-def read_message(data: bytes, mail_from: str, region: str) -> Parsed:
+def read_message(data: bytes, mail_from: str, region: str, *, own_address: str = "", own_domain: str = "") -> Parsed:
     msg = parse_message(data)
-    automatic = is_automatic(msg, mail_from)
+    automatic = is_automatic(msg, mail_from) or _from_ourselves(msg, mail_from, own_address, own_domain)
     if automatic:
         return Parsed(automatic=automatic)
     parsed = Parsed(
@@ -286,7 +342,17 @@ def read_message(data: bytes, mail_from: str, region: str) -> Parsed:
     return parsed
 
 
-def _queue_once(db, *, req: SendRequest, retry_for: float) -> tuple[int, bool]:
+def _from_ourselves(msg, mail_from: str, own_address: str, own_domain: str) -> str | None:
+    """Mail from the relay's own smtp_out.from address, or with a Message-ID in its domain: a loop."""
+    if own_address and own_address in (address_of(mail_from), address_of(header_text(msg, "From"))):
+        return f"sent from the relay's own address {own_address} (mail loop)"
+    message_id = header_text(msg, "Message-ID").strip().strip("<>").lower()
+    if own_domain and message_id.endswith("@" + own_domain):
+        return "a Message-ID this relay made (mail loop)"
+    return None
+
+
+def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None = None) -> tuple[int, bool]:
     """The same Message-ID to the same recipients within 24 h is sent once."""
     row = db.execute("SELECT id, created_at FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
     if row:
@@ -294,7 +360,7 @@ def _queue_once(db, *, req: SendRequest, retry_for: float) -> tuple[int, bool]:
             return row[0], False
         # Older than 24 h: Octopush has forgotten the request_id too; send it as new.
         db.execute("UPDATE campaigns SET request_key = request_key || '-' || id WHERE id = ?", [row[0]])
-    return queue_campaign(db, req, retry_for=retry_for)
+    return queue_campaign(db, req, retry_for=retry_for, guards=guards)
 
 
 class SmtpListener:
@@ -350,11 +416,12 @@ class SmtpListener:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
-        hashed = users.get(login)
-        ok = hashed is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), hashed)
+        user = users.get(login)
+        ok = user is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), user.hash)
         if not ok:
             log.info("AUTH %s failed for %r", mechanism, login)
-        return AuthResult(success=ok, handled=False)
+        # The login rides on the session (session.auth_data) to MAIL FROM, which binds it to its addresses.
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     def reconfigure(self, config: Config) -> None:
         """Allowed senders, users and groups come from daemon.config at each command: nothing to rebind."""

@@ -194,3 +194,13 @@ def m005_unrouted_index(db: Database) -> None:
     """Most callbacks are now stored routed: index only those the notifier still has to read."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_unrouted ON callbacks (id) WHERE routed = 0")
     db.execute("DROP INDEX IF EXISTS idx_callbacks_routed")
+
+
+@migrations()
+def m006_who_sends(db: Database) -> None:
+    """Who sent a campaign (its SMTP login), what it counts against the day's budget, and approval."""
+    db["campaigns"].add_column("login", str)  # the SMTP AUTH login, when there was one
+    db["campaigns"].add_column("sms_budget", int, not_null_default=0)  # SMS parts x numbers, counted at acceptance
+    db["campaigns"].add_column("approve_by", str)  # a held campaign is cancelled after this
+    db["campaigns"].add_column("approval_mailed", int, not_null_default=0)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_held ON campaigns (id) WHERE status = 'held'")

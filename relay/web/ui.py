@@ -32,13 +32,13 @@ import phonenumbers
 from aiohttp import web
 from sqlite_utils import Database
 
-from relay import clock
+from relay import clock, marketing
 from relay.config import Config
 from relay.mail.render import amount, country_label, intl, packaged_templates
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
-from relay.sending import NothingToSend, SendRequest, queue_campaign
+from relay.sending import Guards, LimitExceeded, NothingToSend, SendRequest, queue_campaign
 from relay.storage import queries
 from relay.web.access import ui_user
 from relay.web.keys import RELAY
@@ -492,12 +492,13 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
         # One key per rendered form: a double click or a resubmitted POST queues the answer once.
         request_key=hashlib.sha256(f"web\x1f{number}\x1f{form_key}".encode()).hexdigest()[:32],
     )
+    req, _ = marketing.schedule(req, config.octopush, config.smtp_in.region)
     try:
         req.validate()
         campaign_id, new = await relay_.store.write(
-            partial(queue_campaign, req=req, retry_for=config.octopush.retry_for)
+            partial(queue_campaign, req=req, retry_for=config.octopush.retry_for, guards=Guards.from_config(config))
         )
-    except (ValidationError, NothingToSend) as exc:
+    except (ValidationError, NothingToSend, LimitExceeded) as exc:
         return await _show_conversation(request, number, text=text, error=str(exc), form_key=form_key, status=400)
     relay_.sender.wake()
     location = f"{conversation_url(number)}?queued={campaign_id}" + ("" if new else "&again=1")

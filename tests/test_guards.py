@@ -165,7 +165,8 @@ def test_users_table_forms_are_checked(tmp_path):
     good = write_config(
         tmp_path / "a.toml",
         tmp_path,
-        extra=f'[smtp_in.users]\nalice = {{ hash = "{make_hash("x")}", senders = ["alice@example.org", "*@ops.example.org"] }}\n',
+        extra=f'[smtp_in.users]\nalice = {{ hash = "{make_hash("x")}", senders = ["alice@example.org", '
+        '"*@ops.example.org"] }\n',
     )
     user = config_mod.load(good).smtp_in.users["alice"]
     assert user.senders == ("alice@example.org", "*@ops.example.org")

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay import clock, marketing, passwords
 from relay.config import Config
 from relay.errors import RelayError
+from relay.mail import proof
 from relay.mail.parsing import (
     Body,
     NotOurDomain,
@@ -36,6 +37,7 @@ from relay.mail.parsing import (
     parse_subject,
     sender_glob_allows,
 )
+from relay.mail.proof import NotProven
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
 from relay.sending import Guards, LimitExceeded, NothingToSend, SendRequest, queue_campaign, request_key
@@ -221,6 +223,13 @@ class Handler:
             self.listener.count("refused")
             return refused(parsed.rejected)
         sender_email = envelope.mail_from.strip("<> ")
+        if not pending.login and cfg.sender_check == "dkim":
+            try:  # DNS queries and RSA: in a thread. The proven header From is who sent it and gets the replies.
+                sender_email = await asyncio.to_thread(proof.prove, data, cfg)
+            except NotProven as exc:
+                self.listener.count("sender_refused")
+                log.info("refused from %s: %s", envelope.mail_from, exc)
+                return not_allowed(str(exc))
         tags, body = parsed.tags, parsed.body
         o = self.config.octopush
         text = body.text

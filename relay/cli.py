@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     purge = dbsub.add_parser("purge", parents=[common], help="delete old replies, receipts and sent mail")
     purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
     sub.add_parser("hash-password", parents=[common], help="hash a password for ui_users or smtp_in.users")
+    campaign = sub.add_parser("campaign", parents=[common], help="approve or cancel a campaign held for approval")
+    campaign.add_argument("action", choices=["approve", "cancel"])
+    campaign.add_argument("id", type=int, metavar="ID", help="the relay's campaign number (Queued as campaign N)")
     return parser
 
 
@@ -442,6 +445,26 @@ def cmd_db_purge(config, args) -> int:
     return 0
 
 
+def cmd_campaign(config, args) -> int:
+    """`campaign approve|cancel ID`: the campaign-status logic is sending.py's; the daemon's queue sends it."""
+    from relay import sending
+    from relay.storage.database import connect, migrate
+
+    migrate(config.storage.path)
+    db = connect(config.storage.path)
+    who = f"the command line ({getpass.getuser()})"
+    try:
+        with db.atomic():
+            if args.action == "approve":
+                sending.approve_campaign(db, args.id, retry_for=config.octopush.retry_for, by=who)
+            else:
+                sending.cancel_campaign(db, args.id, by=who)
+    finally:
+        db.close()
+    print(f"campaign {args.id}: " + ("approved; the daemon sends it" if args.action == "approve" else "cancelled"))
+    return 0
+
+
 def cmd_hash_password() -> int:
     from relay.passwords import make_hash
 
@@ -468,4 +491,5 @@ COMMANDS = {
     "callback-url": cmd_callback_url,
     "db-backup": cmd_db_backup,
     "db-purge": cmd_db_purge,
+    "campaign": cmd_campaign,
 }

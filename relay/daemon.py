@@ -28,7 +28,7 @@ from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
-from relay.sending import Guards, SendQueue
+from relay.sending import Guards, SendQueue, estimate_cost
 from relay.storage import guards, queries
 from relay.storage.database import Store
 from relay.web.access import AccessLogger
@@ -114,6 +114,7 @@ class Daemon:
             on_finished=self.notifier.wake,
             metrics=self.metrics,
         )
+        self.notifier.estimate = partial(estimate_cost, self.client, timeout=3 * cfg.octopush.timeout)
         await self._up(self.sender)
         await self._up(self.notifier)
 

@@ -192,6 +192,7 @@ def queue_campaign(
             "status": "held" if held else "queued",
             "sms_budget": budget,
             "approve_by": clock.iso(clock.now() + timedelta(seconds=guards.limits.approve_within)) if held else None,
+            "approval_mailed": 0 if held else 2,
             "contacts": len(recipients),
             "encoding": parts.encoding,
             "unicode_chars": "".join(parts.unicode_chars),
@@ -526,3 +527,68 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         ],
     )
     return campaign_id, not quiet
+
+
+# ------------------------------------------------------------------ approval (held campaigns)
+
+
+class NotHeld(RelayError):
+    """The campaign is not (or no longer) waiting for approval; the message says what it is."""
+
+
+def approve_campaign(db: Database, campaign_id: int, *, retry_for: float, by: str) -> dict:
+    """Send a held campaign: its calls join the queue, retried from now for `retry_for` (inside `Store.write`)."""
+    row = _held(db, campaign_id)
+    guards.release(db, campaign_id, status="queued")
+    guards.set_deadline(db, campaign_id, clock.iso(clock.now() + timedelta(seconds=retry_for)))
+    log.info("campaign #%d approved by %s", campaign_id, by)
+    return row
+
+
+def cancel_campaign(db: Database, campaign_id: int, *, by: str) -> dict:
+    """Cancel a held campaign for good: nothing is sent, and its share of the day's budget is given back."""
+    row = _held(db, campaign_id)
+    guards.release(db, campaign_id, status="cancelled")
+    log.info("campaign #%d cancelled by %s", campaign_id, by)
+    return row
+
+
+def expire_held(db: Database) -> list[int]:
+    """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
+    expired = guards.expired_held(db, clock.iso())
+    for campaign_id in expired:
+        guards.release(db, campaign_id, status="cancelled")
+        # The notifier owes the sender an e-mail saying so.
+        db.execute(
+            "UPDATE campaigns SET error = 'not approved in time', approval_mailed = 1 WHERE id = ?", [campaign_id]
+        )
+    if expired:
+        log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
+    return expired
+
+
+def _held(db: Database, campaign_id: int) -> dict:
+    row = db.execute("SELECT id, status, sender_email, login FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
+    if row is None:
+        raise NotHeld(f"there is no campaign {campaign_id}")
+    if row[1] != "held":
+        raise NotHeld(f"campaign {campaign_id} is {row[1]}, not held for approval: nothing to do")
+    return {"id": row[0], "status": row[1], "sender_email": row[2] or "", "login": row[3] or ""}
+
+
+async def estimate_cost(client: OctopushClient, campaign: dict, *, timeout: float) -> float | None:
+    """Octopush's price for a stored campaign: the same calls with simulation_mode, which send nothing."""
+    request = Campaign(
+        text=campaign["text"],
+        recipients=tuple(
+            Recipient(r["number"], r["first_name"] or "", r["last_name"] or "") for r in campaign["recipients"]
+        ),
+        type=campaign["type"],
+        purpose=campaign["purpose"],
+        sender=campaign["sender"] or "",
+        with_replies=bool(campaign["with_replies"]),
+        simulation_mode=True,
+    )
+    loop = asyncio.get_running_loop()
+    costs = [(await client.send(call, deadline=loop.time() + timeout)).total_cost for call in split(request)]
+    return None if any(c is None for c in costs) else round(sum(costs), 4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import unicodedata
 from dataclasses import dataclass, field
@@ -40,8 +41,18 @@ from relay.mail.parsing import (
 from relay.mail.proof import NotProven
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
-from relay.sending import Guards, LimitExceeded, NothingToSend, SendRequest, queue_campaign, request_key
-from relay.storage import queries
+from relay.sending import (
+    Guards,
+    LimitExceeded,
+    NotHeld,
+    NothingToSend,
+    SendRequest,
+    approve_campaign,
+    cancel_campaign,
+    queue_campaign,
+    request_key,
+)
+from relay.storage import guards, queries
 
 log = logging.getLogger("relay.smtp")
 
@@ -51,6 +62,7 @@ NOT_YOUR_ADDRESS = "550 5.7.1 Login {login} may not send as {address}: use one o
 AUTH_NEEDED = "550 5.7.1 Authentication required (STARTTLS, then AUTH)"
 RELAY_DENIED = "550 5.7.1 relaying denied"
 TOO_MANY = "452 4.5.3 Too many recipients"
+ALONE = "550 5.5.1 An answer to an approval e-mail goes to its approve- address alone"
 NO_RECIPIENT = "554 5.5.1 No valid recipients"
 TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 DUPLICATE_WINDOW = timedelta(hours=24)
@@ -92,6 +104,7 @@ class Pending:
 
     recipients: dict[str, Recipient] = field(default_factory=dict)
     login: str = ""
+    approval: int | None = None  # an answer to an approval e-mail: the campaign it names
 
 
 class RelaySMTP(SMTP):
@@ -164,6 +177,13 @@ class Handler:
             return AUTH_NEEDED
         pending: Pending = getattr(envelope, "pending", None) or Pending()
         envelope.pending = pending  # type: ignore[attr-defined]
+        approval = approval_campaign(address, cfg.domain)
+        if approval is not None or pending.approval is not None:
+            if pending.recipients or pending.approval is not None:
+                return ALONE
+            pending.approval = approval
+            envelope.rcpt_tos.append(address)
+            return OK
         groups = self.listener.daemon.groups
         try:
             target = parse_recipient(address, domain=cfg.domain, region=cfg.region, groups=groups)
@@ -200,7 +220,7 @@ class Handler:
         daemon = self.listener.daemon
         cfg = self.config.smtp_in
         pending: Pending = getattr(envelope, "pending", None) or Pending()
-        if not pending.recipients:
+        if not pending.recipients and pending.approval is None:
             return NO_RECIPIENT
         data = envelope.original_content or envelope.content
         read = partial(
@@ -219,6 +239,8 @@ class Handler:
             self.listener.count("dropped_automatic")
             log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
             return "250 2.0.0 Accepted (automatic message: not sent as SMS)"
+        if pending.approval is not None:
+            return await self._approval_answer(envelope, pending, data)
         if parsed.rejected:
             self.listener.count("refused")
             return refused(parsed.rejected)
@@ -266,6 +288,7 @@ class Handler:
             request_key=key,
         )
         request, delayed = marketing.schedule(request, o, cfg.region)
+        guards_now = Guards.from_config(self.config)
         try:
             request.validate()
         except RelayError as exc:
@@ -273,7 +296,7 @@ class Handler:
             return refused(str(exc))
         try:
             campaign_id, new = await daemon.store.write(
-                partial(_queue_once, req=request, retry_for=o.retry_for, guards=Guards.from_config(self.config)),
+                partial(_queue_once, req=request, retry_for=o.retry_for, guards=guards_now),
                 small=len(request.recipients) <= SMALL_WRITE_RECIPIENTS,
             )
         except LimitExceeded as exc:
@@ -295,10 +318,52 @@ class Handler:
         who = f"{sender_email} (login {pending.login})" if pending.login else sender_email
         log.info("campaign #%d queued from %s to %d number(s)", campaign_id, who, len(numbers))
         answer = f"250 2.0.0 Queued as campaign {campaign_id}"
-        if delayed:
+        if guards_now.holds(request, len(numbers)):
+            daemon.notifier.wake()  # it e-mails the sender the question
+            answer += f", held for approval: see the e-mail sent to {ascii_line(sender_email)}"
+        elif delayed:
             when = request.send_at.astimezone(clock.region_timezone(cfg.region)).strftime("%Y-%m-%d %H:%M %Z")
             answer += f", to go at {when} (outside marketing hours)"
         return answer
+
+    async def _approval_answer(self, envelope: Envelope, pending: Pending, data: bytes) -> str:
+        """ "yes" / "oui" / "ok" sends a held campaign, "no" / "non" cancels it; only its own sender may answer."""
+        daemon, cfg = self.listener.daemon, self.config.smtp_in
+        campaign_id = pending.approval
+        sender = envelope.mail_from.strip("<> ")
+        if not pending.login and cfg.sender_check == "dkim":
+            try:
+                sender = await asyncio.to_thread(proof.prove, data, cfg)
+            except NotProven as exc:
+                self.listener.count("sender_refused")
+                return not_allowed(str(exc))
+        owner = await daemon.store.read(partial(guards.campaign_sender, campaign_id=campaign_id))
+        if owner is None:
+            return bad_recipient(f"there is no campaign {campaign_id} to approve")
+        if owner.lower() != sender.lower():
+            self.listener.count("sender_refused")
+            log.info("approval of campaign #%d refused: %s is not its sender", campaign_id, sender)
+            return not_allowed(f"only the sender of campaign {campaign_id} can approve or cancel it")
+        try:
+            word = first_word(extract_text(parse_message(data)).text)
+        except Rejected:
+            word = ""
+        who = f"{sender} (login {pending.login})" if pending.login else sender
+        if word in APPROVE_WORDS:
+            change = partial(
+                approve_campaign, campaign_id=campaign_id, retry_for=self.config.octopush.retry_for, by=who
+            )
+        elif word in CANCEL_WORDS:
+            change = partial(cancel_campaign, campaign_id=campaign_id, by=who)
+        else:
+            return refused(f'answer "yes" to send campaign {campaign_id} or "no" to cancel it, as the first word')
+        try:
+            await daemon.store.write(change)
+        except NotHeld as exc:
+            return f"250 2.0.0 Nothing done: {ascii_line(str(exc))}"
+        daemon.sender.wake()
+        self.listener.count("approved" if word in APPROVE_WORDS else "cancelled")
+        return f"250 2.0.0 Campaign {campaign_id} {'approved: it goes now' if word in APPROVE_WORDS else 'cancelled'}"
 
     async def _made_here(self, message_id: str) -> bool:
         """A Message-ID the relay put on an e-mail it sent: answering it by auto-reply would loop."""
@@ -349,6 +414,26 @@ def read_message(data: bytes, mail_from: str, region: str, *, own_address: str =
     except Rejected as exc:
         parsed.rejected = exc.reason
     return parsed
+
+
+_APPROVAL = re.compile(r"approve-([0-9]{1,18})")
+APPROVE_WORDS = {"yes", "oui", "ok", "okay"}
+CANCEL_WORDS = {"no", "non"}
+
+
+def approval_campaign(address: str, domain: str) -> int | None:
+    """The campaign an `approve-N@domain` recipient names, else None."""
+    local, _, rcpt_domain = address.strip().strip("<>").rpartition("@")
+    if rcpt_domain.strip().rstrip(".").lower() != domain:
+        return None
+    match = _APPROVAL.fullmatch(local.strip().lower())
+    return int(match.group(1)) if match else None
+
+
+def first_word(text: str) -> str:
+    """The answer's first word, lower-case, without punctuation: "Yes!" and "OK," read as yes and ok."""
+    words = text.split(maxsplit=1)
+    return words[0].strip(".,;:!?()\"'").lower() if words else ""
 
 
 def _from_ourselves(msg, mail_from: str, own_address: str, own_domain: str) -> str | None:

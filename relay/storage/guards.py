@@ -46,6 +46,8 @@ def release(db: Database, campaign_id: int, *, status: str, was: str = "held") -
         return False
     calls = "pending" if status == "queued" else "cancelled"
     db.execute("UPDATE sends SET status = ? WHERE campaign_id = ? AND status = 'held'", [calls, campaign_id])
+    # Answered: no approval e-mail is owed any more (an expiry sets it back to tell the sender).
+    db.execute("UPDATE campaigns SET approval_mailed = 2 WHERE id = ?", [campaign_id])
     if status == "cancelled":
         db.execute("UPDATE campaigns SET finished_at = ? WHERE id = ?", [_now(), campaign_id])
     return True
@@ -56,25 +58,38 @@ def set_deadline(db: Database, campaign_id: int, deadline: str) -> None:
     db.execute("UPDATE sends SET deadline = ? WHERE campaign_id = ? AND status = 'pending'", [deadline, campaign_id])
 
 
-def held_to_mail(db: Database, limit: int = 20) -> list[dict]:
-    """Held campaigns whose sender has not been sent the approval e-mail yet."""
+def approval_mail_due(db: Database, limit: int = 20) -> list[int]:
+    """Campaigns whose sender is owed an e-mail: held and not asked yet, or cancelled for want of an answer."""
     return [
-        dict(r)
-        for r in db.query(
-            "SELECT id FROM campaigns WHERE status = 'held' AND approval_mailed = 0 ORDER BY id LIMIT ?", [limit]
+        r[0]
+        for r in db.execute(
+            """SELECT id FROM campaigns WHERE approval_mailed < 2
+               AND ((status = 'held' AND approval_mailed = 0) OR status = 'cancelled') ORDER BY id LIMIT ?""",
+            [limit],
         )
     ]
 
 
-def mark_mailed(db: Database, campaign_id: int) -> None:
-    db.execute("UPDATE campaigns SET approval_mailed = 1 WHERE id = ?", [campaign_id])
+def mark_mailed(db: Database, campaign_id: int, *, done: bool) -> None:
+    db.execute("UPDATE campaigns SET approval_mailed = ? WHERE id = ?", [2 if done else 1, campaign_id])
 
 
 def expired_held(db: Database, now: str) -> list[int]:
-    return [r[0] for r in db.execute("SELECT id FROM campaigns WHERE status = 'held' AND approve_by < ?", [now])]
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM campaigns WHERE approval_mailed < 2 AND status = 'held' AND approve_by < ?", [now]
+        )
+    ]
 
 
 def _now() -> str:
     from relay import clock
 
     return clock.iso()
+
+
+def campaign_sender(db: Database, *, campaign_id: int) -> str | None:
+    """The e-mail address that sent a campaign ("" for the CLI and the web form); None when there is none."""
+    row = db.execute("SELECT sender_email FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
+    return None if row is None else (row[0] or "")

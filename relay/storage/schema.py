@@ -202,5 +202,7 @@ def m006_who_sends(db: Database) -> None:
     db["campaigns"].add_column("login", str)  # the SMTP AUTH login, when there was one
     db["campaigns"].add_column("sms_budget", int, not_null_default=0)  # SMS parts x numbers, counted at acceptance
     db["campaigns"].add_column("approve_by", str)  # a held campaign is cancelled after this
-    db["campaigns"].add_column("approval_mailed", int, not_null_default=0)
-    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_held ON campaigns (id) WHERE status = 'held'")
+    # Approval e-mails: 0 = the sender is yet to be asked, 1 = asked, 2 = nothing (more) to tell. Only campaigns
+    # held for approval ever hold 0 or 1, so the notifier's sweeps read a small index.
+    db["campaigns"].add_column("approval_mailed", int, not_null_default=2)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_approval ON campaigns (id) WHERE approval_mailed < 2")

@@ -38,7 +38,16 @@ from relay.mail.render import amount, country_label, intl, packaged_templates
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
-from relay.sending import Guards, LimitExceeded, NothingToSend, SendRequest, queue_campaign
+from relay.sending import (
+    Guards,
+    LimitExceeded,
+    NotHeld,
+    NothingToSend,
+    SendRequest,
+    approve_campaign,
+    cancel_campaign,
+    queue_campaign,
+)
 from relay.storage import queries
 from relay.web.access import ui_user
 from relay.web.keys import RELAY
@@ -93,6 +102,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/conversations/{number}", conversation_answer)
     app.router.add_get("/campaigns", campaigns_page)
     app.router.add_get(r"/campaigns/{id:\d{1,18}}", campaign_page)  # beyond SQLite's integers: the router's 404
+    app.router.add_post(r"/campaigns/{id:\d{1,18}}/{action:approve|cancel}", campaign_action)
     app.router.add_get("/attention", attention_page)
     app.router.add_get("/static/style.css", stylesheet)
 
@@ -466,13 +476,7 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
     config = relay_.config
     number = _canonical(request.match_info["number"])
     form = await request.post()
-    nonce = request.cookies.get(SESSION_COOKIE, "")
-    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
-    token = str(form.get("csrf", ""))
-    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise web.HTTPForbidden(
-            text="403: this form expired or came from another site; reload the conversation and send again\n"
-        )
+    _check_csrf(request, form)
     text = str(form.get("text", "")).replace("\r\n", "\n").strip()
     form_key = str(form.get("key", ""))
     if not _FORM_KEY.fullmatch(form_key):
@@ -565,7 +569,47 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
     deliveries: dict[str, int] = {}
     for r in row["recipients"]:
         deliveries[r["status"] or ""] = deliveries.get(r["status"] or "", 0) + 1
-    return render(request, "campaign.html", c=row, deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]))
+    nonce, new = _session(request)
+    response = render(
+        request,
+        "campaign.html",
+        c=row,
+        deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]),
+        csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
+        done=request.query.get("done", ""),
+    )
+    if new:
+        _set_session(request, response, nonce)
+    return response
+
+
+def _check_csrf(request: web.Request, form) -> None:
+    nonce = request.cookies.get(SESSION_COOKIE, "")
+    expected = request.app[UI].csrf_token(nonce, request.get("ui_user", "")) if nonce else ""
+    token = str(form.get("csrf", ""))
+    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise web.HTTPForbidden(
+            text="403: this form expired or came from another site; reload the page and try again\n"
+        )
+
+
+@ui
+async def campaign_action(request: web.Request) -> web.StreamResponse:
+    """Approve or cancel a held campaign: a UI user may, as its sender may by e-mail (SPEC §5)."""
+    relay_ = request.app[RELAY]
+    campaign_id, action = int(request.match_info["id"]), request.match_info["action"]
+    _check_csrf(request, await request.post())
+    who = f"web user {request.get('ui_user') or '(loopback)'}"
+    if action == "approve":
+        change = partial(approve_campaign, campaign_id=campaign_id, retry_for=relay_.config.octopush.retry_for, by=who)
+    else:
+        change = partial(cancel_campaign, campaign_id=campaign_id, by=who)
+    try:
+        await relay_.store.write(change)
+    except NotHeld as exc:
+        return render(request, "error.html", status=409, title="Nothing done", message=str(exc))
+    relay_.sender.wake()
+    raise web.HTTPSeeOther(f"/campaigns/{campaign_id}?done={action}")
 
 
 # ------------------------------------------------------------------ attention

@@ -65,6 +65,9 @@ async def test_held_then_yes_sends_exactly_once(make_daemon, sink):
     assert "Storm warning: stay home" in body and "Numbers:     3" in body and "GSM 7-bit" in body
     assert re.search(r"Cost:\s+about \d", body), body  # Octopush's estimate, from a simulation_mode call
     assert real_sends(daemon) == []
+    async with aiohttp.ClientSession() as http:  # no ticket yet: the API finds it by its relay id
+        api = await (await http.get(f"{daemon.http_url}/api/campaigns/{campaign_id}")).json()
+        assert api["status"] == "held" and api["sender_email"] == ALICE and api["approve_by"]
     # The answer, as a mail client writes it: "Yes" on top, the approval e-mail quoted under it.
     answer = message([mail["Reply-To"]], "Yes, send it.\n\nOn Monday octorelay wrote:\n> Approve this SMS?", "Re: x")
     code, text = await send(daemon, answer, [mail["Reply-To"]])

@@ -196,7 +196,8 @@ class Handler:
         if len(pending.recipients) + len(new) > cfg.max_recipients:
             return TOO_MANY
         try:
-            Guards.from_config(self.config).check_countries([r.phone_number for r in new])
+            if self.config.limits.countries:
+                Guards.from_config(self.config).check_countries([r.phone_number for r in new])
         except LimitExceeded as exc:
             self.listener.count("limit_refused")
             log.info("RCPT refused for %s: %s", envelope.mail_from, exc)

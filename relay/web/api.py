@@ -67,7 +67,11 @@ async def api_replies(request: web.Request) -> web.Response:
 
 async def api_campaign(request: web.Request) -> web.Response:
     _require_api(request)
-    row = await request.app[RELAY].store.read(partial(queries.campaign, ticket=request.match_info["ticket"]))
+    ticket = request.match_info["ticket"]
+    row = await request.app[RELAY].store.read(partial(queries.campaign, ticket=ticket))
+    if row is None and ticket.isdigit() and len(ticket) <= 18:
+        # A held or scheduled campaign has no ticket yet: its relay id (Queued as campaign N) finds it too.
+        row = await request.app[RELAY].store.read(partial(queries.campaign, campaign_id=int(ticket)))
     if row is None:
         return json_response({"error": "no campaign with this ticket"}, status=404)
     return json_response(row)

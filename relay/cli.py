@@ -456,7 +456,7 @@ def cmd_campaign(config, args) -> int:
     try:
         with db.atomic():
             if args.action == "approve":
-                sending.approve_campaign(db, args.id, retry_for=config.octopush.retry_for, by=who)
+                sending.approve_campaign(db, args.id, config=config, by=who)
             else:
                 sending.cancel_campaign(db, args.id, by=who)
     finally:

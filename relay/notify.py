@@ -353,9 +353,10 @@ class Notifier:
 
         The e-mail and its mark commit together, like confirmations; runs at every sweep (at most 30 s apart).
         """
-        if await self.store.read(partial(guards.expired_held, now=clock.iso())):
+        expired, ids = await self.store.read(partial(guards.approval_work, now=clock.iso()))
+        if expired:
             await self.store.write(sending.expire_held)
-        ids = await self.store.read(guards.approval_mail_due)
+            ids = await self.store.read(guards.approval_mail_due)
         for campaign_id in ids:
             campaign = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
             expired = campaign["status"] == "cancelled"

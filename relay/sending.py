@@ -536,11 +536,24 @@ class NotHeld(RelayError):
     """The campaign is not (or no longer) waiting for approval; the message says what it is."""
 
 
-def approve_campaign(db: Database, campaign_id: int, *, retry_for: float, by: str) -> dict:
-    """Send a held campaign: its calls join the queue, retried from now for `retry_for` (inside `Store.write`)."""
+def approve_campaign(db: Database, campaign_id: int, *, config: Config, by: str) -> dict:
+    """Send a held campaign: its calls join the queue, retried from now for `retry_for` (inside `Store.write`).
+
+    A marketing campaign approved outside the marketing windows waits for the next one, as it would have
+    if it had been sent then.
+    """
+    from relay import marketing
+
     row = _held(db, campaign_id)
     guards.release(db, campaign_id, status="queued")
-    guards.set_deadline(db, campaign_id, clock.iso(clock.now() + timedelta(seconds=retry_for)))
+    guards.set_deadline(db, campaign_id, clock.iso(clock.now() + timedelta(seconds=config.octopush.retry_for)))
+    if row["purpose"] == "wholesale":
+        wanted = clock.parse_iso(row["send_at"]) if row["send_at"] else clock.now()
+        region = config.smtp_in.region
+        later = marketing.next_allowed(wanted, config.octopush, region, clock.region_timezone(region))
+        if later is not None:
+            guards.set_send_at(db, campaign_id, clock.iso(later))
+            row["send_at"] = clock.iso(later)
     log.info("campaign #%d approved by %s", campaign_id, by)
     return row
 
@@ -568,12 +581,12 @@ def expire_held(db: Database) -> list[int]:
 
 
 def _held(db: Database, campaign_id: int) -> dict:
-    row = db.execute("SELECT id, status, sender_email, login FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
+    row = guards.held_facts(db, campaign_id)
     if row is None:
         raise NotHeld(f"there is no campaign {campaign_id}")
-    if row[1] != "held":
-        raise NotHeld(f"campaign {campaign_id} is {row[1]}, not held for approval: nothing to do")
-    return {"id": row[0], "status": row[1], "sender_email": row[2] or "", "login": row[3] or ""}
+    if row["status"] != "held":
+        raise NotHeld(f"campaign {campaign_id} is {row['status']}, not held for approval: nothing to do")
+    return row
 
 
 async def estimate_cost(client: OctopushClient, campaign: dict, *, timeout: float) -> float | None:

@@ -171,3 +171,24 @@ async def test_the_command_line_approves_and_cancels(make_daemon, sink):
     daemon.sender.wake()  # the daemon's queue would find it at its next sweep (30 s at most)
     await wait_for(lambda: real_sends(daemon))
     assert [s["text"] for s in real_sends(daemon)] == ["second storm"]
+
+
+async def test_marketing_approved_after_hours_waits_for_the_next_window(make_daemon, sink, monkeypatch):
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from relay import clock
+
+    paris = ZoneInfo("Europe/Paris")
+    now = {"at": datetime(2031, 3, 8, 19, 0, tzinfo=paris)}  # a Saturday, inside the marketing hours
+    monkeypatch.setattr(clock, "now", lambda: now["at"].astimezone(UTC))
+    windows = '[octopush]\nmarketing_hours = "08:00-20:00"\nmarketing_days = "mon-sat"\nmarketing_holidays = true\n'
+    daemon = await make_daemon(APPROVAL + windows, smtp_port=sink.port)
+    code, text = await send(daemon, message(THREE, "Sale STOP au 30101", "[marketing] sale"), THREE)
+    assert code == 250 and "held for approval" in text and "to go at" not in text
+    now["at"] = datetime(2031, 3, 8, 21, 0, tzinfo=paris)  # approved at 21:00: it goes on Monday morning
+    address = "approve-1@sms.example.org"
+    assert (await send(daemon, message([address], "oui"), [address]))[0] == 250
+    await wait_for(lambda: real_sends(daemon))
+    goes = datetime.fromisoformat(real_sends(daemon)[0]["send_at"]).astimezone(paris)
+    assert goes.strftime("%Y-%m-%d %H:%M") == "2031-03-10 08:00"

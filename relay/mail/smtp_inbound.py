@@ -351,9 +351,7 @@ class Handler:
             word = ""
         who = f"{sender} (login {pending.login})" if pending.login else sender
         if word in APPROVE_WORDS:
-            change = partial(
-                approve_campaign, campaign_id=campaign_id, retry_for=self.config.octopush.retry_for, by=who
-            )
+            change = partial(approve_campaign, campaign_id=campaign_id, config=self.config, by=who)
         elif word in CANCEL_WORDS:
             change = partial(cancel_campaign, campaign_id=campaign_id, by=who)
         else:

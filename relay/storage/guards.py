@@ -93,3 +93,20 @@ def campaign_sender(db: Database, *, campaign_id: int) -> str | None:
     """The e-mail address that sent a campaign ("" for the CLI and the web form); None when there is none."""
     row = db.execute("SELECT sender_email FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
     return None if row is None else (row[0] or "")
+
+
+def held_facts(db: Database, campaign_id: int) -> dict | None:
+    """What approving or cancelling a campaign needs to know of it."""
+    rows = list(
+        db.query("SELECT id, status, sender_email, login, purpose, send_at FROM campaigns WHERE id = ?", [campaign_id])
+    )
+    return dict(rows[0]) if rows else None
+
+
+def set_send_at(db: Database, campaign_id: int, send_at: str) -> None:
+    db.execute("UPDATE campaigns SET send_at = ? WHERE id = ?", [send_at, campaign_id])
+
+
+def approval_work(db: Database, now: str) -> tuple[bool, list[int]]:
+    """One read for the notifier's sweep: whether a held campaign has expired, and who is owed an e-mail."""
+    return bool(expired_held(db, now)), approval_mail_due(db)

@@ -601,7 +601,7 @@ async def campaign_action(request: web.Request) -> web.StreamResponse:
     _check_csrf(request, await request.post())
     who = f"web user {request.get('ui_user') or '(loopback)'}"
     if action == "approve":
-        change = partial(approve_campaign, campaign_id=campaign_id, retry_for=relay_.config.octopush.retry_for, by=who)
+        change = partial(approve_campaign, campaign_id=campaign_id, config=relay_.config, by=who)
     else:
         change = partial(cancel_campaign, campaign_id=campaign_id, by=who)
     try:

@@ -47,7 +47,10 @@ def _psl():
 def organisational_domain(domain: str) -> str:
     """`mail.example.co.uk` → `example.co.uk` (DMARC's organisational domain)."""
     domain = domain.strip().rstrip(".").lower()
-    return _psl().privatesuffix(domain) or domain
+    try:
+        return _psl().privatesuffix(domain) or domain
+    except Exception:  # noqa: BLE001 - a name the list cannot read is its own organisational domain
+        return domain
 
 
 def aligned(signer: str, author: str) -> bool:
@@ -137,8 +140,8 @@ def _verified_signers(data: bytes, msg: Message, dnsfunc) -> list[str]:
     count = sum(1 for name, _ in msg.raw_items() if name.strip().lower() == "dkim-signature")
     signers = []
     for index in range(min(count, MAX_SIGNATURES)):
-        checker = dkim.DKIM(data, minkey=1024, timeout=DNS_TIMEOUT)
         try:
+            checker = dkim.DKIM(data, minkey=1024, timeout=DNS_TIMEOUT)
             ok = checker.verify(idx=index, dnsfunc=dnsfunc)
         except Exception as exc:  # noqa: BLE001 - dkimpy raises many kinds on hostile input: not verified
             log.info("DKIM signature %d not verified: %s", index, exc)

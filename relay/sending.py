@@ -571,10 +571,7 @@ def expire_held(db: Database) -> list[int]:
     expired = guards.expired_held(db, clock.iso())
     for campaign_id in expired:
         guards.release(db, campaign_id, status="cancelled")
-        # The notifier owes the sender an e-mail saying so.
-        db.execute(
-            "UPDATE campaigns SET error = 'not approved in time', approval_mailed = 1 WHERE id = ?", [campaign_id]
-        )
+        guards.mark_expired(db, campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
     return expired

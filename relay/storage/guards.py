@@ -110,3 +110,8 @@ def set_send_at(db: Database, campaign_id: int, send_at: str) -> None:
 def approval_work(db: Database, now: str) -> tuple[bool, list[int]]:
     """One read for the notifier's sweep: whether a held campaign has expired, and who is owed an e-mail."""
     return bool(expired_held(db, now)), approval_mail_due(db)
+
+
+def mark_expired(db: Database, campaign_id: int) -> None:
+    """Cancelled for want of an answer: the notifier owes its sender an e-mail saying so."""
+    db.execute("UPDATE campaigns SET error = 'not approved in time', approval_mailed = 1 WHERE id = ?", [campaign_id])

@@ -234,12 +234,8 @@ class Handler:
         )
         # A large e-mail (HTML to text) takes CPU time: off the event loop, which answers callbacks.
         parsed = read() if len(data) <= INLINE_PARSE else await asyncio.to_thread(read)
-        if not parsed.automatic and parsed.message_id and await self._made_here(parsed.message_id):
-            parsed.automatic = "a Message-ID this relay made (mail loop)"
         if parsed.automatic:
-            self.listener.count("dropped_automatic")
-            log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
-            return "250 2.0.0 Accepted (automatic message: not sent as SMS)"
+            return self._dropped(parsed.automatic, envelope)
         if pending.approval is not None:
             return await self._approval_answer(envelope, pending, data)
         if parsed.rejected:
@@ -304,6 +300,8 @@ class Handler:
             self.listener.count("limit_refused")
             log.info("refused from %s: %s", sender_email, exc)
             return not_allowed(str(exc))
+        except MailLoop as exc:
+            return self._dropped(str(exc), envelope)
         except NothingToSend as exc:
             self.listener.count("refused")
             return refused(str(exc))
@@ -364,9 +362,11 @@ class Handler:
         self.listener.count("approved" if word in APPROVE_WORDS else "cancelled")
         return f"250 2.0.0 Campaign {campaign_id} {'approved: it goes now' if word in APPROVE_WORDS else 'cancelled'}"
 
-    async def _made_here(self, message_id: str) -> bool:
-        """A Message-ID the relay put on an e-mail it sent: answering it by auto-reply would loop."""
-        return await self.listener.daemon.store.read(partial(queries.made_here, message_id=message_id))
+    def _dropped(self, why: str, envelope: Envelope) -> str:
+        """Bounces, auto-replies, lists and loops: accepted, so no one retries them, and never an SMS."""
+        self.listener.count("dropped_automatic")
+        log.info("accepted and dropped (%s) from %s", why, envelope.mail_from or "<>")
+        return "250 2.0.0 Accepted (automatic message: not sent as SMS)"
 
     async def _thread_label(self, refs: list[str]) -> str:
         """An answer with an empty subject keeps the label of the conversation it answers."""
@@ -445,8 +445,17 @@ def _from_ourselves(msg, mail_from: str, own_address: str, own_domain: str) -> s
     return None
 
 
+class MailLoop(RelayError):
+    """The e-mail carries a Message-ID the relay put on one it sent: a loop, dropped."""
+
+
 def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None = None) -> tuple[int, bool]:
-    """The same Message-ID to the same recipients within 24 h is sent once."""
+    """The same Message-ID to the same recipients within 24 h is sent once; one the relay made, never.
+
+    The loop check reads the messages table here, in the write it guards, instead of a read of its own.
+    """
+    if req.message_id and queries.made_here(db, message_id=req.message_id):
+        raise MailLoop("a Message-ID this relay made (mail loop)")
     row = db.execute("SELECT id, created_at FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
     if row:
         if clock.parse_iso(row[1]) > clock.now() - DUPLICATE_WINDOW:

@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     octosub.add_parser("balance", parents=[common], help="the account's remaining credit")
     campaign = sub.add_parser("campaign", parents=[common], help="act on one campaign")
     campaignsub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    approve = campaignsub.add_parser("approve", parents=[common], help="send a campaign held for approval")
+    approve.add_argument("id", type=int, metavar="ID", help="the relay's campaign number (Queued as campaign N)")
     cancel = campaignsub.add_parser("cancel", parents=[common], help="cancel a scheduled (or held) campaign")
-    cancel.add_argument("id", type=int, metavar="ID", help="the relay's campaign number")
+    cancel.add_argument("id", type=int, metavar="ID", help="the relay's campaign number (Queued as campaign N)")
     return parser
 
 
@@ -179,6 +181,34 @@ def cmd_check_config(config, args) -> int:
         f"smtp_in: listening on {s.listen} for NUMBER@{s.domain}; senders {', '.join(s.allowed_senders)}; "
         f"AUTH {'required' if s.require_auth else 'off'}; "
         f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed'}"
+    )
+    logins = ", ".join(
+        f"{name} (as {', '.join(user.senders)})" if user.senders else f"{name} (as any allowed sender)"
+        for name, user in s.users.items()
+    )
+    print(f"  logins: {logins or 'none'}; without a login the sender is proven by: {s.sender_check}")
+    if s.sender_check == "dkim" and s.trusted_authserv_id:
+        print(f"  also trusted: dkim=pass / dmarc=pass in Authentication-Results from {s.trusted_authserv_id}")
+    if s.sender_check == "envelope" and not s.require_auth:
+        print(
+            '  warning: sender_check = "envelope" trusts MAIL FROM, which anyone can write: right only behind a mail '
+            "server that ties senders to logins (smtpd_sender_login_maps, systemd/README.md); otherwise set "
+            'require_auth = true or sender_check = "dkim"'
+        )
+    lm = config.limits
+    print(
+        f"limits: daily_sms {lm.daily_sms or 'none'}, sender_daily_sms {lm.sender_daily_sms or 'none'}, "
+        f"countries {', '.join(lm.countries) or 'any'}, "
+        + (
+            f"approval over {lm.approve_over} numbers (within {lm.approve_within:.0f} s)"
+            if lm.approve_over
+            else "no approval"
+        )
+    )
+    days = ",".join(("mon", "tue", "wed", "thu", "fri", "sat", "sun")[d] for d in sorted(o.marketing_days))
+    hours = "-".join(t.strftime("%H:%M") for t in o.marketing_hours) if o.marketing_hours else "any hour"
+    print(
+        f"marketing SMS: {hours} on {days}" + (f", not on {s.region} public holidays" if o.marketing_holidays else "")
     )
     out = config.smtp_out
     where = f"Maildir {out.maildir}" if out.transport == "maildir" else f"SMTP {out.host}:{out.port} ({out.security})"
@@ -292,12 +322,13 @@ def cmd_send(config, args) -> int:
 
 
 async def _send(config, args) -> int:
+    from relay import marketing
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
     from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.octopush.errors import ValidationError
-    from relay.sending import SendQueue, SendRequest, queue_campaign
+    from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.storage import queries
     from relay.storage.database import Store
 
@@ -347,6 +378,7 @@ async def _send(config, args) -> int:
         origin="cli",
         label="octorelay send",
     )
+    request, delayed = marketing.schedule(request, o, config.smtp_in.region)
     request.validate()
     had_database = config.storage.path.exists()
     store = Store(config.storage.path)
@@ -379,7 +411,12 @@ async def _send(config, args) -> int:
         client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
         await client.start()
         components.append(client)
-        campaign_id, _ = await store.write(partial(queue_campaign, req=request, retry_for=o.retry_for))
+        campaign_id, _ = await store.write(
+            partial(queue_campaign, req=request, retry_for=o.retry_for, guards=Guards.from_config(config))
+        )
+        if delayed:
+            when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
+            print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
         queued = await store.read(partial(queries.campaign, campaign_id=campaign_id))
         if any(s["not_before"] for s in queued["sends"]):
             # Held in our own queue until its time: the daemon hands it to Octopush then.
@@ -587,6 +624,25 @@ def cmd_db_purge(config, args) -> int:
 
 
 MIN_PASSWORD = 10
+
+
+def cmd_campaign_approve(config, args) -> int:
+    """`campaign approve ID`: the campaign-status logic is sending.py's; the daemon's queue sends it."""
+    from relay import sending
+    from relay.storage.database import connect, migrate
+
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
+    migrate(config.storage.path)
+    db = connect(config.storage.path)
+    who = f"the command line ({getpass.getuser()})"
+    try:
+        with db.atomic():
+            sending.approve_campaign(db, args.id, config=config, by=who)
+    finally:
+        db.close()
+    print(f"campaign {args.id}: approved; the daemon sends it")
+    return 0
 
 
 def cmd_hash_password() -> int:
@@ -845,4 +901,5 @@ COMMANDS = {
     "octopush-setup": cmd_octopush_setup,
     "octopush-balance": cmd_octopush_balance,
     "campaign-cancel": cmd_campaign_cancel,
+    "campaign-approve": cmd_campaign_approve,
 }

@@ -31,8 +31,8 @@ from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.scheduler import Scheduler
-from relay.sending import SendQueue
-from relay.storage import queries
+from relay.sending import Guards, SendQueue, estimate_cost
+from relay.storage import guards, queries
 from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
@@ -129,6 +129,7 @@ class Daemon:
             on_finished=self.notifier.wake,
             metrics=self.metrics,
         )
+        self.notifier.estimate = partial(estimate_cost, self.client, timeout=3 * cfg.octopush.timeout)
         await self._up(self.sender)
         await self._up(self.notifier)
 
@@ -303,6 +304,15 @@ class Daemon:
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
         for work, count in depth["set_aside"].items():
             self.metrics.set_aside.labels(work).set(count)
+        limits = self.config.limits
+        since = clock.iso(Guards.from_config(self.config).day()[0])
+        used, top = await self.store.read(lambda db: (guards.used_since(db, since), guards.top_sender_since(db, since)))
+        for name, value, limit in (
+            ("daily_sms", used, limits.daily_sms),
+            ("sender_daily_sms", top, limits.sender_daily_sms),
+        ):
+            self.metrics.sms_used_today.labels(name).set(value)
+            self.metrics.sms_limit.labels(name).set(limit)
 
     async def purge(self, days: int | None = None) -> dict:
         days = self.config.storage.retention_days if days is None else days

@@ -33,6 +33,15 @@ class Metrics:
             registry=r,
         )
         self.credit_sms.set(float("nan"))
+        self.sms_used_today = Gauge(
+            "octorelay_sms_used_today",
+            "SMS parts x numbers accepted today, per [limits] rule (sender_daily_sms: the busiest sender)",
+            ["limit"],
+            registry=r,
+        )
+        self.sms_limit = Gauge(
+            "octorelay_sms_limit", "The [limits] value of each rule (0 = no limit)", ["limit"], registry=r
+        )
         self.e2e_seconds = Histogram(
             "octorelay_notify_seconds",
             "Time from a callback's arrival to its e-mails committed in the outbox (callbacks e-mailed at once only)",

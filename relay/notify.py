@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
-from relay import backoff, clock
+from relay import backoff, clock, sending
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
@@ -27,7 +28,8 @@ from relay.mail.render import Renderer, build_message, country_label, intl, make
 from relay.octopush.callbacks import is_e164
 from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
-from relay.storage import queries
+from relay.octopush.parts import count_parts
+from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.notify")
@@ -63,6 +65,8 @@ class Notifier:
         self._task: asyncio.Task | None = None
         self._digest_lock = asyncio.Lock()
         self._retry_soon = 0  # the most failures of a row still waiting: it is tried again after a short pause
+        # Octopush's estimate of a held campaign's cost (a simulation_mode call), set by the daemon.
+        self.estimate: Callable[[dict], Awaitable[float]] | None = None
 
     def reconfigure(self, config: Config, renderer: Renderer, contacts: dict[str, str]) -> None:
         self.config, self.renderer, self.contacts = config, renderer, contacts
@@ -88,7 +92,7 @@ class Notifier:
             self._wake.clear()
             self._retry_soon = 0
             try:
-                while await self.route_pending() or await self.confirm_pending():
+                while await self.route_pending() or await self.confirm_pending() or await self.approvals_pending():
                     pass
             except asyncio.CancelledError:
                 raise
@@ -306,10 +310,8 @@ class Notifier:
             if isinstance(out.get(campaign["id"]), str):
                 continue
             try:
-                if kind == "alert":
-                    mail = self._alert(error=campaign.get("error"))
-                else:  # a confirmation, or a cancellation: _confirmation reads the campaign's status
-                    mail = self._confirmation(campaign)
+                # A confirmation or a cancellation: _confirmation reads the campaign's status.
+                mail = self._alert(error=campaign.get("error")) if kind == "alert" else self._confirmation(campaign)
                 mail.data = serialise(mail.message)
             except Exception as exc:  # noqa: BLE001 - this campaign's failure, counted by _commit
                 log.warning("notifier: campaign #%d: cannot make its %s", campaign["id"], kind, exc_info=True)
@@ -342,6 +344,8 @@ class Notifier:
             "removed_optouts": campaign.get("removed_optouts") or [],
             "simulation": bool(campaign.get("simulation")),
             "recipients": [r["number"] for r in campaign.get("recipients", [])],
+            "sender_email": campaign.get("sender_email") or "",
+            "login": campaign.get("login") or "",
         }
 
     def _confirmation(self, campaign: dict) -> Mail:
@@ -421,6 +425,68 @@ class Notifier:
         await self.store.write(queue)
         self.outbox.wake()
         return True
+
+    # ------------------------------------------------------------ approvals
+
+    async def approvals_pending(self) -> int:
+        """Ask the senders of held campaigns, cancel those not approved in time and tell their senders.
+
+        The e-mail and its mark commit together, like confirmations; runs at every sweep (at most 30 s apart).
+        """
+        expired, ids = await self.store.read(partial(guards.approval_work, now=clock.iso()))
+        if expired:
+            await self.store.write(sending.expire_held)
+            ids = await self.store.read(guards.approval_mail_due)
+        for campaign_id in ids:
+            campaign = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            expired = campaign["status"] == "cancelled"
+            estimate = {"cost": None, "error": ""}
+            if not expired:
+                try:
+                    estimate["cost"] = await self.estimate(campaign) if self.estimate else None
+                    if estimate["cost"] is None:
+                        estimate["error"] = "no Octopush client here"
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the estimate is a courtesy: the question goes anyway
+                    estimate["error"] = str(exc)
+            mail = await asyncio.to_thread(self._approval, campaign, estimate, expired)
+
+            def queue(db: Database, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
+                remember(db, mail)
+                guards.mark_mailed(db, campaign_id, done=expired)
+
+            await self.store.write(queue)
+            self.outbox.wake()
+        return len(ids)
+
+    def _approval(self, campaign: dict, estimate: dict, expired: bool) -> Mail:
+        tz = clock.region_timezone(self.config.smtp_in.region)
+        context = self._campaign_context(campaign)
+        parts = count_parts(campaign["text"])
+        context.update(id=campaign["id"], parts=parts.parts, contacts=campaign["contacts"])
+        text, html = self.renderer.render(
+            "approval",
+            campaign=context,
+            estimate=estimate,
+            expired=expired,
+            approve_by=clock.local(campaign.get("approve_by"), tz, MAIL_TIME),
+        )
+        original = campaign.get("message_id") or ""
+        domain = self.config.smtp_in.domain
+        label = context["label"]
+        msg = build_message(
+            sender=self.config.smtp_out.sender,
+            to=[campaign["sender_email"]],
+            subject=f"SMS cancelled, not approved in time: {label}" if expired else f"Approve this SMS? {label}",
+            text=text,
+            html=html,
+            message_id=make_msgid(domain),
+            in_reply_to=original or None,
+            references=[original] if original else [],
+            reply_to=None if expired else approval_address(campaign["id"], domain),
+        )
+        return Mail("approval", (campaign["sender_email"],), msg, "", campaign["id"], serialise(msg))
 
     # ------------------------------------------------------------ digests
 
@@ -534,6 +600,11 @@ def thread(parent_refs: str | None, parent: str) -> list[str]:
     if not parent:
         return []
     return [ref for ref in (parent_refs or "").split() if ref != parent] + [parent]
+
+
+def approval_address(campaign_id: int, domain: str) -> str:
+    """Where an answer to an approval e-mail goes: it names the campaign (SPEC §5 "Spend")."""
+    return f"approve-{campaign_id}@{domain}"
 
 
 def _author_gets(row: dict) -> bool:

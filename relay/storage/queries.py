@@ -73,6 +73,12 @@ def remember_message(db: Database, message_id: str, *, number: str, campaign_id:
     )
 
 
+def made_here(db: Database, *, message_id: str) -> bool:
+    """A Message-ID the relay put on an e-mail it sent."""
+    row = db.execute("SELECT 1 FROM messages WHERE message_id = ? AND direction = 'out'", [message_id]).fetchone()
+    return row is not None
+
+
 # ------------------------------------------------------------------ callbacks
 
 

@@ -221,3 +221,15 @@ def m008_scheduled_campaigns(db: Database) -> None:
     db["sends"].add_column("not_before", str)  # a pending call waits until then; NULL: at once
     db["campaigns"].add_column("cancelled_by", str)  # who cancelled it (campaign status "cancelled")
     db["campaigns"].add_column("cancelled_at", str)
+
+
+@migrations()
+def m009_who_sends(db: Database) -> None:
+    """Who sent a campaign (its SMTP login), what it counts against the day's budget, and approval."""
+    db["campaigns"].add_column("login", str)  # the SMTP AUTH login, when there was one
+    db["campaigns"].add_column("sms_budget", int, not_null_default=0)  # SMS parts x numbers, counted at acceptance
+    db["campaigns"].add_column("approve_by", str)  # a held campaign is cancelled after this
+    # Approval e-mails: 0 = the sender is yet to be asked, 1 = asked, 2 = nothing (more) to tell. Only campaigns
+    # held for approval ever hold 0 or 1, so the notifier's sweeps read a small index.
+    db["campaigns"].add_column("approval_mailed", int, not_null_default=2)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_approval ON campaigns (id) WHERE approval_mailed < 2")

@@ -207,9 +207,9 @@ def queue_campaign(
         },
     )
     # A scheduled campaign to HAND_OVER_BELOW numbers or more stays here until its time; its retries count from then.
-    held = req.send_at is not None and len(recipients) >= HAND_OVER_BELOW
-    not_before = clock.iso(req.send_at) if held else None
-    deadline = clock.iso((req.send_at if held else clock.now()) + timedelta(seconds=retry_for))
+    waits = req.send_at is not None and len(recipients) >= HAND_OVER_BELOW
+    not_before = clock.iso(req.send_at) if waits else None
+    deadline = clock.iso((req.send_at if waits else clock.now()) + timedelta(seconds=retry_for))
     # One Octopush call per 500 recipients. The request_id is the request's key and this campaign's id:
     # fixed for every retry of this campaign, new for a repeat sent as new after 24 h (whose older call may
     # have reached Octopush late, within its own 24 h). "-1", "-2"… are added when there are several calls.
@@ -598,7 +598,7 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
         return row
     if row["status"] != "scheduled":
         raise CannotCancel(
-            f"campaign {campaign_id} is {row['status']}: only a scheduled or held campaign can be cancelled"
+            f"campaign {campaign_id} is {row['status']}, not held or scheduled: only those can be cancelled"
         )
     handed_over = [s for s in row["sends"] if s["status"] == "sent"]
     cancelled_there = []

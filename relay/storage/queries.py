@@ -333,7 +333,7 @@ def cancel_campaign(db: Database, *, campaign_id: int, by: str, at_octopush: lis
         raise CannotCancel(f"there is no campaign {campaign_id}")
     status = public_status(row[0], row[1])
     if status not in ("held", "scheduled"):
-        raise CannotCancel(f"campaign {campaign_id} is {status}: only a scheduled or held campaign can be cancelled")
+        raise CannotCancel(f"campaign {campaign_id} is {status}, not held or scheduled: only those can be cancelled")
     for send_id, state in db.execute("SELECT id, status FROM sends WHERE campaign_id = ?", [campaign_id]).fetchall():
         if state == "sending" or (state == "sent" and send_id not in at_octopush):
             raise CannotCancel(f"campaign {campaign_id} is being handed to Octopush right now; it cannot be cancelled")

@@ -18,6 +18,7 @@ from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from lxml import etree
 
+from relay.mail import reply_words as words
 from relay.mail.parsing import MAX_TEXT, Body, Rejected
 
 Line = tuple[str, bool]  # a line of text, and whether it is quoted (">")
@@ -175,22 +176,30 @@ def unflow(text: str, *, delsp: bool = False) -> list[Line]:
 # ---------------------------------------------------------------------------
 # HTML: drop the quoted original, then inscriptis
 
-# Quote containers the clients mark: Gmail, Apple Mail / Thunderbird (type=cite), Yahoo.
+# Quote containers the clients mark: Gmail, Apple Mail / Thunderbird (type=cite), Yahoo, Zoho, Proton, AOL.
 _QUOTES = etree.XPath(
     "//blockquote"
     " | //*[contains(@class, 'gmail_quote')]"
+    " | //*[contains(@class, 'gmail_attr')]"
     " | //*[contains(@class, 'moz-cite-prefix')]"
     " | //*[contains(@class, 'yahoo_quoted')]"
+    " | //*[contains(@class, 'zmail_extra')]"
+    " | //*[contains(@class, 'protonmail_quote')]"
+    " | //*[contains(@class, 'aolReplyQuote')]"
 )
-# Outlook starts the original with one of these; it and everything after it go.
-_OUTLOOK_START = etree.XPath("//*[@id='divRplyFwdMsg' or @id='appendonsend' or @id='x_divRplyFwdMsg']")
+# These start the original (Outlook desktop and web, new Outlook, Thunderbird's forward, Samsung): it and
+# everything after it go.
+_OUTLOOK_START = etree.XPath(
+    "//*[@id='divRplyFwdMsg' or @id='x_divRplyFwdMsg' or @id='appendonsend' or @id='x_appendonsend'"
+    " or @id='mail-editor-reference-message-container' or @id='stopSpelling'"
+    " or contains(@class, 'OutlookMessageHeader') or contains(@class, 'moz-forward-container')]"
+)
+# Outlook and Windows Mail open the original's header block with a div that has only a top border.
 _BORDER_TOP = etree.XPath(
     "//div[contains(translate(@style, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ ', 'abcdefghijklmnopqrstuvwxyz'),"
-    " 'border-top:solid')]"
+    " 'border-top:solid') or contains(translate(@style, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ ',"
+    " 'abcdefghijklmnopqrstuvwxyz'), 'border-top-style:solid')]"
 )
-# Possessive quantifiers (`*+`) never give back what they took: `\s*\*?\s*` backtracked quadratically on a
-# long run of spaces (issue 14), and tests/test_regex_linear.py keeps every pattern here linear.
-_HEADER_START = re.compile(r"^\s*+\*?(?:from|de|von|da|van|från|fra|od)\s*+\*?\s*+:", re.IGNORECASE)
 _XML_DECLARATION = re.compile(r"^\s*+<\?xml[^>]*+>")
 _CONFIG = ParserConfig(css=CSS_PROFILES["strict"])  # "relaxed" indents nested divs
 
@@ -207,7 +216,8 @@ def html_to_text(html: str) -> str:
     for element in _OUTLOOK_START(tree)[:1]:
         _cut_from(element)
     for element in _BORDER_TOP(tree):
-        if _marker(_HEADER_START, (element.text_content() or "")[:MAX_MARKER]):
+        first = next((line for line in (element.text_content() or "")[:MAX_MARKER].split("\n") if line.strip()), "")
+        if _header(first) is not None:
             _cut_from(element)
             break
     for element in _QUOTES(tree):
@@ -243,35 +253,33 @@ def _cut_from(element: etree._Element) -> None:
 
 # ---------------------------------------------------------------------------
 # Plain text: the new words only (SPEC §5 steps 3-5)
+#
+# Every marker below is recognised with plain string operations on one line (or an attribution's two or
+# three lines) no longer than MAX_MARKER, against the word lists of relay.mail.reply_words: a line costs
+# the same whatever it holds, so the whole pass is linear in the message's size.
+#
+# The order of the rules is what keeps the sender's words:
+# 1. cut (everything from here goes): the signature separator, an original/forwarded-message separator,
+#    a mobile footer, a header block ("From: … / Sent: …" in any language), or an attribution line that
+#    the earlier message follows without ">" (a top-posted reply);
+# 2. quoted lines go, with the continuations the sender's client broke off a long quoted line, and the
+#    attribution above each quoted block; unquoted lines between quotes are the sender's inline answers
+#    and stay;
+# 3. an attribution, footer or dashed line left at the very end goes (the quote was HTML, removed).
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-_INVISIBLE = re.compile(r"[\u00ad\u200b\u2060\ufeff]")
+_INVISIBLE = re.compile(r"[\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060\ufeff]")
 _SPACES = re.compile(r"[\u00a0\u2007\u202f]")
-_ORIGINAL = re.compile(
-    r"^\s*+-{2,}+\s*+(?:original message|message d'origine|message d’origine|ursprüngliche nachricht|mensaje original"
-    r"|messaggio originale|oorspronkelijk bericht|mensagem original)\s*+-{2,}+\s*+$",
-    re.IGNORECASE,
-)
 _BLANK_LINES = re.compile(r"\n{3,}+")
-_UNDERSCORES = re.compile(r"^\s*+_{20,}+\s*+$")
-_HEADER_DATE = re.compile(
-    r"^\s*+\*?(?:sent|date|envoyé|gesendet|enviado|inviato|verzonden|skickat|datum|wysłano)\s*+\*?\s*+:", re.IGNORECASE
-)
-_WROTE = re.compile(
-    r"(?:wrote|writes|(?:a\s++)?écrit|schrieb|escribió|ha\s++scritto|schreef|skrev|kirjoitti|napisał|escreveu)\s*+:\s*+$",
-    re.IGNORECASE,
-)
-_ATTRIBUTION_START = re.compile(r"^\s*+(?:on|le|am|el|il|op|den|em|w dniu)\s", re.IGNORECASE)
-_SIGN_OFF = re.compile(
-    r"^\s*+(?:(?:sent|envoyé) (?:from|de|depuis) (?:my|mon) \S++(?: \S++)?|get outlook for (?:ios|android)"
-    r"|obtenir outlook pour (?:ios|android)|sent from outlook for (?:ios|android)"
-    r"|envoyé de outlook pour (?:ios|android))\s*+$",
-    re.IGNORECASE,
-)
+
+_FENCE = frozenset("-_=*~")  # the characters of a dashed line above a header block
+_SENTENCE_END = (".", "!", "?", "。", "！", "？")
+_WRAP = 72  # the width most clients wrap quoted lines at (RFC 3676 suggests 78 at most)
+_CJK = "\u2e80"  # verbs in scripts from here on are not separated from the name by a space
 
 
 def new_words_only(text: str) -> str:
-    """Cut at the signature or Outlook's original, drop quoted lines and their attribution, tidy blank lines."""
+    """Cut at the signature or an earlier message's marker, drop quoted lines and their attribution, tidy."""
     return _new_words(_plain_lines(text))
 
 
@@ -279,21 +287,16 @@ def _plain_lines(text: str) -> list[Line]:
     return [(line, line.startswith(">")) for line in _clean_chars(_newlines(text)).split("\n")]
 
 
-def _marker(pattern: re.Pattern[str], line: str) -> bool:
-    """Whether a line short enough to be a marker starts with (`match`) the pattern."""
-    return len(line) <= MAX_MARKER and pattern.match(line) is not None
-
-
-def _ends_with(pattern: re.Pattern[str], line: str) -> bool:
-    """Whether a line short enough to be a marker contains (`search`) the pattern."""
-    return len(line) <= MAX_MARKER and pattern.search(line) is not None
-
-
 def _new_words(lines: list[Line]) -> str:
-    texts = _drop_quotes(_cut(lines))
-    texts = [line.rstrip() for line in texts]
-    _drop_trailing(texts)
-    return _BLANK_LINES.sub("\n\n", "\n".join(texts)).strip("\n")
+    texts = [line for line, _ in lines]
+    quoted = [is_quoted for _, is_quoted in lines]
+    end = _cut_point(texts, quoted)
+    texts, quoted = texts[:end], quoted[:end]
+    _mark_rewrapped(texts, quoted)
+    kept = _drop_quotes(texts, quoted)
+    kept = [line.rstrip() for line in kept]
+    _drop_trailing(kept)
+    return _BLANK_LINES.sub("\n\n", "\n".join(kept)).strip("\n")
 
 
 def _newlines(text: str) -> str:
@@ -307,52 +310,244 @@ def _clean_chars(text: str) -> str:
     return _SPACES.sub(" ", _INVISIBLE.sub("", _CONTROL.sub("", text.replace("\t", " "))))
 
 
-def _cut(lines: list[Line]) -> list[Line]:
-    """Everything from the signature separator, or from Outlook's original-message marker, goes."""
-    for i, (line, quoted) in enumerate(lines):
-        if quoted:
+# --- one line at a time
+
+
+def _folded(line: str) -> str:
+    """The line as the word lists are written: stripped and lower-case; "" for a line too long to be a marker."""
+    return line.strip().lower() if len(line) <= MAX_MARKER else ""
+
+
+def _is_separator(line: str) -> bool:
+    """Outlook's underscores, "-----Original Message-----" and its translations, "Begin forwarded message:"."""
+    s = _folded(line)
+    if not s:
+        return False
+    if len(s) >= 20 and s.strip("_") == "":
+        return True
+    core = s.strip("-=_* ").rstrip(" :").replace("\u0307", "")  # Turkish "İ" lower-cases to "i" + a dot
+    fenced = len(s) - len(s.lstrip("-=_")) >= 2
+    return (fenced and core in words.SEPARATOR_PHRASES) or core in words.FORWARD_INTROS
+
+
+def _is_fence(line: str) -> bool:
+    s = line.strip()
+    return 3 <= len(s) <= MAX_MARKER and set(s) <= _FENCE
+
+
+def _is_footer(line: str) -> bool:
+    """A phone's "Sent from my iPhone", "Get Outlook for Android<https://aka.ms/…>", in any language."""
+    s = _folded(line)
+    if not s or len(s) > 2 * words.MAX_FOOTER:
+        return False
+    if s.endswith(">") and "<" in s:  # Outlook mobile's link after the words
+        s = s[: s.rfind("<")].rstrip()
+    return len(s) <= words.MAX_FOOTER and s.startswith(words.FOOTER_PREFIXES)
+
+
+def _header(line: str) -> tuple[str, str] | None:
+    """(kind, value) of a header line ("From: x", "De : x", "*Sent:* x", "发件人: x"), else None."""
+    if len(line) > MAX_MARKER:
+        return None
+    s = line.lstrip(" *")
+    head = s[: words.LONGEST_HEADER + 4]
+    colon = min((i for i in (head.find(":"), head.find("：")) if i > 0), default=-1)
+    if colon < 0:
+        return None
+    kind = words.HEADER_NAMES.get(head[:colon].strip(" *").lower())
+    return (kind, s[colon + 1 :].strip(" *")) if kind else None
+
+
+def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> bool:
+    """Whether a forwarded/original header block starts at line i: From (or Date) with other headers under it.
+
+    A lone "From: the ops team" is the sender's; so is an itinerary's "From: Paris / To: Lyon": a block
+    needs an address on its From line or a Subject with a Date beside it.
+    """
+    kinds: list[str] = []
+    address = False
+    j = i
+    blanks = 0
+    while j < len(texts) and len(kinds) < 8:
+        if quoted[j]:
+            break
+        if not texts[j].strip():
+            blanks += 1
+            if blanks > 1 or not kinds:
+                break
+            j += 1
             continue
-        if line.rstrip() == "--" or _marker(_ORIGINAL, line) or _marker(_UNDERSCORES, line):
-            return lines[:i]
-        if _marker(_HEADER_START, line) and any(_marker(_HEADER_DATE, nxt) for nxt, _ in lines[i + 1 : i + 4]):
-            return lines[:i]  # Outlook's "From: … Sent: …" block with no separator line above it
-    return lines
+        found = _header(texts[j])
+        if found is None:
+            break
+        kind, value = found
+        kinds.append(kind)
+        if kind == "from" and ("@" in value or "<" in value or "[" in value):
+            address = True
+        blanks = 0
+        j += 1
+    distinct = set(kinds)
+    if len(kinds) < 2 or len(distinct) < 2:
+        return False
+    if "from" in distinct and address:
+        return True
+    return {"date", "subject"} <= distinct and ("from" in distinct or "to" in distinct)
 
 
-def _drop_quotes(lines: list[Line]) -> list[str]:
-    """Quoted lines go, and with each quoted block the attribution line just above it."""
-    texts = [line for line, _ in lines]
-    keep = [not quoted for _, quoted in lines]
-    for i, (_, quoted) in enumerate(lines):
-        if quoted and (i == 0 or not lines[i - 1][1]):
-            _drop_attribution(texts, keep, i)
+# --- attribution lines
+
+
+def _ends_with_verb(body: str) -> bool:
+    """Whether `body` (folded, without the final colon) ends with a verb of writing, as a word of its own."""
+    if not body.endswith(words.WRITE_VERBS):
+        return False
+    for verb in words.WRITE_VERBS:
+        if body.endswith(verb):
+            before = body[: -len(verb)]
+            if not before or verb[0] >= _CJK or not (before[-1].isalnum() or before[-1] in "-/_.'"):
+                return True
+    return False
+
+
+def _starts_attribution(line: str) -> bool:
+    s = _folded(line).lstrip("-= ")
+    return any(s.startswith(word + " ") or s.startswith(word + ",") for word in words.ATTRIBUTION_STARTS)
+
+
+def _strength(joined: str) -> int:
+    """0: not an attribution; 1: it reads like one ("John wrote:"); 2: it is one (with a date or an address).
+
+    Only a strong one is cut with the unquoted text under it; a weak one goes only above a ">" quote.
+    """
+    s = joined.strip().lower()
+    zoho = s.startswith("--") and s.endswith("--")  # Zoho: "---- On … wrote ----"
+    s = s.strip("-= ")
+    colon = s.endswith((":", "："))
+    body = s.rstrip(" :：")
+    at = "@" in s
+    digit = any(c.isdigit() for c in s)
+    starts = any(s.startswith(word + " ") or s.startswith(word + ",") for word in words.ATTRIBUTION_STARTS)
+    if _ends_with_verb(body):
+        if not (at or digit):
+            return 1
+        return 2 if colon or zoho or starts else 1
+    if not colon or not digit:
+        return 0
+    if at and body.endswith((">", ")")):
+        return 2  # Gmail in Japanese, Russian, German…: "<date> John <j@x.org>:", "… schrieb John <j@x.org>:"
+    if any(f" {verb} " in body for verb in words.WRITE_VERBS if verb[0] < _CJK):
+        # Thunderbird "Am 12.01.26 um 09:41 schrieb John Doe:", Apple "John <j@x> kirjoitti 12.1.2026 kello 9.41:"
+        return 2 if starts or at else 1
+    return 0
+
+
+def _could_end_attribution(line: str) -> bool:
+    """Cheap first test: a line that ends with a colon, a dash (Zoho) or a verb of writing."""
+    s = _folded(line).rstrip(" -=")
+    return bool(s) and (s.endswith((":", "：")) or s.endswith(words.WRITE_VERBS))
+
+
+def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int]:
+    """(first line, strength) of an attribution ending at line i, over one to three lines as clients wrap it."""
+    line = texts[i]
+    if quoted[i] or not _could_end_attribution(line):
+        return i, 0
+    start = i
+    if not _starts_attribution(line):
+        for k in (i - 1, i - 2):
+            if k < 0 or quoted[k] or not _folded(texts[k]) or texts[k].rstrip().endswith(_SENTENCE_END):
+                break
+            if _starts_attribution(texts[k]):
+                start = k
+                break
+            if texts[k].rstrip().endswith(("<", "(", ">", ",")):
+                start = k
+    joined = " ".join(part.strip() for part in texts[start : i + 1])
+    strength = _strength(joined) if len(joined) <= MAX_MARKER else 0
+    if strength == 0 and start < i:
+        start, strength = i, _strength(line)
+    return start, strength
+
+
+# --- the passes
+
+
+def _cut_point(texts: list[str], quoted: list[bool]) -> int:
+    """Index of the first line of the earlier message (or signature), len(texts) when there is none."""
+    n = len(texts)
+    for i, line in enumerate(texts):
+        if quoted[i] or not line.strip():
+            continue
+        if line.rstrip() == "--" or _is_separator(line) or _is_footer(line):
+            return i
+        if _header(line) is not None and _header_block_at(texts, quoted, i):
+            return _with_fence_above(texts, quoted, i)
+        start, strength = _attribution(texts, quoted, i)
+        if strength:
+            following = next((j for j in range(i + 1, n) if texts[j].strip()), None)
+            if following is None or (strength == 2 and not quoted[following]):
+                return start  # the earlier message follows without ">" (or was HTML, already removed)
+    return n
+
+
+def _with_fence_above(texts: list[str], quoted: list[bool], i: int) -> int:
+    """Outlook's dashed line (or a webmail's "====") just above a header block goes with it."""
+    j = i - 1
+    while j >= 0 and not quoted[j] and not texts[j].strip():
+        j -= 1
+    return j if j >= 0 and not quoted[j] and _is_fence(texts[j]) else i
+
+
+def _mark_rewrapped(texts: list[str], quoted: list[bool]) -> None:
+    """A quoted line the sender's client re-wrapped leaves its end on the next line without ">": it is quoted too.
+
+    Only a short piece right under a long quoted line that it continues (the line had no room for its
+    first word, and did not end a sentence), followed by more quote or, starting lower-case, by nothing.
+    """
+    n = len(texts)
+    last = max((j for j in range(n) if texts[j].strip()), default=-1)
+    for i in range(1, n):
+        if quoted[i] or not quoted[i - 1]:
+            continue
+        line, above = texts[i].strip(), texts[i - 1].rstrip()
+        if not line or len(line) > _WRAP or len(above) > MAX_MARKER or above.endswith(_SENTENCE_END + (":",)):
+            continue
+        first_word = line.split(" ", 1)[0]
+        if len(above) < 50 or len(above) + 1 + len(first_word) < _WRAP:
+            continue
+        if (i + 1 < n and quoted[i + 1]) or (i == last and line[0].islower()):
+            quoted[i] = True
+
+
+def _drop_quotes(texts: list[str], quoted: list[bool]) -> list[str]:
+    """Quoted lines go, and with each quoted block the attribution just above it (skipping blank lines)."""
+    keep = [not q for q in quoted]
+    for i in range(len(texts)):
+        if quoted[i] and (i == 0 or not quoted[i - 1]):
+            j = i - 1
+            while j >= 0 and not quoted[j] and not texts[j].strip():
+                j -= 1
+            if j >= 0 and keep[j]:
+                start, strength = _attribution(texts, quoted, j)
+                if strength and all(keep[start : j + 1]):
+                    for k in range(start, j + 1):
+                        keep[k] = False
     return [line for line, kept in zip(texts, keep, strict=True) if kept]
 
 
-def _drop_attribution(lines: list[str], keep: list[bool], before: int) -> None:
-    """The "On … wrote:" line above a quote (skipping blank lines), or its two halves when wrapped as Gmail does."""
-    j = before - 1
-    while j >= 0 and not lines[j].strip():
-        j -= 1
-    if j < 0 or not keep[j] or not _ends_with(_WROTE, lines[j]):
-        return
-    keep[j] = False
-    wrapped = j > 0 and keep[j - 1] and _marker(_ATTRIBUTION_START, lines[j - 1])
-    if wrapped and not _marker(_ATTRIBUTION_START, lines[j]):
-        keep[j - 1] = False
-
-
 def _drop_trailing(lines: list[str]) -> None:
-    """An attribution left at the very end (its quote was HTML, removed) and a phone's "Sent from my iPhone" go."""
-    for pattern in (_WROTE, _SIGN_OFF):
-        while lines and not lines[-1]:
+    """An attribution, a phone's footer or a dashed line left at the very end goes (the quote was HTML)."""
+    unquoted = [False] * len(lines)
+    while True:
+        while lines and not lines[-1].strip():
             lines.pop()
-        if lines and _ends_with(pattern, lines[-1]):
-            last = lines.pop()
-            if (
-                pattern is _WROTE
-                and not _marker(_ATTRIBUTION_START, last)
-                and lines
-                and _marker(_ATTRIBUTION_START, lines[-1])
-            ):
-                lines.pop()
+        if not lines:
+            return
+        last = len(lines) - 1
+        if _is_footer(lines[last]) or _is_fence(lines[last]):
+            lines.pop()
+            continue
+        start, strength = _attribution(lines, unquoted, last)
+        if not strength:
+            return
+        del lines[start:]

@@ -223,6 +223,10 @@ def html_to_text(html: str) -> str:
     for element in _QUOTES(tree):
         if element.getparent() is not None:
             element.drop_tree()  # keeps the text that follows the quote (bottom posting)
+    for element in tree.iter("div"):
+        if len(element) == 0 and element.text and not element.text.strip():
+            element.text = None  # a webmail's blank line, <div>&nbsp;</div>, stays a blank line
+            element.append(etree.Element("br"))
     for element in tree.iter("p"):
         if "msonormal" in (element.get("class") or "").lower():
             # Outlook writes every line as a paragraph and a blank line as one holding &nbsp;
@@ -454,13 +458,16 @@ def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int
         return i, 0
     start = i
     if not _starts_attribution(line):
+        # Wrapped: the first line opens with "On"/"Le"/"Am"…, or breaks inside the name and address, or the
+        # last line is the verb alone ("wrote:", "kirjoitti:", "şunu yazdı:").
+        verb_only = _folded(line).rstrip(" :：") in words.WRITE_VERBS
         for k in (i - 1, i - 2):
             if k < 0 or quoted[k] or not _folded(texts[k]) or texts[k].rstrip().endswith(_SENTENCE_END):
                 break
             if _starts_attribution(texts[k]):
                 start = k
                 break
-            if texts[k].rstrip().endswith(("<", "(", ">", ",")):
+            if texts[k].rstrip().endswith(("<", "(", ">", ")", ",")) or (verb_only and k == i - 1):
                 start = k
     joined = " ".join(part.strip() for part in texts[start : i + 1])
     strength = _strength(joined) if len(joined) <= MAX_MARKER else 0

@@ -20,6 +20,7 @@ WRITE_VERBS: tuple[str, ...] = (
     "écrit",  # fr (wrapped: "… a" / "écrit :")
     "schrieb",  # de
     "hat geschrieben",  # de
+    "geschrieben",  # de (Yahoo: "… hat John <j@x> Folgendes geschrieben:")
     "escribió",  # es
     "ha escrito",  # es
     "va escriure",  # ca
@@ -138,6 +139,7 @@ for _kind, _names in {
         "datum",  # de, nl, sv
         "enviado",  # es, pt
         "enviado el",  # es
+        "fecha",  # es (Samsung)
         "enviada",  # pt
         "enviado em",  # pt-BR
         "enviada em",  # pt
@@ -315,6 +317,7 @@ SEPARATOR_PHRASES: frozenset[str] = frozenset(
         "转发的邮件",
         "轉寄的郵件",
         "元のメッセージ",
+        "オリジナルメッセージ",
         "転送されたメッセージ",
         "원본 메시지",
         "전달된 메시지",
@@ -356,6 +359,7 @@ FOOTER_PREFIXES: tuple[str, ...] = (
     "sent from outlook",
     "sent from the all new aol app",
     "sent from samsung",
+    "sent from my galaxy",
     "sent from zoho mail",
     "sent with protonmail",
     "sent from proton mail",
@@ -424,5 +428,15 @@ FOOTER_PREFIXES: tuple[str, ...] = (
     "ipadから送信",
     "내 iphone에서 보냄",
     "galaxy에서 보냄",
+    "galaxy から送信",
+    "lähetetty galaxy",
+    "отправлено с устройства ",
+    "galaxy eszközről küldve",
+    "elküldve a galaxy",
+    "galaxy cihazımdan gönderildi",
+    "στάλθηκε από το galaxy",
+    "trimis de pe ",
+    "enviado desde mi galaxy",
+    "inviato dal mio galaxy",
 )
 MAX_FOOTER = 70  # a footer is short; a longer line starting "Sent from my…" is the sender's sentence

@@ -220,9 +220,16 @@ def html_to_text(html: str) -> str:
         if _header(first) is not None:
             _cut_from(element)
             break
+    root = tree.getroottree().getroot()
     for element in _QUOTES(tree):
-        if element.getparent() is not None:
-            element.drop_tree()  # keeps the text that follows the quote (bottom posting)
+        parent = element.getparent()
+        if parent is None or element.getroottree().getroot() is not root or _is_indent(element):
+            continue
+        # A ">" line stands where the quote was: the text rules then see an attribution above a quote
+        # (and drop it) rather than one above the sender's bottom-posted words (which they would cut).
+        marker = etree.Element("div")
+        marker.text, marker.tail = ">", element.tail
+        parent.replace(element, marker)
     for element in tree.iter("div"):
         if len(element) == 0 and element.text and not element.text.strip():
             element.text = None  # a webmail's blank line, <div>&nbsp;</div>, stays a blank line
@@ -240,6 +247,17 @@ def html_to_text(html: str) -> str:
         return Inscriptis(tree, _CONFIG).get_text()
     except (RecursionError, ValueError, etree.LxmlError):
         return ""
+
+
+def _is_indent(element: etree._Element) -> bool:
+    """Gmail's "Indent more" is a blockquote too, but with no border and no quote class: the sender's words."""
+    style = (element.get("style") or "").replace(" ", "").lower()
+    return (
+        element.tag == "blockquote"
+        and "border:none" in style
+        and element.get("type") != "cite"
+        and "quote" not in (element.get("class") or "")
+    )
 
 
 def _cut_from(element: etree._Element) -> None:

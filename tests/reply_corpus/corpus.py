@@ -557,6 +557,37 @@ def _specials() -> Iterator[tuple[str, str, str, str, str]]:
     plain = en["new"] + ["", "---------- Forwarded message ---------"] + header_block("en") + [""] + en["old"]
     yield "gmail-forward/en", "en", _plain("\n".join(plain)), "", new_words("en")
 
+    # Bottom-posted under a plain attribution div and a blockquote (Yandex, Mail.ru's web client)
+    html = (
+        '<div>12.01.2026, 09:41, &#34;Иван Петров&#34; &lt;ivan.petrov@example.ru&gt;:</div><blockquote>'
+        + html_lines(ru["old"])
+        + "</blockquote><div>&nbsp;</div>"
+        + html_lines(ru["new"])
+        + "\n"
+    )
+    yield "yandex-bottom/ru", "ru", leaf("text/html", html, cte="base64"), "", new_words("ru")
+    # Gmail's "Indent more" is a blockquote without a border: the sender's own words
+    html = (
+        '<div dir="ltr"><div>Steps for tonight:</div><blockquote style="margin:0 0 0 40px;border:none;padding:0px">'
+        "<div>1. stop the service</div><div>2. copy the database</div></blockquote><div>Thanks</div></div>\n"
+    )
+    expected = "Steps for tonight:\n1. stop the service\n2. copy the database\nThanks"
+    yield "gmail-indent/en", "en", leaf("text/html", html), "", expected
+    # Outlook inside one organisation: no addresses in the header block
+    block = ["From: John Doe", "Sent: Monday, January 12, 2026 9:41 AM", "To: Alice Smith", "Subject: Patch status"]
+    plain = en["new"] + ["", ""] + block + [""] + en["old"]
+    yield "outlook-exchange/en", "en", _plain("\n".join(plain)), "", new_words("en")
+    # KMail and Polish webmails
+    plain = LANGS["it"]["new"] + ["", "In data lunedì 12 gennaio 2026 09:41:05 CET, Mario Rossi ha scritto:"]
+    plain += quote(LANGS["it"]["old"])
+    yield "kmail/it", "it", _plain("\n".join(plain)), "User-Agent: KMail/5.2.3\r\n", new_words("it")
+    plain = LANGS["pl"]["new"] + ["", "Dnia 12.01.2026 o 09:41 Jan Kowalski <jan.kowalski@example.pl> napisał(a):", ""]
+    plain += LANGS["pl"]["old"]
+    yield "webmail-dnia/pl", "pl", _plain("\n".join(plain), charset="iso-8859-2"), "", new_words("pl")
+    # A signature separator written with a non-breaking space
+    plain = en["new"] + ["--\u00a0", "Alice Smith", "+33 6 12 34 56 78"]
+    yield "signature-nbsp/en", "en", _plain("\n".join(plain)), "", new_words("en")
+
     # Inline replies: the sender's lines between the quotes stay
     plain = [
         "On Mon, Jan 12, 2026 at 9:41 AM John Doe <john.doe@example.com> wrote:",

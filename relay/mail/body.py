@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterator
 from email.message import Message
 
-import lxml.html
 from inscriptis import Inscriptis
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
@@ -176,29 +175,66 @@ def unflow(text: str, *, delsp: bool = False) -> list[Line]:
 # ---------------------------------------------------------------------------
 # HTML: drop the quoted original, then inscriptis
 
-# Quote containers the clients mark: Gmail, Apple Mail / Thunderbird (type=cite), Yahoo, Zoho, Proton, AOL.
-_QUOTES = etree.XPath(
-    "//blockquote"
-    " | //*[contains(@class, 'gmail_quote')]"
-    " | //*[contains(@class, 'gmail_attr')]"
-    " | //*[contains(@class, 'moz-cite-prefix')]"
-    " | //*[contains(@class, 'yahoo_quoted')]"
-    " | //*[contains(@class, 'zmail_extra')]"
-    " | //*[contains(@class, 'protonmail_quote')]"
-    " | //*[contains(@class, 'aolReplyQuote')]"
+# Quote containers the clients mark (any element whose class holds one of these, and every blockquote):
+# Gmail, Thunderbird, Yahoo, Zoho, Proton, AOL.
+_QUOTE_CLASSES = (
+    "gmail_quote",
+    "gmail_attr",
+    "moz-cite-prefix",
+    "yahoo_quoted",
+    "zmail_extra",
+    "protonmail_quote",
+    "aolReplyQuote",
 )
-# These start the original (Outlook desktop and web, new Outlook, Thunderbird's forward, Samsung): it and
+# These start the original (Outlook desktop and web, new Outlook, Hotmail, Thunderbird's forward): it and
 # everything after it go.
-_OUTLOOK_START = etree.XPath(
-    "//*[@id='divRplyFwdMsg' or @id='x_divRplyFwdMsg' or @id='appendonsend' or @id='x_appendonsend'"
-    " or @id='mail-editor-reference-message-container' or @id='stopSpelling'"
-    " or contains(@class, 'OutlookMessageHeader') or contains(@class, 'moz-forward-container')]"
+_START_IDS = frozenset(
+    {
+        "divRplyFwdMsg",
+        "x_divRplyFwdMsg",
+        "appendonsend",
+        "x_appendonsend",
+        "mail-editor-reference-message-container",
+        "stopSpelling",
+    }
 )
-# Outlook and Windows Mail open the original's header block with a div that has only a top border.
-_BORDER_TOP = etree.XPath(
-    "//div[contains(translate(@style, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ ', 'abcdefghijklmnopqrstuvwxyz'),"
-    " 'border-top:solid') or contains(translate(@style, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ ',"
-    " 'abcdefghijklmnopqrstuvwxyz'), 'border-top-style:solid')]"
+_START_CLASSES = ("OutlookMessageHeader", "moz-forward-container")
+_WHITESPACE = re.compile(r"\s++")
+_LINE_EDGES = re.compile(r" *+\n *+")
+_MARKED = etree.XPath("//blockquote | //*[@id or @class or @style]")
+_MSO_PARAGRAPHS = etree.XPath("//p[@class]")
+_BREAK = "\ue000"  # a private-use character: _clean_chars removes it from the mail's own text
+_HTML_PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True)
+MAX_LAYOUT = 3000  # elements inscriptis lays out (about 30 ms); a larger tree gets _plain_layout
+_BLOCKS = (
+    "p",
+    "div",
+    "li",
+    "tr",
+    "table",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "pre",
+    "blockquote",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "address",
+    "center",
+    "form",
+    "fieldset",
+    "body",
 )
 _XML_DECLARATION = re.compile(r"^\s*+<\?xml[^>]*+>")
 _CONFIG = ParserConfig(css=CSS_PROFILES["strict"])  # "relaxed" indents nested divs
@@ -210,18 +246,21 @@ def html_to_text(html: str) -> str:
     if not html.strip():
         return ""
     try:
-        tree = lxml.html.document_fromstring(html)
+        # lxml.etree's own HTML parser: lxml.html's element classes cost a Python call per element
+        tree = etree.fromstring(html, _HTML_PARSER)
     except (etree.LxmlError, ValueError):
         return ""
-    for element in _OUTLOOK_START(tree)[:1]:
-        _cut_from(element)
-    for element in _BORDER_TOP(tree):
-        first = next((line for line in (element.text_content() or "")[:MAX_MARKER].split("\n") if line.strip()), "")
-        if _header(first) is not None:
+    if tree is None:
+        return ""
+    root = tree.getroottree().getroot()
+    start, border_tops, quotes = _structure(tree)
+    if start is not None:
+        _cut_from(start)
+    for element in border_tops:
+        if element.getroottree().getroot() is root and _header(_first_line(element)) is not None:
             _cut_from(element)
             break
-    root = tree.getroottree().getroot()
-    for element in _QUOTES(tree):
+    for element in quotes:
         parent = element.getparent()
         if parent is None or element.getroottree().getroot() is not root or _is_indent(element):
             continue
@@ -234,19 +273,71 @@ def html_to_text(html: str) -> str:
         if len(element) == 0 and element.text and not element.text.strip():
             element.text = None  # a webmail's blank line, <div>&nbsp;</div>, stays a blank line
             element.append(etree.Element("br"))
-    for element in tree.iter("p"):
+    for element in _MSO_PARAGRAPHS(tree):
         if "msonormal" in (element.get("class") or "").lower():
             # Outlook writes every line as a paragraph and a blank line as one holding &nbsp;
             element.tag = "div"
-            if not (element.text_content() or "").strip():
+            if not "".join(element.itertext()).strip():
                 for child in list(element):
                     element.remove(child)
                 element.text = None
                 element.append(etree.Element("br"))
+    if sum(1 for _ in tree.iter()) > MAX_LAYOUT:
+        return _plain_layout(tree)
     try:
         return Inscriptis(tree, _CONFIG).get_text()
     except (RecursionError, ValueError, etree.LxmlError):
         return ""
+
+
+def _structure(tree: etree._Element) -> tuple[etree._Element | None, list, list]:
+    """One pass over the elements (XPath unions cost a traversal each): where Outlook's original starts,
+    the divs with only a top border (Outlook, Windows Mail), and the quote containers."""
+    start = None
+    border_tops, quotes = [], []
+    for element in _MARKED(tree):  # a traversal in C; Python sees only elements with attributes
+        if element.tag == "blockquote":
+            quotes.append(element)
+        ident, cls, style = element.get("id"), element.get("class"), element.get("style")
+        if start is None and (ident in _START_IDS or (cls and any(name in cls for name in _START_CLASSES))):
+            start = element
+        if cls and any(name in cls for name in _QUOTE_CLASSES) and element.tag != "blockquote":
+            quotes.append(element)
+        if style and element.tag == "div" and "border-top" in style.lower():
+            flat = style.replace(" ", "").lower()
+            if "border-top:solid" in flat or "border-top-style:solid" in flat:
+                border_tops.append(element)
+    return start, border_tops, quotes
+
+
+def _first_line(element: etree._Element) -> str:
+    """The first non-blank line of an element's text, read lazily: text_content() of nested divs is quadratic."""
+    for i, chunk in enumerate(element.itertext()):
+        line = next((part for part in chunk.split("\n") if part.strip()), "")
+        if line or i > 20:
+            return line[:MAX_MARKER]
+    return ""
+
+
+def _plain_layout(tree: etree._Element) -> str:
+    """Text of an HTML tree with a line per block and <br>, for trees too large for inscriptis to lay out fast.
+
+    inscriptis spends about 10 µs per element: 100 KB of <br> would take a quarter of a second. No hand-written
+    message has this many elements left once the quote is gone; this keeps a crafted one linear and cheap.
+    """
+    for element in tree.iter(etree.Comment, etree.ProcessingInstruction, "script", "style", "head", "title"):
+        element.text = None
+        for child in list(element):
+            element.remove(child)
+    # Breaks are marked with U+E000 (_clean_chars removed it from the mail), the source's own
+    # whitespace collapses as HTML does, then the marks become the lines.
+    for element in tree.iter(*_BLOCKS):
+        element.text = _BREAK + (element.text or "")
+        element.tail = _BREAK + (element.tail or "")
+    for element in tree.iter("br"):
+        element.tail = _BREAK + (element.tail or "")
+    text = _WHITESPACE.sub(" ", etree.tostring(tree, method="text", encoding="unicode")).replace(_BREAK, "\n")
+    return _LINE_EDGES.sub("\n", text)
 
 
 def _is_indent(element: etree._Element) -> bool:
@@ -290,14 +381,27 @@ def _cut_from(element: etree._Element) -> None:
 # 3. an attribution, footer or dashed line left at the very end goes (the quote was HTML, removed).
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-_INVISIBLE = re.compile(r"[\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060\ufeff]")
+_INVISIBLE = re.compile(r"[\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060\ue000\ufeff]")
 _SPACES = re.compile(r"[\u00a0\u2007\u202f]")
 _BLANK_LINES = re.compile(r"\n{3,}+")
+_BLANK_RUN = re.compile(r"\n(?: *+\n)++")
 
 _FENCE = frozenset("-_=*~")  # the characters of a dashed line above a header block
+_FENCE_START = frozenset("-_=*")  # a separator line starts with one of these, or ends with a colon
+_FOOTER_FIRST = frozenset(prefix[0] for prefix in words.FOOTER_PREFIXES)
+_FOOTER_HEADS = frozenset(prefix[:4] for prefix in words.FOOTER_PREFIXES)
+_HEADER_SPAN = words.LONGEST_HEADER + 8  # where a header line's colon can be (after "*" and spaces)
+_CJK = "\u2e80"  # verbs in scripts from here on are not separated from the name by a space
+_STARTS = tuple(word + end for word in words.ATTRIBUTION_STARTS for end in " ,")
+_INNER_VERBS = tuple(f" {verb} " for verb in words.WRITE_VERBS if verb[0] < _CJK)
+_DIGIT = re.compile(r"\d")
+_VERB_SET = frozenset(words.WRITE_VERBS)
+_VERB_SIZES = sorted({len(verb) for verb in words.WRITE_VERBS}, reverse=True)
+_LONGEST_START = max(len(start) for start in _STARTS)
+_VERB_ENDS = frozenset(verb[-2:] for verb in words.WRITE_VERBS)
+_LONGEST_VERB = max(len(verb) for verb in words.WRITE_VERBS) + 1
 _SENTENCE_END = (".", "!", "?", "。", "！", "？")
 _WRAP = 72  # the width most clients wrap quoted lines at (RFC 3676 suggests 78 at most)
-_CJK = "\u2e80"  # verbs in scripts from here on are not separated from the name by a space
 
 
 def new_words_only(text: str) -> str:
@@ -306,7 +410,9 @@ def new_words_only(text: str) -> str:
 
 
 def _plain_lines(text: str) -> list[Line]:
-    return [(line, line.startswith(">")) for line in _clean_chars(_newlines(text)).split("\n")]
+    # Runs of blank lines become one (step 5 would anyway): the rules then read only lines with words.
+    text = _BLANK_RUN.sub("\n\n", _clean_chars(_newlines(text)))
+    return [(line, line.startswith(">")) for line in text.split("\n")]
 
 
 def _new_words(lines: list[Line]) -> str:
@@ -342,9 +448,10 @@ def _folded(line: str) -> str:
 
 def _is_separator(line: str) -> bool:
     """Outlook's underscores, "-----Original Message-----" and its translations, "Begin forwarded message:"."""
-    s = _folded(line)
-    if not s:
+    s = line.strip()
+    if not s or len(line) > MAX_MARKER or (s[0] not in _FENCE_START and s[-1] not in ":："):
         return False
+    s = s.lower()
     if len(s) >= 20 and s.strip("_") == "":
         return True
     core = s.strip("-=_* ").rstrip(" :").replace("\u0307", "")  # Turkish "İ" lower-cases to "i" + a dot
@@ -359,9 +466,10 @@ def _is_fence(line: str) -> bool:
 
 def _is_footer(line: str) -> bool:
     """A phone's "Sent from my iPhone", "Get Outlook for Android<https://aka.ms/…>", in any language."""
-    s = _folded(line)
-    if not s or len(s) > 2 * words.MAX_FOOTER:
+    s = line.strip()
+    if not s or len(s) > 2 * words.MAX_FOOTER or s[0].lower() not in _FOOTER_FIRST:
         return False
+    s = s.lower()
     if s.endswith(">") and "<" in s:  # Outlook mobile's link after the words
         s = s[: s.rfind("<")].rstrip()
     return len(s) <= words.MAX_FOOTER and s.startswith(words.FOOTER_PREFIXES)
@@ -373,15 +481,19 @@ def _header(line: str) -> tuple[str, str] | None:
         return None
     s = line.lstrip(" *")
     head = s[: words.LONGEST_HEADER + 4]
-    colon = min((i for i in (head.find(":"), head.find("：")) if i > 0), default=-1)
-    if colon < 0:
+    colon = head.find(":")
+    wide = head.find("：")
+    if wide > 0 and (colon < 0 or wide < colon):
+        colon = wide
+    if colon <= 0:
         return None
     kind = words.HEADER_NAMES.get(head[:colon].strip(" *").lower())
     return (kind, s[colon + 1 :].strip(" *")) if kind else None
 
 
-def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> bool:
-    """Whether a forwarded/original header block starts at line i: From (or Date) with other headers under it.
+def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> tuple[bool, int]:
+    """Whether a forwarded/original header block starts at line i (From or Date with other headers under it),
+    and the line after the run of header lines read, so that a caller never reads the same run twice.
 
     A lone "From: the ops team" is the sender's; so is an itinerary's "From: Paris / To: Lyon": a block
     needs an address on its From line or a Subject with a Date beside it.
@@ -410,10 +522,10 @@ def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> bool:
         j += 1
     distinct = set(kinds)
     if len(kinds) < 2 or len(distinct) < 2:
-        return False
+        return False, j
     if "from" in distinct and address:
-        return True
-    return {"date", "subject"} <= distinct and ("from" in distinct or "to" in distinct)
+        return True, j
+    return {"date", "subject"} <= distinct and ("from" in distinct or "to" in distinct), j
 
 
 # --- attribution lines
@@ -421,19 +533,17 @@ def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> bool:
 
 def _ends_with_verb(body: str) -> bool:
     """Whether `body` (folded, without the final colon) ends with a verb of writing, as a word of its own."""
-    if not body.endswith(words.WRITE_VERBS):
-        return False
-    for verb in words.WRITE_VERBS:
-        if body.endswith(verb):
-            before = body[: -len(verb)]
+    for size in _VERB_SIZES:
+        verb = body[-size:]
+        if verb in _VERB_SET:
+            before = body[:-size]
             if not before or verb[0] >= _CJK or not (before[-1].isalnum() or before[-1] in "-/_.'"):
                 return True
     return False
 
 
 def _starts_attribution(line: str) -> bool:
-    s = _folded(line).lstrip("-= ")
-    return any(s.startswith(word + " ") or s.startswith(word + ",") for word in words.ATTRIBUTION_STARTS)
+    return line.lstrip(" -=")[:_LONGEST_START].lower().startswith(_STARTS)
 
 
 def _strength(joined: str) -> int:
@@ -447,8 +557,8 @@ def _strength(joined: str) -> int:
     colon = s.endswith((":", "："))
     body = s.rstrip(" :：")
     at = "@" in s
-    digit = any(c.isdigit() for c in s)
-    starts = any(s.startswith(word + " ") or s.startswith(word + ",") for word in words.ATTRIBUTION_STARTS)
+    digit = _DIGIT.search(s) is not None
+    starts = s.startswith(_STARTS)
     if _ends_with_verb(body):
         if not (at or digit):
             return 1
@@ -457,7 +567,7 @@ def _strength(joined: str) -> int:
         return 0
     if at and body.endswith((">", ")")):
         return 2  # Gmail in Japanese, Russian, German…: "<date> John <j@x.org>:", "… schrieb John <j@x.org>:"
-    if any(f" {verb} " in body for verb in words.WRITE_VERBS if verb[0] < _CJK):
+    if any(verb in body for verb in _INNER_VERBS):
         # Thunderbird "Am 12.01.26 um 09:41 schrieb John Doe:", Apple "John <j@x> kirjoitti 12.1.2026 kello 9.41:"
         return 2 if starts or at else 1
     return 0
@@ -465,8 +575,10 @@ def _strength(joined: str) -> int:
 
 def _could_end_attribution(line: str) -> bool:
     """Cheap first test: a line that ends with a colon, a dash (Zoho) or a verb of writing."""
-    s = _folded(line).rstrip(" -=")
-    return bool(s) and (s.endswith((":", "：")) or s.endswith(words.WRITE_VERBS))
+    if len(line) > MAX_MARKER:
+        return False
+    s = line.rstrip().rstrip(" -=")
+    return bool(s) and (s[-1] in ":：" or s[-_LONGEST_VERB:].lower().endswith(words.WRITE_VERBS))
 
 
 def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int]:
@@ -478,14 +590,15 @@ def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int
     if not _starts_attribution(line):
         # Wrapped: the first line opens with "On"/"Le"/"Am"…, or breaks inside the name and address, or the
         # last line is the verb alone ("wrote:", "kirjoitti:", "şunu yazdı:").
-        verb_only = _folded(line).rstrip(" :：") in words.WRITE_VERBS
+        verb_only = len(line) <= _LONGEST_VERB + 8 and line.strip().rstrip(" :：").lower() in _VERB_SET
         for k in (i - 1, i - 2):
-            if k < 0 or quoted[k] or not _folded(texts[k]) or texts[k].rstrip().endswith(_SENTENCE_END):
+            above = texts[k].rstrip() if k >= 0 and not quoted[k] and len(texts[k]) <= MAX_MARKER else ""
+            if not above.strip() or above.endswith(_SENTENCE_END):
                 break
             if _starts_attribution(texts[k]):
                 start = k
                 break
-            if texts[k].rstrip().endswith(("<", "(", ">", ")", ",")) or (verb_only and k == i - 1):
+            if above.endswith(("<", "(", ">", ")", ",")) or (verb_only and k == i - 1):
                 start = k
     joined = " ".join(part.strip() for part in texts[start : i + 1])
     strength = _strength(joined) if len(joined) <= MAX_MARKER else 0
@@ -500,19 +613,43 @@ def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int
 def _cut_point(texts: list[str], quoted: list[bool]) -> int:
     """Index of the first line of the earlier message (or signature), len(texts) when there is none."""
     n = len(texts)
+    headers_read = 0
     for i, line in enumerate(texts):
-        if quoted[i] or not line.strip():
+        if quoted[i]:
             continue
-        if line.rstrip() == "--" or _is_separator(line) or _is_footer(line):
+        s = line.strip()
+        if not s or len(s) > MAX_MARKER:
+            continue
+        # Cheap tests on the line's ends first: most lines are plain words and get no further.
+        first, last = s[0], s[-1]
+        if s == "--" or ((first in _FENCE_START or last in ":：") and _is_separator(line)):
             return i
-        if _header(line) is not None and _header_block_at(texts, quoted, i):
-            return _with_fence_above(texts, quoted, i)
+        if s[:4].lower() in _FOOTER_HEADS and _is_footer(line):
+            return i
+        if i >= headers_read and (":" in s[:_HEADER_SPAN] or "：" in s[:_HEADER_SPAN]) and _header(line):
+            block, headers_read = _header_block_at(texts, quoted, i)
+            if block:
+                return _with_fence_above(texts, quoted, i)
+        if last not in ":：-=" and not (
+            s[-2:].lower() in _VERB_ENDS and s[-_LONGEST_VERB:].lower().endswith(words.WRITE_VERBS)
+        ):
+            continue
+        following = next((j for j in range(i + 1, n) if texts[j].strip()), None)
+        if following is not None and (quoted[following] or not _may_be_strong(texts, i, last)):
+            continue  # above a quote it is _drop_quotes' business; above words only a strong one cuts them
         start, strength = _attribution(texts, quoted, i)
-        if strength:
-            following = next((j for j in range(i + 1, n) if texts[j].strip()), None)
-            if following is None or (strength == 2 and not quoted[following]):
-                return start  # the earlier message follows without ">" (or was HTML, already removed)
+        if strength and (following is None or (strength == 2 and not quoted[following])):
+            return start  # the earlier message follows without ">" (or was HTML, already removed)
     return n
+
+
+def _may_be_strong(texts: list[str], i: int, last: str) -> bool:
+    """Cheap necessary conditions of a strong attribution ending at line i: a digit or an "@" (its date or
+    address) in it or the two lines above, and a final colon, Zoho's dashes or an opening word."""
+    window = [line for line in texts[max(0, i - 2) : i + 1] if len(line) <= MAX_MARKER]
+    if not any("@" in line or _DIGIT.search(line) for line in window):
+        return False
+    return last in ":：-" or any(_starts_attribution(line) for line in window)
 
 
 def _with_fence_above(texts: list[str], quoted: list[bool], i: int) -> int:
@@ -561,9 +698,12 @@ def _drop_quotes(texts: list[str], quoted: list[bool]) -> list[str]:
 
 
 def _drop_trailing(lines: list[str]) -> None:
-    """An attribution, a phone's footer or a dashed line left at the very end goes (the quote was HTML)."""
+    """An attribution, a phone's footer or a dashed line left at the very end goes (the quote was HTML).
+
+    A few of them at most (one attribution): a run of such lines is the sender's, not a client's.
+    """
     unquoted = [False] * len(lines)
-    while True:
+    for _ in range(4):
         while lines and not lines[-1].strip():
             lines.pop()
         if not lines:
@@ -576,3 +716,11 @@ def _drop_trailing(lines: list[str]) -> None:
         if not strength:
             return
         del lines[start:]
+        unquoted = []  # one attribution only
+        if not lines:
+            return
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if lines and (_is_footer(lines[-1]) or _is_fence(lines[-1])):
+            lines.pop()
+        return

@@ -55,6 +55,7 @@ class SendRequest:
     message_id: str = ""
     label: str = ""
     confirm: str = "none"
+    trimmed: bool = False  # the e-mail held more than its new words: the confirmation says what was sent
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def campaign(self, recipients: Sequence[Recipient] | None = None, request_id: str | None = None) -> Campaign:
@@ -123,6 +124,7 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "unicode_chars": "".join(parts.unicode_chars),
             "removed_optouts": json.dumps(removed),
             "confirm": req.confirm,
+            "trimmed": int(req.trimmed),
             "created_at": now,
         },
     )

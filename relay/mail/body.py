@@ -47,12 +47,15 @@ def extract_text(msg: Message) -> Body:
                     lines = unflow(_newlines(raw), delsp=_param(part, "delsp").lower() == "yes")
                 else:
                     lines = _plain_lines(raw)
-                return _checked(Body(_new_words(lines), "text/plain"))
+                text, trimmed = _new_words(lines)
+                return _checked(Body(text, "text/plain", trimmed))
         elif html_part is None:
             html_part = part
     if html_part is None:
         raise Rejected(NO_TEXT)
-    return _checked(Body(new_words_only(html_to_text(_decoded(html_part))), "text/html"))
+    html_text, cut = _html_text(_decoded(html_part))
+    text, trimmed = _new_words(_plain_lines(html_text))
+    return _checked(Body(text, "text/html", trimmed or cut))
 
 
 def _checked(body: Body) -> Body:
@@ -242,23 +245,30 @@ _CONFIG = ParserConfig(css=CSS_PROFILES["strict"])  # "relaxed" indents nested d
 
 def html_to_text(html: str) -> str:
     """HTML mail to text: remove quote elements and Outlook's original, then let inscriptis lay out the rest."""
+    return _html_text(html)[0]
+
+
+def _html_text(html: str) -> tuple[str, bool]:
+    """The text of an HTML part, and whether a quote or an original message was removed from it."""
     html = _XML_DECLARATION.sub("", _clean_chars(html))
     if not html.strip():
-        return ""
+        return "", False
     try:
         # lxml.etree's own HTML parser: lxml.html's element classes cost a Python call per element
         tree = etree.fromstring(html, _HTML_PARSER)
     except (etree.LxmlError, ValueError):
-        return ""
+        return "", False
     if tree is None:
-        return ""
+        return "", False
     root = tree.getroottree().getroot()
     start, border_tops, quotes = _structure(tree)
+    cut = start is not None
     if start is not None:
         _cut_from(start)
     for element in border_tops:
         if element.getroottree().getroot() is root and _header(_first_line(element)) is not None:
             _cut_from(element)
+            cut = True
             break
     for element in quotes:
         parent = element.getparent()
@@ -269,6 +279,7 @@ def html_to_text(html: str) -> str:
         marker = etree.Element("div")
         marker.text, marker.tail = ">", element.tail
         parent.replace(element, marker)
+        cut = True
     for element in tree.iter("div"):
         if len(element) == 0 and element.text and not element.text.strip():
             element.text = None  # a webmail's blank line, <div>&nbsp;</div>, stays a blank line
@@ -283,11 +294,11 @@ def html_to_text(html: str) -> str:
                 element.text = None
                 element.append(etree.Element("br"))
     if sum(1 for _ in tree.iter()) > MAX_LAYOUT:
-        return _plain_layout(tree)
+        return _plain_layout(tree), cut
     try:
-        return Inscriptis(tree, _CONFIG).get_text()
+        return Inscriptis(tree, _CONFIG).get_text(), cut
     except (RecursionError, ValueError, etree.LxmlError):
-        return ""
+        return "", cut
 
 
 def _structure(tree: etree._Element) -> tuple[etree._Element | None, list, list]:
@@ -406,7 +417,7 @@ _WRAP = 72  # the width most clients wrap quoted lines at (RFC 3676 suggests 78 
 
 def new_words_only(text: str) -> str:
     """Cut at the signature or an earlier message's marker, drop quoted lines and their attribution, tidy."""
-    return _new_words(_plain_lines(text))
+    return _new_words(_plain_lines(text))[0]
 
 
 def _plain_lines(text: str) -> list[Line]:
@@ -415,8 +426,10 @@ def _plain_lines(text: str) -> list[Line]:
     return [(line, line.startswith(">")) for line in text.split("\n")]
 
 
-def _new_words(lines: list[Line]) -> str:
+def _new_words(lines: list[Line]) -> tuple[str, bool]:
+    """The new words, and whether a line with words in it was left out (shown in the confirmation)."""
     texts = [line for line, _ in lines]
+    written = sum(1 for line in texts if line.strip())
     quoted = [is_quoted for _, is_quoted in lines]
     end = _cut_point(texts, quoted)
     texts, quoted = texts[:end], quoted[:end]
@@ -424,7 +437,8 @@ def _new_words(lines: list[Line]) -> str:
     kept = _drop_quotes(texts, quoted)
     kept = [line.rstrip() for line in kept]
     _drop_trailing(kept)
-    return _BLANK_LINES.sub("\n\n", "\n".join(kept)).strip("\n")
+    trimmed = sum(1 for line in kept if line) < written
+    return _BLANK_LINES.sub("\n\n", "\n".join(kept)).strip("\n"), trimmed
 
 
 def _newlines(text: str) -> str:

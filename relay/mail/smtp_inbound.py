@@ -218,6 +218,7 @@ class Handler:
             message_id=message_id,
             label=tags.label or await self._thread_label(parsed.references),
             confirm=cfg.confirm,
+            trimmed=body.trimmed,
             request_key=request_key(message_id, numbers) if message_id else uuid.uuid4().hex,
         )
         try:

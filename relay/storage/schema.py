@@ -194,3 +194,9 @@ def m005_unrouted_index(db: Database) -> None:
     """Most callbacks are now stored routed: index only those the notifier still has to read."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_callbacks_unrouted ON callbacks (id) WHERE routed = 0")
     db.execute("DROP INDEX IF EXISTS idx_callbacks_routed")
+
+
+@migrations()
+def m006_campaign_trimmed(db: Database) -> None:
+    """Whether the body clean-up left text out of an e-mail's SMS: its confirmation then says what was sent."""
+    db["campaigns"].add_column("trimmed", int, not_null_default=0)

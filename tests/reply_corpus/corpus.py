@@ -559,7 +559,7 @@ def _specials() -> Iterator[tuple[str, str, str, str, str]]:
 
     # Bottom-posted under a plain attribution div and a blockquote (Yandex, Mail.ru's web client)
     html = (
-        '<div>12.01.2026, 09:41, &#34;Иван Петров&#34; &lt;ivan.petrov@example.ru&gt;:</div><blockquote>'
+        "<div>12.01.2026, 09:41, &#34;Иван Петров&#34; &lt;ivan.petrov@example.ru&gt;:</div><blockquote>"
         + html_lines(ru["old"])
         + "</blockquote><div>&nbsp;</div>"
         + html_lines(ru["new"])

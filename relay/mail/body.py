@@ -324,9 +324,9 @@ def _structure(tree: etree._Element) -> tuple[etree._Element | None, list, list]
 def _first_line(element: etree._Element) -> str:
     """The first non-blank line of an element's text, read lazily: text_content() of nested divs is quadratic."""
     for i, chunk in enumerate(element.itertext()):
-        line = next((part for part in chunk.split("\n") if part.strip()), "")
-        if line or i > 20:
-            return line[:MAX_MARKER]
+        head = chunk.lstrip()[:MAX_MARKER]
+        if head or i > 20:
+            return head.split("\n", 1)[0]
     return ""
 
 

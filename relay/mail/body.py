@@ -189,7 +189,7 @@ _QUOTE_CLASSES = (
     "protonmail_quote",
     "aolReplyQuote",
 )
-# These start the original (Outlook desktop and web, new Outlook, Hotmail, Thunderbird's forward): it and
+# These start the original (Outlook desktop and web, new Outlook, Hotmail, Zimbra, Thunderbird's forward): it and
 # everything after it go.
 _START_IDS = frozenset(
     {
@@ -199,6 +199,7 @@ _START_IDS = frozenset(
         "x_appendonsend",
         "mail-editor-reference-message-container",
         "stopSpelling",
+        "zwchr",  # Zimbra
     }
 )
 _START_CLASSES = ("OutlookMessageHeader", "moz-forward-container")

@@ -401,7 +401,7 @@ _BLANK_RUN = re.compile(r"\n(?: *+\n)++")
 _FENCE = frozenset("-_=*~")  # the characters of a dashed line above a header block
 _FENCE_START = frozenset("-_=*")  # a separator line starts with one of these, or ends with a colon
 _FOOTER_FIRST = frozenset(prefix[0] for prefix in words.FOOTER_PREFIXES)
-_FOOTER_HEADS = frozenset(prefix[:4] for prefix in words.FOOTER_PREFIXES)
+_FOOTER_HEADS = frozenset(prefix[:4] for prefix in (*words.FOOTER_PREFIXES, *(h for h, _ in words.FOOTER_AROUND)))
 _HEADER_SPAN = words.LONGEST_HEADER + 8  # where a header line's colon can be (after "*" and spaces)
 _CJK = "\u2e80"  # verbs in scripts from here on are not separated from the name by a space
 _STARTS = tuple(word + end for word in words.ATTRIBUTION_STARTS for end in " ,")
@@ -487,7 +487,11 @@ def _is_footer(line: str) -> bool:
     s = s.lower()
     if s.endswith(">") and "<" in s:  # Outlook mobile's link after the words
         s = s[: s.rfind("<")].rstrip()
-    return len(s) <= words.MAX_FOOTER and s.startswith(words.FOOTER_PREFIXES)
+    if len(s) > words.MAX_FOOTER:
+        return False
+    return s.startswith(words.FOOTER_PREFIXES) or any(
+        s.startswith(head) and s.endswith(tail) for head, tail in words.FOOTER_AROUND
+    )
 
 
 def _header(line: str) -> tuple[str, str] | None:

@@ -67,6 +67,17 @@ WRITE_VERBS: tuple[str, ...] = (
     "さんは書きました",  # ja
     "書きました",  # ja
     "כתב",  # he
+    "เขียนว่า",  # th
+    "napisao je",  # hr, bs
+    "napisala je",  # hr, bs
+    "je napisao",  # hr, sr
+    "je napisala",  # hr, sr
+    "je napisal",  # sl
+    "је написао",  # sr
+    "написа",  # bg
+    "rašė",  # lt
+    "rakstīja",  # lv
+    "kirjutas",  # et
     "كتب",  # ar
 )
 
@@ -205,6 +216,11 @@ for _kind, _names in {
     ),
     "cc": (
         "cc",
+        "kopi",  # da, no
+        "kopio",  # fi
+        "dw",  # pl
+        "κοιν.",  # el
+        "bcc",
         "kopie",
         "copie à",
         "copia",
@@ -442,5 +458,24 @@ FOOTER_PREFIXES: tuple[str, ...] = (
     "trimis de pe ",
     "enviado desde mi galaxy",
     "inviato dal mio galaxy",
+    "elküldve az iphone",
+    "從我的iphone傳送",
+    "poslano s mog ",
+    "poslano sa mog ",
+    "poslano iz mojega ",
+    "odoslané z ",
+    "изпратено от моя ",
+    "gửi từ iphone",
+    "dikirim dari iphone",
+    "dikirim dari perangkat",
+    "נשלח מה",
+    "أرسلت من",
+    "أُرسلت من",
+    "ส่งจาก iphone",
+)
+# Footers told by their two ends: "Von meinem Android-Gerät gesendet", "Von meinem Huawei-Telefon gesendet".
+FOOTER_AROUND: tuple[tuple[str, str], ...] = (
+    ("von meinem ", "gesendet"),
+    ("von meinem ", "gesendet."),
 )
 MAX_FOOTER = 70  # a footer is short; a longer line starting "Sent from my…" is the sender's sentence

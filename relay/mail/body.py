@@ -400,8 +400,9 @@ _BLANK_RUN = re.compile(r"\n(?: *+\n)++")
 
 _FENCE = frozenset("-_=*~")  # the characters of a dashed line above a header block
 _FENCE_START = frozenset("-_=*")  # a separator line starts with one of these, or ends with a colon
-_FOOTER_FIRST = frozenset(prefix[0] for prefix in words.FOOTER_PREFIXES)
-_FOOTER_HEADS = frozenset(prefix[:4] for prefix in (*words.FOOTER_PREFIXES, *(h for h, _ in words.FOOTER_AROUND)))
+_FOOTER_STARTS = (*words.FOOTER_PREFIXES, *(head for head, _ in words.FOOTER_AROUND))
+_FOOTER_FIRST = frozenset(prefix[0] for prefix in _FOOTER_STARTS)
+_FOOTER_HEADS = frozenset(prefix[:4] for prefix in _FOOTER_STARTS)
 _HEADER_SPAN = words.LONGEST_HEADER + 8  # where a header line's colon can be (after "*" and spaces)
 _CJK = "\u2e80"  # verbs in scripts from here on are not separated from the name by a space
 _STARTS = tuple(word + end for word in words.ATTRIBUTION_STARTS for end in " ,")
@@ -454,11 +455,6 @@ def _clean_chars(text: str) -> str:
 
 
 # --- one line at a time
-
-
-def _folded(line: str) -> str:
-    """The line as the word lists are written: stripped and lower-case; "" for a line too long to be a marker."""
-    return line.strip().lower() if len(line) <= MAX_MARKER else ""
 
 
 def _is_separator(line: str) -> bool:
@@ -734,10 +730,7 @@ def _drop_trailing(lines: list[str]) -> None:
         start, strength = _attribution(lines, unquoted, last)
         if not strength:
             return
-        del lines[start:]
-        unquoted = []  # one attribution only
-        if not lines:
-            return
+        del lines[start:]  # one attribution only, and the footer or dashed line just above it
         while lines and not lines[-1].strip():
             lines.pop()
         if lines and (_is_footer(lines[-1]) or _is_fence(lines[-1])):

@@ -204,7 +204,7 @@ _START_IDS = frozenset(
 )
 _START_CLASSES = ("OutlookMessageHeader", "moz-forward-container")
 _WHITESPACE = re.compile(r"\s++")
-_LINE_EDGES = re.compile(r" *+\n *+")
+_LINE_EDGES = re.compile(r"(?<! ) *+\n *+")  # starts only at a run's first space: linear
 _MARKED = etree.XPath("//blockquote | //*[@id or @class or @style]")
 _MSO_PARAGRAPHS = etree.XPath("//p[@class]")
 _BREAK = "\ue000"  # a private-use character: _clean_chars removes it from the mail's own text

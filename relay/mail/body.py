@@ -606,6 +606,8 @@ def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int
         # Wrapped: the first line opens with "On"/"Le"/"Am"…, or breaks inside the name and address, or the
         # last line is the verb alone ("wrote:", "kirjoitti:", "şunu yazdı:").
         verb_only = len(line) <= _LONGEST_VERB + 8 and line.strip().rstrip(" :：").lower() in _VERB_SET
+        # A short last line ("09:41写道：", "napisał(a):") under a line holding the address is wrapped too.
+        short_tail = len(line.strip()) <= 30 and i > 0 and "@" in texts[i - 1]
         for k in (i - 1, i - 2):
             above = texts[k].rstrip() if k >= 0 and not quoted[k] and len(texts[k]) <= MAX_MARKER else ""
             if not above.strip() or above.endswith(_SENTENCE_END):
@@ -613,7 +615,7 @@ def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int
             if _starts_attribution(texts[k]):
                 start = k
                 break
-            if above.endswith(("<", "(", ">", ")", ",")) or (verb_only and k == i - 1):
+            if above.endswith(("<", "(", ">", ")", ",")) or ((verb_only or short_tail) and k == i - 1):
                 start = k
     joined = " ".join(part.strip() for part in texts[start : i + 1])
     strength = _strength(joined) if len(joined) <= MAX_MARKER else 0

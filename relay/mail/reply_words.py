@@ -274,6 +274,15 @@ SEPARATOR_PHRASES: frozenset[str] = frozenset(
         "original e-mail",
         "forwarded message",
         "forwarded e-mail",
+        "mail original",  # Zimbra in French (Free)
+        "mail transféré",
+        "ursprüngliche mail",  # Zimbra in German
+        "weitergeleitete mail",
+        "původní e-mail",  # Seznam
+        "původní email",
+        "pôvodný e-mail",
+        "eredeti levél",
+        "e-mail original",
         "message d'origine",
         "message d’origine",
         "message original",

@@ -588,6 +588,54 @@ def _specials() -> Iterator[tuple[str, str, str, str, str]]:
     plain = en["new"] + ["--\u00a0", "Alice Smith", "+33 6 12 34 56 78"]
     yield "signature-nbsp/en", "en", _plain("\n".join(plain)), "", new_words("en")
 
+    # Gmail in Chinese, its attribution wrapped before the time
+    zh = LANGS["zh"]
+    plain = zh["new"] + ["", "王伟 <wang.wei@example.cn> 于2026年1月12日周一", "09:41写道：", ""] + quote(zh["old"])
+    yield "gmail-wrapped/zh", "zh", _plain("\n".join(plain)), "", new_words("zh")
+    # Zimbra (Free, in French): "----- Mail original -----" over De/À/Envoyé/Objet
+    plain = (
+        fr["new"]
+        + [
+            "",
+            "----- Mail original -----",
+            'De: "Jean Dupont" <jean.dupont@free.fr>',
+            'À: "Marie" <marie@free.fr>',
+            "Envoyé: Lundi 12 Janvier 2026 09:41:05",
+            "Objet: Maintenance",
+            "",
+        ]
+        + fr["old"]
+    )
+    yield "zimbra-free/fr", "fr", _plain("\n".join(plain)), "X-Mailer: Zimbra 8.8.15_GA_4484\r\n", new_words("fr")
+    # Seznam (Czech): "---------- Původní e-mail ----------"
+    cs = LANGS["cs"]
+    plain = (
+        cs["new"]
+        + [
+            "",
+            "---------- Původní e-mail ----------",
+            "Od: Jan Novák <jan.novak@seznam.cz>",
+            "Komu: Petra <petra@seznam.cz>",
+            "Datum: 12. 1. 2026 9:41:05",
+            "Předmět: Zásilka",
+            "",
+        ]
+        + cs["old"]
+    )
+    yield "seznam/cs", "cs", _plain("\n".join(plain), charset="iso-8859-2"), "", new_words("cs")
+    # GMX / Web.de (German): the date first, then Von/An/Betreff, with no separator line
+    plain = de["new"] + [
+        "",
+        "",
+        "Gesendet: Montag, 12. Januar 2026 um 09:41 Uhr",
+        'Von: "Hans Müller" <hans.mueller@gmx.de>',
+        "An: anna@gmx.de",
+        "Betreff: Server",
+        "",
+    ]
+    plain += de["old"]
+    yield "gmx/de", "de", _plain("\n".join(plain)), "", new_words("de")
+
     # Inline replies: the sender's lines between the quotes stay
     plain = [
         "On Mon, Jan 12, 2026 at 9:41 AM John Doe <john.doe@example.com> wrote:",

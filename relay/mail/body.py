@@ -510,11 +510,11 @@ def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> tuple[bool
     """Whether a forwarded/original header block starts at line i (From or Date with other headers under it),
     and the line after the run of header lines read, so that a caller never reads the same run twice.
 
-    A lone "From: the ops team" is the sender's; so is an itinerary's "From: Paris / To: Lyon": a block
-    needs an address on its From line or a Subject with a Date beside it.
+    A lone "From: the ops team" is the sender's; so is an itinerary's "From: Paris / To: Lyon / Date: Monday":
+    a block needs an address on its From line, a To and a Date with digits beside it, or a Subject and a Date.
     """
     kinds: list[str] = []
-    address = False
+    address = dated = False
     j = i
     blanks = 0
     while j < len(texts) and len(kinds) < 8:
@@ -533,13 +533,15 @@ def _header_block_at(texts: list[str], quoted: list[bool], i: int) -> tuple[bool
         kinds.append(kind)
         if kind == "from" and ("@" in value or "<" in value or "[" in value):
             address = True
+        if kind == "date" and _DIGIT.search(value):
+            dated = True
         blanks = 0
         j += 1
     distinct = set(kinds)
     if len(kinds) < 2 or len(distinct) < 2:
         return False, j
-    if "from" in distinct and address:
-        return True, j
+    if "from" in distinct and (address or (dated and "to" in distinct)):
+        return True, j  # Windows Mail, Outlook with a link: "From: Name / Sent: <date> / To: Name"
     return {"date", "subject"} <= distinct and ("from" in distinct or "to" in distinct), j
 
 

@@ -455,6 +455,9 @@ def _specials() -> Iterator[tuple[str, str, str, str, str]]:
         + "</div></div></body></html>\n"
     )
     yield "windows-mail/ru", "ru", leaf("text/html", html), "X-Mailer: Windows Mail\r\n", new_words("ru")
+    # ... and its plain alternative: names without addresses, no subject
+    plain = ru["new"] + ["", "От: Иван Петров", "Отправлено: 12 января 2026 г. 9:41", "Кому: Ольга", ""] + ru["old"]
+    yield "windows-mail-plain/ru", "ru", _plain("\n".join(plain)), "X-Mailer: Windows Mail\r\n", new_words("ru")
     # Zoho: "---- On … wrote ----" and the old text under it
     for lang, attr in {
         "en": "---- On Mon, 12 Jan 2026 09:41:00 +0100 John Doe <john.doe@example.com> wrote ---",

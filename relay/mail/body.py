@@ -200,12 +200,13 @@ _START_IDS = frozenset(
         "mail-editor-reference-message-container",
         "stopSpelling",
         "zwchr",  # Zimbra
+        "OLK_SRC_BODY_SECTION",  # Outlook for Mac 2011
     }
 )
 _START_CLASSES = ("OutlookMessageHeader", "moz-forward-container")
 _WHITESPACE = re.compile(r"\s++")
 _LINE_EDGES = re.compile(r"(?<! ) *+\n *+")  # starts only at a run's first space: linear
-_MARKED = etree.XPath("//blockquote | //*[@id or @class or @style]")
+_MARKED = etree.XPath("//blockquote | //*[@id or @class or @style or @name]")
 _MSO_PARAGRAPHS = etree.XPath("//p[@class]")
 _BREAK = "\ue000"  # a private-use character: _clean_chars removes it from the mail's own text
 _HTML_PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True)
@@ -313,7 +314,9 @@ def _structure(tree: etree._Element) -> tuple[etree._Element | None, list, list]
         ident, cls, style = element.get("id"), element.get("class"), element.get("style")
         if start is None and (ident in _START_IDS or (cls and any(name in cls for name in _START_CLASSES))):
             start = element
-        if cls and any(name in cls for name in _QUOTE_CLASSES) and element.tag != "blockquote":
+        if element.tag != "blockquote" and (
+            (cls and any(name in cls for name in _QUOTE_CLASSES)) or element.get("name") == "quote"  # GMX, web.de
+        ):
             quotes.append(element)
         if style and element.tag == "div" and "border-top" in style.lower():
             flat = style.replace(" ", "").lower()

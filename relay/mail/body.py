@@ -620,7 +620,11 @@ def _attribution(texts: list[str], quoted: list[bool], i: int) -> tuple[int, int
             if _starts_attribution(texts[k]):
                 start = k
                 break
-            if above.endswith(("<", "(", ">", ")", ",")) or ((verb_only or short_tail) and k == i - 1):
+            broken = above.endswith(("<", "(")) or (
+                # "Thanks :)" and "Best regards," end so too: only with a date or an address in them
+                above.endswith((">", ")", ",")) and ("@" in above or _DIGIT.search(above) is not None)
+            )
+            if broken or ((verb_only or short_tail) and k == i - 1):
                 start = k
     joined = " ".join(part.strip() for part in texts[start : i + 1])
     strength = _strength(joined) if len(joined) <= MAX_MARKER else 0

@@ -639,6 +639,12 @@ def _specials() -> Iterator[tuple[str, str, str, str, str]]:
     plain += de["old"]
     yield "gmx/de", "de", _plain("\n".join(plain)), "", new_words("de")
 
+    # A sign-off just above an attribution that has no date is the sender's, not part of the attribution
+    plain = ["Works now, thanks :)", "John Doe <john.doe@example.com> wrote:"] + quote(en["old"])
+    yield "signoff-smiley/en", "en", _plain("\n".join(plain)), "", "Works now, thanks :)"
+    plain = ["Done.", "", "Best regards,", "John Doe wrote:"] + quote(en["old"])
+    yield "signoff-comma/en", "en", _plain("\n".join(plain)), "", "Done.\n\nBest regards,"
+
     # Inline replies: the sender's lines between the quotes stay
     plain = [
         "On Mon, Jan 12, 2026 at 9:41 AM John Doe <john.doe@example.com> wrote:",

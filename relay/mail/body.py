@@ -703,7 +703,9 @@ def _mark_rewrapped(texts: list[str], quoted: list[bool]) -> None:
         first_word = line.split(" ", 1)[0]
         if len(above) < 50 or len(above) + 1 + len(first_word) < _WRAP:
             continue
-        if (i + 1 < n and quoted[i + 1]) or (i == last and line[0].islower()):
+        # At the very end, only under a line that filled the width: a short lower-case answer ("ok, done")
+        # right under a quoted line is the sender's.
+        if (i + 1 < n and quoted[i + 1]) or (i == last and line[0].islower() and len(above) >= _WRAP - 2):
             quoted[i] = True
 
 

@@ -343,6 +343,7 @@ class Notifier:
             "unicode_chars": list(campaign.get("unicode_chars") or ""),
             "removed_optouts": campaign.get("removed_optouts") or [],
             "simulation": bool(campaign.get("simulation")),
+            "trimmed": bool(campaign.get("trimmed")),
             "recipients": [r["number"] for r in campaign.get("recipients", [])],
             "sender_email": campaign.get("sender_email") or "",
             "login": campaign.get("login") or "",

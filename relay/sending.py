@@ -120,6 +120,7 @@ class SendRequest:
     thread_refs: tuple[str, ...] = ()  # the asking e-mail's References (else its In-Reply-To), oldest first
     label: str = ""
     confirm: str = "none"
+    trimmed: bool = False  # the e-mail held more than its new words: the confirmation says what was sent
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def campaign(self, recipients: Sequence[Recipient] | None = None, request_id: str | None = None) -> Campaign:
@@ -203,6 +204,7 @@ def queue_campaign(
             "unicode_chars": "".join(parts.unicode_chars),
             "removed_optouts": json.dumps(removed),
             "confirm": req.confirm,
+            "trimmed": int(req.trimmed),
             "created_at": now,
         },
     )

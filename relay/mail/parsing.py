@@ -335,6 +335,7 @@ class Body:
 
     text: str  # the new words only, ready to send
     source: str  # "text/plain" or "text/html"
+    trimmed: bool = False  # the clean-up left out lines the e-mail held (a quote, a signature, a footer)
 
 
 def extract_text(msg: Message) -> Body:

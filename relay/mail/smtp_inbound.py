@@ -387,6 +387,7 @@ class Handler:
             thread_refs=tuple(parsed.thread),
             label=tags.label or await self._thread_label(parsed.references),
             confirm=cfg.confirm,
+            trimmed=body.trimmed,
             request_key=key,
         )
         request, delayed = marketing.schedule(request, o, cfg.region)

@@ -233,3 +233,9 @@ def m009_who_sends(db: Database) -> None:
     # held for approval ever hold 0 or 1, so the notifier's sweeps read a small index.
     db["campaigns"].add_column("approval_mailed", int, not_null_default=2)
     db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_approval ON campaigns (id) WHERE approval_mailed < 2")
+
+
+@migrations()
+def m010_campaign_trimmed(db: Database) -> None:
+    """Whether the body clean-up left text out of an e-mail's SMS: its confirmation then says what was sent."""
+    db["campaigns"].add_column("trimmed", int, not_null_default=0)

@@ -68,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", required=True, metavar="AGE", help="30 (days), 12h, 7d, 4w, or an ISO 8601 date/time"
     )
     sub.add_parser("hash-password", parents=[common], help="hash a password for ui_users or smtp_in.users")
+    octopush = sub.add_parser("octopush", parents=[common], help="the Octopush account: callbacks, credit")
+    octosub = octopush.add_subparsers(dest="octopush_command", required=True, metavar="ACTION")
+    setup = octosub.add_parser(
+        "setup", parents=[common], help="register this relay's callback URL in the Octopush account"
+    )
+    setup.add_argument("--dry-run", action="store_true", help="print what would be set; change nothing")
+    octosub.add_parser("balance", parents=[common], help="the account's remaining credit")
+    campaign = sub.add_parser("campaign", parents=[common], help="act on one campaign")
+    campaignsub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    approve = campaignsub.add_parser("approve", parents=[common], help="send a campaign held for approval")
+    approve.add_argument("id", type=int, metavar="ID", help="the relay's campaign number (Queued as campaign N)")
+    cancel = campaignsub.add_parser("cancel", parents=[common], help="cancel a scheduled (or held) campaign")
+    cancel.add_argument("id", type=int, metavar="ID", help="the relay's campaign number (Queued as campaign N)")
     return parser
 
 
@@ -76,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "hash-password":
             return cmd_hash_password()
-        command = args.command if args.command != "db" else f"db-{args.db_command}"
+        sub = {"db": "db_command", "octopush": "octopush_command", "campaign": "campaign_command"}.get(args.command)
+        command = f"{args.command}-{getattr(args, sub)}" if sub else args.command
         uses = SECRETS_USED.get(command)
         if command == "digest" and args.dry_run:
             uses = ()
@@ -168,6 +182,34 @@ def cmd_check_config(config, args) -> int:
         f"smtp_in: listening on {s.listen} for NUMBER@{s.domain}; senders {', '.join(s.allowed_senders)}; "
         f"AUTH {'required' if s.require_auth else 'off'}; "
         f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed'}"
+    )
+    logins = ", ".join(
+        f"{name} (as {', '.join(user.senders)})" if user.senders else f"{name} (as any allowed sender)"
+        for name, user in s.users.items()
+    )
+    print(f"  logins: {logins or 'none'}; without a login the sender is proven by: {s.sender_check}")
+    if s.sender_check == "dkim" and s.trusted_authserv_id:
+        print(f"  also trusted: dkim=pass / dmarc=pass in Authentication-Results from {s.trusted_authserv_id}")
+    if s.sender_check == "envelope" and not s.require_auth:
+        print(
+            '  warning: sender_check = "envelope" trusts MAIL FROM, which anyone can write: right only behind a mail '
+            "server that ties senders to logins (smtpd_sender_login_maps, systemd/README.md); otherwise set "
+            'require_auth = true or sender_check = "dkim"'
+        )
+    lm = config.limits
+    print(
+        f"limits: daily_sms {lm.daily_sms or 'none'}, sender_daily_sms {lm.sender_daily_sms or 'none'}, "
+        f"countries {', '.join(lm.countries) or 'any'}, "
+        + (
+            f"approval over {lm.approve_over} numbers (within {lm.approve_within:.0f} s)"
+            if lm.approve_over
+            else "no approval"
+        )
+    )
+    days = ",".join(("mon", "tue", "wed", "thu", "fri", "sat", "sun")[d] for d in sorted(o.marketing_days))
+    hours = "-".join(t.strftime("%H:%M") for t in o.marketing_hours) if o.marketing_hours else "any hour"
+    print(
+        f"marketing SMS: {hours} on {days}" + (f", not on {s.region} public holidays" if o.marketing_holidays else "")
     )
     out = config.smtp_out
     where = f"Maildir {out.maildir}" if out.transport == "maildir" else f"SMTP {out.host}:{out.port} ({out.security})"
@@ -306,12 +348,13 @@ def cmd_send(config, args) -> int:
 
 
 async def _send(config, args) -> int:
+    from relay import marketing
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
     from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.octopush.errors import ValidationError
-    from relay.sending import SendQueue, SendRequest, queue_campaign
+    from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.storage import queries
     from relay.storage.database import Store
 
@@ -361,6 +404,7 @@ async def _send(config, args) -> int:
         origin="cli",
         label="octorelay send",
     )
+    request, delayed = marketing.schedule(request, o, config.smtp_in.region)
     request.validate()
     had_database = config.storage.path.exists()
     store = Store(config.storage.path)
@@ -368,7 +412,14 @@ async def _send(config, args) -> int:
     await store.start()
     try:
         base_url, login, key = o.base_url, o.api_login, o.api_key
+        emulator = None
         if o.mode == "emulator":
+            # A running daemon's emulator is the stand-in Octopush that holds its campaigns: use it when it
+            # answers, so `campaign cancel` finds a scheduled SMS sent from here too.
+            stored = await store.read(lambda db: queries.meta_get(db, "emulator_url")) if had_database else None
+            base_url = await _probe_emulator(stored, login or "emulator", key or "emulator", o.timeout)
+            login, key = login or "emulator", key or "emulator"
+        if o.mode == "emulator" and not base_url:
             # The emulator's receipt and reply go to this database's daemon: one must have run here (it made the
             # token), else they would go to whatever listens on http.listen.
             token = config.http.callback_token or (
@@ -386,23 +437,43 @@ async def _send(config, args) -> int:
         client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
         await client.start()
         components.append(client)
-        campaign_id, _ = await store.write(partial(queue_campaign, req=request, retry_for=o.retry_for))
-        queue = SendQueue(
-            store,
-            client,
-            simulation=o.mode == "simulation",
-            auto_optimize_text=o.auto_optimize_text,
-            only_campaign=campaign_id,
+        campaign_id, _ = await store.write(
+            partial(queue_campaign, req=request, retry_for=o.retry_for, guards=Guards.from_config(config))
         )
-        await queue.start()
-        components.append(queue)
-        result = await queue.wait(campaign_id)
-        if o.mode == "emulator" and result["status"] == "sent":
-            # The emulator lives in this process: let its receipt and reply reach a running daemon.
-            await emulator.drain(o.emulator.reply_after + 3)
+        if delayed:
+            when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
+            print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
+        queued = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+        if any(s["not_before"] for s in queued["sends"]):
+            # Held in our own queue until its time: the daemon hands it to Octopush then.
+            result = None
+        else:
+            queue = SendQueue(
+                store,
+                client,
+                simulation=o.mode == "simulation",
+                auto_optimize_text=o.auto_optimize_text,
+                only_campaign=campaign_id,
+            )
+            await queue.start()
+            components.append(queue)
+            result = await queue.wait(campaign_id)
+            if emulator is not None and result["status"] == "sent":
+                # The emulator lives in this process: let its receipt and reply reach a running daemon.
+                await emulator.drain(o.emulator.reply_after + 3)
     finally:
         for component in reversed(components):
             await component.stop()
+    when = clock.local(queued["send_at"], clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
+    if result is None:
+        print(
+            f"campaign {campaign_id} scheduled for {when}: {queued['contacts']} recipient(s), held by the relay "
+            f"until then (the running daemon hands it to Octopush); cancel with `octorelay campaign cancel "
+            f"{campaign_id}`"
+        )
+        if queued["removed_optouts"]:
+            print(f"left out (sent STOP): {', '.join(queued['removed_optouts'])}")
+        return 0
     if result["status"] == "failed":
         raise RelayError(f"not sent: {result['error']}")
     aside = next((s for s in result["sends"] if s["status"] == "set_aside"), None)
@@ -419,9 +490,32 @@ async def _send(config, args) -> int:
         f", credit left {result.get('residual_credit')}, encoding {result['encoding']}"
         + (" (simulation: nothing sent)" if request.simulation else "")
     )
+    if result["status"] == "scheduled":
+        print(
+            f"campaign {campaign_id} scheduled for {when}: Octopush sends it then; cancel it until 10 minutes "
+            f"before with `octorelay campaign cancel {campaign_id}`"
+        )
     if result["removed_optouts"]:
         print(f"left out (sent STOP): {', '.join(result['removed_optouts'])}")
     return 0
+
+
+async def _probe_emulator(url: str | None, login: str, key: str, timeout: float) -> str:
+    """`url` when a running daemon's emulator answers there, else "" (the daemon stores it in meta at start)."""
+    from relay.octopush.client import OctopushClient
+    from relay.octopush.errors import OctopushError, TemporaryError
+
+    if not url:
+        return ""
+    probe = OctopushClient(url, login, key, timeout=min(timeout, 2.0))
+    await probe.start()
+    try:
+        await probe.check_balance()
+        return url
+    except (OctopushError, TemporaryError):
+        return ""
+    finally:
+        await probe.stop()
 
 
 def cmd_digest(config, args) -> int:
@@ -583,6 +677,25 @@ def _purge_in_batches(db, *, cutoff: str, digests: list[str]) -> dict:
 MIN_PASSWORD = 10
 
 
+def cmd_campaign_approve(config, args) -> int:
+    """`campaign approve ID`: the campaign-status logic is sending.py's; the daemon's queue sends it."""
+    from relay import sending
+    from relay.storage.database import connect, migrate
+
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
+    migrate(config.storage.path)
+    db = connect(config.storage.path)
+    who = f"the command line ({getpass.getuser()})"
+    try:
+        with db.atomic():
+            sending.approve_campaign(db, args.id, config=config, by=who)
+    finally:
+        db.close()
+    print(f"campaign {args.id}: approved; the daemon sends it")
+    return 0
+
+
 def cmd_hash_password() -> int:
     from relay.passwords import make_hash
 
@@ -617,6 +730,216 @@ SECRETS_USED: dict[str, tuple[str, ...]] = {
     "db-purge": (),
 }
 
+
+# ------------------------------------------------------------------ the Octopush account
+
+
+@contextlib.asynccontextmanager
+async def octopush_client(config):
+    """A client for the configured Octopush; in emulator mode, a stand-in account in this process."""
+    from relay.octopush.client import OctopushClient
+    from relay.octopush.emulator import Emulator
+
+    o = config.octopush
+    emulator = None
+    base_url, login, key = o.base_url, o.api_login, o.api_key
+    if o.mode == "emulator":
+        login, key = login or "emulator", key or "emulator"
+        base_url = await _probe_emulator(read_meta(config, "emulator_url"), login, key, o.timeout)
+        if not base_url:  # no daemon running: a stand-in account of this command's own
+            emulator = Emulator(reply_text="", credit=o.emulator.credit)
+            await emulator.start()
+            base_url = emulator.base_url
+    client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+        if emulator is not None:
+            await emulator.stop()
+
+
+def is_loopback_url(url: str) -> bool:
+    """A URL whose host is this machine: Octopush, on the Internet, cannot reach it."""
+    import ipaddress
+
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or not host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def stored_token(config, *, create: bool) -> str | None:
+    """The callback token: configured, else stored in the database (made there when `create`)."""
+    from relay.storage import queries
+    from relay.storage.database import connect, migrate
+
+    if config.http.callback_token:
+        return config.http.callback_token
+    if not create:
+        return read_meta(config, "callback_token")
+    migrate(config.storage.path)
+    db = connect(config.storage.path)
+    try:
+        with db.atomic():
+            return queries.ensure_callback_token(db)
+    finally:
+        db.close()
+
+
+def read_meta(config, key: str) -> str | None:
+    """A value the daemon stored, read without creating anything (None without a database)."""
+    from relay.storage import queries
+    from relay.storage.database import connect
+
+    if not config.storage.path.exists():
+        return None
+    db = connect(config.storage.path, readonly=True)
+    try:
+        return queries.meta_get(db, key)
+    except sqlite3.Error:  # a database from before the meta table
+        return None
+    finally:
+        db.close()
+
+
+def cmd_octopush_setup(config, args) -> int:
+    from relay.octopush.client import CALLBACK_URL_FIELDS
+
+    o = config.octopush
+    public_url = config.http.public_url
+    if o.mode != "emulator" and is_loopback_url(public_url):
+        raise RelayError(
+            f"{config.source}: http.public_url is {public_url!r}, an address of this machine: Octopush cannot "
+            "reach it. Set http.public_url to the https address under which Octopush reaches this relay."
+        )
+    token = stored_token(config, create=not args.dry_run)
+    base = f"{public_url}/octopush/"
+    url = base + (token or "<TOKEN>")
+    urls = {name: url for name in CALLBACK_URL_FIELDS.values()}
+    what = {"callback_url_for_inbounds": "replies", "callback_url_for_deliveries": "delivery receipts"}
+    if args.dry_run:
+        print(
+            f"would set in the Octopush account {o.api_login or '(emulator)'} (PATCH /user/campaign-parameters/edit):"
+        )
+        for name, value in urls.items():
+            print(f"  {name} = {value}  ({what.get(name, 'STOP opt-outs')})")
+        if token is None:
+            print("<TOKEN> is made when the daemon first starts, or by `octorelay octopush setup` itself.")
+        return 0
+    settings = _run_async(_set_callbacks(config, urls))
+    answered = settings.get("callbacks") if isinstance(settings.get("callbacks"), dict) else {}
+    print(f"set in the Octopush account {o.api_login or '(emulator)'}:")
+    for name, value in urls.items():
+        shown = answered.get(name, value)
+        print(f"  {name} = {shown}  ({what.get(name, 'STOP opt-outs')})")
+    if o.mode == "emulator":
+        print("(mode emulator: a stand-in account in this process; nothing left this machine)")
+    return 0
+
+
+async def _set_callbacks(config, urls: dict[str, str]) -> dict:
+    async with octopush_client(config) as client:
+        return await client.set_callbacks(urls)
+
+
+def cmd_octopush_balance(config, args) -> int:
+    from relay.mail.render import amount
+
+    balance, sms = _run_async(_balance(config))
+    unit = "€" if balance.unit == "euros" else balance.unit
+    line = f"credit: {amount(balance.amount)} {unit}"
+    if sms is not None:
+        kind = "premium" if config.octopush.type == "sms_premium" else "low-cost"
+        line += f" (about {int(sms.amount)} {kind} SMS to {config.smtp_in.region})"
+    print(line + (" (emulator)" if config.octopush.mode == "emulator" else ""))
+    return 0
+
+
+async def _balance(config):
+    from relay.octopush.errors import OctopushError, TemporaryError
+
+    async with octopush_client(config) as client:
+        balance = await client.check_balance()
+        try:
+            sms = await client.check_balance(product=config.octopush.type, country=config.smtp_in.region)
+        except (OctopushError, TemporaryError):
+            sms = None  # the euros are the answer; the SMS count is a courtesy
+    return balance, sms
+
+
+# ------------------------------------------------------------------ campaigns
+
+
+def cmd_campaign_cancel(config, args) -> int:
+    return _run_async(_cancel(config, args))
+
+
+async def _cancel(config, args) -> int:
+    from relay.groups import contacts, load_groups
+    from relay.mail.outbox import Outbox
+    from relay.mail.render import Renderer
+    from relay.notify import Notifier
+    from relay.octopush.client import OctopushClient
+    from relay.sending import cancel_campaign
+    from relay.storage import queries
+    from relay.storage.database import Store
+
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
+    o = config.octopush
+    store = Store(config.storage.path)
+    await store.start()
+    outbox = None
+    client = None
+    try:
+        base_url, login, key = o.base_url, o.api_login, o.api_key
+        if o.mode == "emulator":
+            # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
+            base_url = await store.read(lambda db: queries.meta_get(db, "emulator_url")) or "http://127.0.0.1:9"
+            login, key = login or "emulator", key or "emulator"
+        client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
+        await client.start()
+        who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "the operator"
+        row = await cancel_campaign(store, client, args.id, by=f"{who} (octorelay campaign cancel)")
+        # Tell the sender now rather than at the daemon's next sweep; the sweep never doubles it.
+        notifier = Notifier(
+            config,
+            store,
+            Outbox(config.smtp_out, store),
+            Renderer(config.templates_dir),
+            contacts(load_groups(config.groups, config.smtp_in.region)),
+        )
+        await notifier.confirm_pending()
+        ids = await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled"))
+        if ids:
+            outbox = Outbox(config.smtp_out, store, only=ids)
+            await outbox.start()
+            deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
+            while asyncio.get_running_loop().time() < deadline:
+                if not await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled")):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        if outbox is not None:
+            await outbox.stop()
+        if client is not None:
+            await client.stop()
+        await store.stop()
+    when = clock.local(row.get("send_at"), clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
+    print(
+        f"campaign {args.id} cancelled"
+        + (f" (it was {row['status']} for {when})" if when else f" (it was {row['status']})")
+        + (f"; {row['sender_email']} is told by e-mail" if row.get("sender_email") else "")
+    )
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -626,4 +949,8 @@ COMMANDS = {
     "callback-url": cmd_callback_url,
     "db-backup": cmd_db_backup,
     "db-purge": cmd_db_purge,
+    "octopush-setup": cmd_octopush_setup,
+    "octopush-balance": cmd_octopush_balance,
+    "campaign-cancel": cmd_campaign_cancel,
+    "campaign-approve": cmd_campaign_approve,
 }

@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import time
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -66,6 +67,9 @@ class Octopush:
     timeout: float
     retry_for: float
     low_credit: float
+    marketing_hours: tuple[time, time] | None  # None: any hour
+    marketing_days: frozenset[int]  # weekday numbers, Monday = 0
+    marketing_holidays: bool
     emulator: Emulator
 
 
@@ -81,12 +85,23 @@ class Http:
 
 
 @dataclass(frozen=True)
+class SmtpUser:
+    """An SMTP AUTH login: its password hash, and the addresses it may send as (None: any allowed sender)."""
+
+    hash: str = field(repr=False)
+    senders: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class SmtpIn:
     listen: Listen
     domain: str
     allowed_senders: tuple[str, ...]
     require_auth: bool
-    users: dict[str, str] = field(repr=False)
+    users: dict[str, SmtpUser] = field(repr=False)
+    sender_check: str
+    trusted_authserv_id: str
+    resolver: Listen | None
     tls_cert: str
     tls_key: str
     region: str
@@ -112,6 +127,15 @@ class SmtpOut:
     maildir: Path
     max_age: float
     timeout: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    daily_sms: int  # 0 = no limit
+    sender_daily_sms: int
+    approve_over: int
+    approve_within: float
+    countries: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,7 @@ class Config:
     http: Http
     smtp_in: SmtpIn
     smtp_out: SmtpOut
+    limits: Limits
     storage: Storage
     log: Log
     templates_dir: Path | None
@@ -352,6 +377,9 @@ def _validate(
         timeout=c.positive("timeout"),
         retry_for=c.positive("retry_for", zero=True),
         low_credit=c.positive("low_credit", zero=True),
+        marketing_hours=_hours(c, "marketing_hours"),
+        marketing_days=_days(c, "marketing_days"),
+        marketing_holidays=c.get("marketing_holidays", bool),
         emulator=Emulator(
             reply_text=e.get("reply_text", str),
             reply_after=e.positive("reply_after", zero=True),
@@ -363,7 +391,7 @@ def _validate(
     if not octopush.base_url.startswith(("http://", "https://")):
         c.fail("base_url", f"must be an http(s) URL, not {octopush.base_url!r}")
     if octopush.sender and not _valid_sender(octopush.sender):
-        c.fail("sender", "must be 3 to 11 letters, digits or spaces")
+        c.fail("sender", "must be 3 to 11 letters or digits, without space, accent or punctuation")
     has_key = octopush.api_key or any("octopush.api_key_file" in u for u in c.unread)
     if octopush.mode != "emulator" and not (octopush.api_login and has_key):
         c.fail("api_key", f"mode {octopush.mode!r} needs api_login and api_key (or api_key_file)")
@@ -390,7 +418,10 @@ def _validate(
         domain=s.get("domain", str).lower(),
         allowed_senders=s.strings("allowed_senders"),
         require_auth=s.get("require_auth", bool),
-        users=s.mapping("users"),
+        users=_smtp_users(s),
+        sender_check=s.choice("sender_check", ("envelope", "dkim")),
+        trusted_authserv_id=s.get("trusted_authserv_id", str).strip(),
+        resolver=s.listen("resolver") if s.get("resolver", str) else None,
         tls_cert=s.get("tls_cert", str),
         tls_key=s.get("tls_key", str),
         region=s.get("region", str).upper(),
@@ -407,19 +438,29 @@ def _validate(
         from relay.octopush.client import TYPES, has_stop_mention
 
         if not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
-            s.fail("stop_mention", "must hold 'STOP au <number>' (premium) or 'no PUB=STOP' (low-cost)")
+            s.fail(
+                "stop_mention",
+                "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
+                "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
+            )
     if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):
         s.fail("tls_key", "tls_cert and tls_key go together")
     if smtp_in.require_auth and not smtp_in.users:
         s.fail("users", "require_auth = true needs at least one user")
-    for user, hashed in smtp_in.users.items():
-        if not _is_hash(hashed):
-            s.fail(f"users.{user}", NOT_A_HASH)
-    if not smtp_in.listen.loopback and not smtp_in.require_auth:
-        # An envelope sender is trivially forged: outside loopback only AUTH tells who is sending SMS.
-        s.fail("require_auth", f"listen = {str(smtp_in.listen)!r} is not loopback: set require_auth = true and users")
+    if not smtp_in.listen.loopback and not smtp_in.require_auth and smtp_in.sender_check == "envelope":
+        # An envelope sender is trivially forged: outside loopback only AUTH or DKIM tells who is sending SMS.
+        s.fail(
+            "require_auth",
+            f"listen = {str(smtp_in.listen)!r} is not loopback: set require_auth = true and users, "
+            'or sender_check = "dkim"',
+        )
+    if octopush.marketing_holidays:
+        try:
+            _region_holidays(smtp_in.region)
+        except NotImplementedError:
+            c.fail("marketing_holidays", f"the holidays library has no calendar for region {smtp_in.region!r}")
     if not smtp_in.domain or "@" in smtp_in.domain:
         s.fail("domain", f"must be a domain name, not {smtp_in.domain!r}")
 
@@ -438,6 +479,18 @@ def _validate(
     )
     if "@" not in smtp_out.sender or "\n" in smtp_out.sender or "\r" in smtp_out.sender:
         o.fail("from", f"must be an e-mail address like 'octorelay <relay@example.org>', not {smtp_out.sender!r}")
+
+    lm = _section(raw, source, "limits")
+    limits = Limits(
+        daily_sms=lm.positive("daily_sms", int, zero=True),
+        sender_daily_sms=lm.positive("sender_daily_sms", int, zero=True),
+        approve_over=lm.positive("approve_over", int, zero=True),
+        approve_within=lm.positive("approve_within"),
+        countries=tuple(x.strip().upper() for x in lm.strings("countries")),
+    )
+    for code in limits.countries:
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            lm.fail("countries", f"{code!r} is not an ISO country code (e.g. FR, BE)")
 
     st = _section(raw, source, "storage")
     storage = Storage(path=path(st.get("path", str)), retention_days=st.positive("retention_days", int, zero=True))
@@ -461,6 +514,7 @@ def _validate(
         http=http,
         smtp_in=smtp_in,
         smtp_out=smtp_out,
+        limits=limits,
         storage=storage,
         log=log,
         templates_dir=templates_dir,
@@ -519,8 +573,74 @@ def _subscriptions(items: object, source: str) -> tuple[Subscription, ...]:
     return tuple(result)
 
 
+def _smtp_users(s: _Checker) -> dict[str, SmtpUser]:
+    """`user = "hash"`, or `user = { hash = "…", senders = ["alice@example.org"] }`."""
+    value = s.data["users"]
+    if not isinstance(value, dict):
+        s.fail("users", 'must be a table of user = "hash" or user = { hash = "…", senders = [...] }')
+    users = {}
+    for name, entry in value.items():
+        if isinstance(entry, str):
+            entry = {"hash": entry}
+        if not isinstance(entry, dict):
+            s.fail(f"users.{name}", 'must be "hash" or { hash = "…", senders = ["alice@example.org"] }')
+        unknown = set(entry) - {"hash", "senders"}
+        if unknown:
+            s.fail(f"users.{name}", f"unknown key {sorted(unknown)[0]!r} (known: hash, senders)")
+        hashed, senders = entry.get("hash"), entry.get("senders")
+        if not isinstance(hashed, str) or not _is_hash(hashed):
+            s.fail(f"users.{name}", NOT_A_HASH)
+        if senders is not None and (
+            not isinstance(senders, list) or not senders or not all(isinstance(x, str) and x.strip() for x in senders)
+        ):
+            s.fail(f"users.{name}.senders", "must be a non-empty list of addresses or globs")
+        users[name] = SmtpUser(hashed, tuple(senders) if senders is not None else None)
+    return users
+
+
+_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _days(c: _Checker, key: str) -> frozenset[int]:
+    """Day names and ranges: "mon-sat", "mon-fri,sun", "mon-sun"."""
+    text = c.get(key, str).strip().lower()
+    days: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        first, dash, last = (x.strip()[:3] for x in item.partition("-"))
+        if first not in _DAY_NAMES or (dash and last not in _DAY_NAMES):
+            c.fail(key, f'{item!r} is not a day or a range of days like "mon-sat" or "mon-fri,sun"')
+        start, end = _DAY_NAMES.index(first), _DAY_NAMES.index(last if dash else first)
+        days.update(range(start, end + 1) if start <= end else [*range(start, 7), *range(end + 1)])
+    if not days:
+        c.fail(key, 'must name at least one day, e.g. "mon-sat" ("mon-sun" is every day)')
+    return frozenset(days)
+
+
+def _hours(c: _Checker, key: str) -> tuple[time, time] | None:
+    """ "08:00-20:00" (start included, end excluded); "" = any hour."""
+    text = c.get(key, str).strip()
+    if not text:
+        return None
+    start, dash, end = text.partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        first, last = time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+    except ValueError:
+        c.fail(key, f'must be "HH:MM-HH:MM" (e.g. "08:00-20:00") or "", not {text!r}')
+    if first >= last:
+        c.fail(key, f"the window {text!r} must start before it ends, within one day")
+    return first, last
+
+
+def _region_holidays(region: str):
+    import holidays
+
+    return holidays.country_holidays(region)
+
+
 def _valid_sender(sender: str) -> bool:
-    return 3 <= len(sender) <= 11 and all(ch.isascii() and (ch.isalnum() or ch == " ") for ch in sender)
+    return 3 <= len(sender) <= 11 and all(ch.isascii() and ch.isalnum() for ch in sender)
 
 
 def _is_hash(value: str) -> bool:

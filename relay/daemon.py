@@ -30,9 +30,10 @@ from relay.metrics import Metrics
 from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
+from relay.octopush.errors import OctopushError, TemporaryError
 from relay.scheduler import Scheduler
-from relay.sending import SendQueue
-from relay.storage import queries
+from relay.sending import Guards, SendQueue, estimate_cost
+from relay.storage import guards, queries
 from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
@@ -113,6 +114,8 @@ class Daemon:
             )
             await self._up(self.emulator)
             base_url = self.emulator.base_url
+            # `octorelay campaign cancel` reaches this emulator, which holds the campaigns this daemon sent.
+            await self.store.write(partial(queries.meta_set, key="emulator_url", value=base_url))
             login, key = login or "emulator", key or "emulator"
         self.client = OctopushClient(
             base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for
@@ -128,6 +131,7 @@ class Daemon:
             on_finished=self.notifier.wake,
             metrics=self.metrics,
         )
+        self.notifier.estimate = partial(estimate_cost, self.client, timeout=3 * cfg.octopush.timeout)
         await self._up(self.sender)
         await self._up(self.notifier)
 
@@ -271,12 +275,46 @@ class Daemon:
             return None
         return {k: (clock.iso(v) if hasattr(v, "tzinfo") else v) for k, v in call.items()}
 
+    async def check_credit(self) -> float | None:
+        """Hourly: ask Octopush for the credit (check-balance), export it, and alert under `low_credit`.
+
+        Asked of Octopush, not read from the last send's answer: a relay that sends nothing for a week still
+        learns its credit. The SMS count is Octopush's own for the default type and `smtp_in.region`.
+        """
+        cfg = self.config
+        try:
+            balance = await self.client.check_balance()
+            try:
+                sms = (await self.client.check_balance(product=cfg.octopush.type, country=cfg.smtp_in.region)).amount
+            except (OctopushError, TemporaryError) as exc:
+                log.info("credit check: no SMS count for %s: %s", cfg.smtp_in.region, exc)
+                sms = None
+            self.metrics.credit.set(balance.amount)
+            self.metrics.credit_sms.set(float("nan") if sms is None else sms)
+            await self.notifier.check_credit(balance.amount, sms)
+        except (OctopushError, TemporaryError) as exc:
+            log.warning("credit check: %s", exc)
+            return None
+        except Exception:  # noqa: BLE001 - a job logs; the next hour tries again
+            log.exception("credit check failed")
+            return None
+        return balance.amount
+
     async def refresh_gauges(self) -> None:
         depth = await self.store.read(queries.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
         for work, count in depth["set_aside"].items():
             self.metrics.set_aside.labels(work).set(count)
+        limits = self.config.limits
+        since = clock.iso(Guards.from_config(self.config).day()[0])
+        used, top = await self.store.read(lambda db: (guards.used_since(db, since), guards.top_sender_since(db, since)))
+        for name, value, limit in (
+            ("daily_sms", used, limits.daily_sms),
+            ("sender_daily_sms", top, limits.sender_daily_sms),
+        ):
+            self.metrics.sms_used_today.labels(name).set(value)
+            self.metrics.sms_limit.labels(name).set(limit)
 
     async def purge(self, days: int | None = None) -> dict:
         """The retention purge in short batches, each its own commit: callbacks wait milliseconds, not seconds."""

@@ -7,3 +7,7 @@ class RelayError(Exception):
 
 class ConfigError(RelayError):
     """The configuration is invalid; the message names the file and the key."""
+
+
+class CannotCancel(RelayError):
+    """A campaign that cannot be cancelled (any more); the message says why."""

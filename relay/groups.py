@@ -43,7 +43,8 @@ def load_group(name: str, path: Path, region: str, source: str = "") -> tuple[Re
         params = tuple(cells[2:7])
         while params and not params[-1]:
             params = params[:-1]
-        recipients.append(Recipient(number, cells[0], cells[1], params))
+        # Named in a refusal (a value over Octopush's 50 characters): the file and line to fix.
+        recipients.append(Recipient(number, cells[0], cells[1], params, source=f"groups.{name} ({path}) line {line}"))
     if not recipients:
         raise ConfigError(f"{where}: {path} has no phone numbers")
     return tuple(recipients)

@@ -24,6 +24,24 @@ class Metrics:
         self.set_aside = Gauge(
             "octorelay_set_aside", "Rows set aside after repeated failures (the Attention page)", ["work"], registry=r
         )
+        # NaN until the first balance check (at start, then hourly) or send answer says how much is left.
+        self.credit = Gauge("octorelay_octopush_credit_euros", "Octopush credit left, in euros", registry=r)
+        self.credit.set(float("nan"))
+        self.credit_sms = Gauge(
+            "octorelay_octopush_credit_sms",
+            "Octopush credit left, in SMS of the default type to smtp_in.region (Octopush's own count)",
+            registry=r,
+        )
+        self.credit_sms.set(float("nan"))
+        self.sms_used_today = Gauge(
+            "octorelay_sms_used_today",
+            "SMS parts x numbers accepted today, per [limits] rule (sender_daily_sms: the busiest sender)",
+            ["limit"],
+            registry=r,
+        )
+        self.sms_limit = Gauge(
+            "octorelay_sms_limit", "The [limits] value of each rule (0 = no limit)", ["limit"], registry=r
+        )
         self.e2e_seconds = Histogram(
             "octorelay_notify_seconds",
             "Time from a callback's arrival to its e-mails committed in the outbox (callbacks e-mailed at once only)",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -19,14 +20,16 @@ from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
-from relay import backoff, clock
+from relay import backoff, clock, sending
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
 from relay.octopush.callbacks import is_e164
+from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
-from relay.storage import queries
+from relay.octopush.parts import count_parts
+from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.notify")
@@ -63,6 +66,8 @@ class Notifier:
         self._task: asyncio.Task | None = None
         self._digest_lock = asyncio.Lock()
         self._retry_soon = 0  # the most failures of a row still waiting: it is tried again after a short pause
+        # Octopush's estimate of a held campaign's cost (a simulation_mode call), set by the daemon.
+        self.estimate: Callable[[dict], Awaitable[float]] | None = None
 
     def reconfigure(self, config: Config, renderer: Renderer, contacts: dict[str, str]) -> None:
         self.config, self.renderer, self.contacts = config, renderer, contacts
@@ -88,7 +93,7 @@ class Notifier:
             self._wake.clear()
             self._retry_soon = 0
             try:
-                while await self.route_pending() or await self.confirm_pending():
+                while await self.route_pending() or await self.confirm_pending() or await self.approvals_pending():
                     pass
             except asyncio.CancelledError:
                 raise
@@ -253,14 +258,16 @@ class Notifier:
     async def confirm_pending(self) -> int:
         """E-mail senders about finished campaigns, as each campaign's `confirm` says; alert on account errors.
 
-        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together, and
-        a campaign whose e-mail keeps failing is set aside like a callback.
+        A sweep over `notified = 0`, like the callbacks' `routed`: the e-mail and the mark commit together,
+        and only for a campaign still unmarked then, so a command (`campaign cancel`) sweeping at the same time
+        as the daemon never doubles an e-mail; a campaign whose e-mail keeps failing is set aside like a callback.
         """
         ids = await self.store.read(
             lambda db: [
                 r[0]
                 for r in db.execute(
-                    "SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed') ORDER BY id LIMIT ?",
+                    """SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed', 'cancelled')
+                       ORDER BY id LIMIT ?""",
                     [BATCH],
                 )
             ]
@@ -282,11 +289,15 @@ class Notifier:
         return await self._commit("confirmation", mails, failed)
 
     def _planned(self, campaigns: list[dict]) -> list[tuple[str, dict]]:
-        """The e-mails these finished campaigns call for: ("confirmation" | "alert", campaign)."""
+        """The e-mails these finished campaigns call for: ("confirmation" | "cancelled" | "alert", campaign)."""
         planned = []
         for campaign in campaigns:
             wanted = campaign.get("confirm") or "none"
             failed = campaign["status"] == "failed"
+            if campaign["status"] == "cancelled":
+                if campaign.get("sender_email"):  # whatever `confirm` says: they asked for an SMS that will not go
+                    planned.append(("cancelled", campaign))
+                continue
             if campaign.get("sender_email") and (wanted == "all" or (wanted == "errors" and failed)):
                 planned.append(("confirmation", campaign))
             if failed and campaign.get("error_code") in ALERT_CODES and self.config.subscriptions:
@@ -300,10 +311,8 @@ class Notifier:
             if isinstance(out.get(campaign["id"]), str):
                 continue
             try:
-                if kind == "confirmation":
-                    mail = self._confirmation(campaign)
-                else:
-                    mail = self._alert(error=campaign.get("error"))
+                # A confirmation or a cancellation: _confirmation reads the campaign's status.
+                mail = self._alert(error=campaign.get("error")) if kind == "alert" else self._confirmation(campaign)
                 mail.data = serialise(mail.message)
             except Exception as exc:  # noqa: BLE001 - this campaign's failure, counted by _commit
                 log.warning("notifier: campaign #%d: cannot make its %s", campaign["id"], kind, exc_info=True)
@@ -313,9 +322,19 @@ class Notifier:
         return out
 
     def _campaign_context(self, campaign: dict) -> dict:
+        recipients = campaign.get("recipients") or []
+        tz = clock.region_timezone(self.config.smtp_in.region)
         return {
             "label": strip_prefixes(campaign.get("label") or "") or "SMS",
             "text": campaign["text"],
+            # With placeholders, the text as its first recipient reads it once Octopush has filled them in.
+            "first_text": personalise(campaign["text"], stored_recipient(recipients[0]))
+            if recipients and placeholders(campaign["text"])
+            else "",
+            "first_number": recipients[0]["number"] if recipients else "",
+            "send_at": clock.local(campaign.get("send_at"), tz, MAIL_TIME),
+            "scheduled": campaign["status"] == "scheduled",
+            "cancelled_by": campaign.get("cancelled_by") or "",
             "tickets": campaign.get("tickets") or [],
             "contacts": campaign.get("contacts") or 0,
             "sms_needed": campaign.get("sms_needed") or 0,
@@ -325,13 +344,19 @@ class Notifier:
             "unicode_chars": list(campaign.get("unicode_chars") or ""),
             "removed_optouts": campaign.get("removed_optouts") or [],
             "simulation": bool(campaign.get("simulation")),
+            "trimmed": bool(campaign.get("trimmed")),
             "recipients": [r["number"] for r in campaign.get("recipients", [])],
+            "sender_email": campaign.get("sender_email") or "",
+            "login": campaign.get("login") or "",
         }
 
     def _confirmation(self, campaign: dict) -> Mail:
         context = self._campaign_context(campaign)
         original = campaign.get("message_id") or ""
-        if campaign["status"] == "failed":
+        if campaign["status"] == "cancelled":
+            name, extra = "cancelled", {}
+            subject = f"SMS cancelled: {context['label']}"
+        elif campaign["status"] == "failed":
             name = "failure"
             # The stored error already reads "Octopush refused … (code N): message. What to do."
             extra = {
@@ -340,7 +365,7 @@ class Notifier:
             subject = f"SMS not sent: {context['label']}"
         else:
             name, extra = "confirmation", {}
-            subject = f"SMS sent: {context['label']}"
+            subject = f"SMS {'scheduled' if context['scheduled'] else 'sent'}: {context['label']}"
         text, html = self.renderer.render(name, campaign=context, **extra)
         msg = build_message(
             sender=self.config.smtp_out.sender,
@@ -355,11 +380,14 @@ class Notifier:
         number = context["recipients"][0] if len(context["recipients"]) == 1 else ""
         return Mail(name, (campaign["sender_email"],), msg, number, campaign["id"])
 
-    def _alert(self, *, error=None, residual_credit: float | None = None) -> Mail:
+    def _alert(self, *, error=None, residual_credit: float | None = None, sms: float | None = None) -> Mail:
         sub = self.config.subscriptions[0]
         text, html = self.renderer.render(
             "alert",
             residual_credit=residual_credit,
+            sms=int(sms) if sms is not None else None,
+            sms_kind="premium" if self.config.octopush.type == "sms_premium" else "low-cost",
+            region=self.config.smtp_in.region,
             threshold=self.config.octopush.low_credit,
             error=str(error) if error else "",
         )
@@ -374,29 +402,93 @@ class Notifier:
         )
         return Mail("alert", sub.to, msg)
 
-    async def check_credit(self) -> bool:
-        """Hourly: alert the first subscription once when the credit falls under `low_credit`."""
+    async def check_credit(self, credit: float, sms: float | None = None) -> bool:
+        """Alert the first subscription once when the credit (euros, from check-balance) is under `low_credit`.
+
+        `sms` is roughly how many SMS that is (Octopush's count for the default type and region), when known.
+        The alert is said once per credit level; back over the threshold, the next fall alerts again.
+        """
         threshold = self.config.octopush.low_credit
-        if threshold <= 0 or not self.config.subscriptions:
-            return False
-        credit, alerted = await self.store.read(
-            lambda db: (queries.meta_get(db, "residual_credit"), queries.meta_get(db, "low_credit_alerted"))
-        )
-        if credit is None or float(credit) >= threshold:
+        level = repr(float(credit))
+        alerted = await self.store.read(lambda db: queries.meta_get(db, "low_credit_alerted"))
+        if threshold <= 0 or credit >= threshold or not self.config.subscriptions:
             if alerted:
                 await self.store.write(lambda db: db.execute("DELETE FROM meta WHERE key = 'low_credit_alerted'"))
             return False
-        if alerted == credit:
+        if alerted == level:
             return False  # already said for this credit
-        mail = self._alert(residual_credit=float(credit))
+        mail = self._alert(residual_credit=float(credit), sms=sms)
+        mail.data = serialise(mail.message)
 
         def queue(db: Database) -> None:
             remember(db, mail)
-            queries.meta_set(db, "low_credit_alerted", credit)
+            queries.meta_set(db, "low_credit_alerted", level)
 
         await self.store.write(queue)
         self.outbox.wake()
         return True
+
+    # ------------------------------------------------------------ approvals
+
+    async def approvals_pending(self) -> int:
+        """Ask the senders of held campaigns, cancel those not approved in time and tell their senders.
+
+        The e-mail and its mark commit together, like confirmations; runs at every sweep (at most 30 s apart).
+        """
+        expired, ids = await self.store.read(partial(guards.approval_work, now=clock.iso()))
+        if expired:
+            await self.store.write(sending.expire_held)
+            ids = await self.store.read(guards.approval_mail_due)
+        for campaign_id in ids:
+            campaign = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            expired = campaign["status"] == "cancelled"
+            estimate = {"cost": None, "error": ""}
+            if not expired:
+                try:
+                    estimate["cost"] = await self.estimate(campaign) if self.estimate else None
+                    if estimate["cost"] is None:
+                        estimate["error"] = "no Octopush client here"
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the estimate is a courtesy: the question goes anyway
+                    estimate["error"] = str(exc)
+            mail = await asyncio.to_thread(self._approval, campaign, estimate, expired)
+
+            def queue(db: Database, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
+                remember(db, mail)
+                guards.mark_mailed(db, campaign_id, done=expired)
+
+            await self.store.write(queue)
+            self.outbox.wake()
+        return len(ids)
+
+    def _approval(self, campaign: dict, estimate: dict, expired: bool) -> Mail:
+        tz = clock.region_timezone(self.config.smtp_in.region)
+        context = self._campaign_context(campaign)
+        parts = count_parts(campaign["text"])
+        context.update(id=campaign["id"], parts=parts.parts, contacts=campaign["contacts"])
+        text, html = self.renderer.render(
+            "approval",
+            campaign=context,
+            estimate=estimate,
+            expired=expired,
+            approve_by=clock.local(campaign.get("approve_by"), tz, MAIL_TIME),
+        )
+        original = campaign.get("message_id") or ""
+        domain = self.config.smtp_in.domain
+        label = context["label"]
+        msg = build_message(
+            sender=self.config.smtp_out.sender,
+            to=[campaign["sender_email"]],
+            subject=f"SMS cancelled, not approved in time: {label}" if expired else f"Approve this SMS? {label}",
+            text=text,
+            html=html,
+            message_id=make_msgid(domain),
+            in_reply_to=original or None,
+            references=[original] if original else [],
+            reply_to=None if expired else approval_address(campaign["id"], domain),
+        )
+        return Mail("approval", (campaign["sender_email"],), msg, "", campaign["id"], serialise(msg))
 
     # ------------------------------------------------------------ digests
 
@@ -503,11 +595,13 @@ def describe(exc: BaseException) -> str:
 
 
 def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
-    """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together."""
-    for row_mails in mails.values():
-        for mail in row_mails:
-            remember(db, mail)
-    queries.mark_done(db, work=work, ids=list(mails))
+    """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together; a row that
+    another process (a command sweeping beside the daemon) marked first gets no second e-mail."""
+    marked = queries.mark_done(db, work=work, ids=list(mails))
+    for row_id, row_mails in mails.items():
+        if row_id in marked:
+            for mail in row_mails:
+                remember(db, mail)
 
 
 _KIND_NAMES = {
@@ -529,6 +623,11 @@ def thread(parent_refs: str | None, parent: str) -> list[str]:
     if not parent:
         return []
     return [ref for ref in (parent_refs or "").split() if ref != parent] + [parent]
+
+
+def approval_address(campaign_id: int, domain: str) -> str:
+    """Where an answer to an approval e-mail goes: it names the campaign (SPEC §5 "Spend")."""
+    return f"approve-{campaign_id}@{domain}"
 
 
 def _author_gets(row: dict) -> bool:

@@ -70,7 +70,7 @@ class Scheduler:
         s.add_job(d.outbox.wake, IntervalTrigger(seconds=60), id="outbox-sweep")
         s.add_job(d.sender.wake, IntervalTrigger(seconds=60), id="send-queue-sweep")
         s.add_job(d.notifier.wake, IntervalTrigger(seconds=60), id="notify-sweep")
-        s.add_job(d.notifier.check_credit, IntervalTrigger(hours=1), id="credit-check", next_run_time=clock.now())
+        s.add_job(d.check_credit, IntervalTrigger(hours=1), id="credit-check", next_run_time=clock.now())
         if config.storage.retention_days > 0:
             s.add_job(d.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
         digests = config.digests

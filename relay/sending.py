@@ -15,26 +15,89 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import partial
+from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
 from relay import backoff, clock
-from relay.errors import RelayError
+from relay.config import Config, Limits
+from relay.errors import CannotCancel, RelayError
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
-from relay.storage import queries
+from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
+# SPEC §5: a scheduled campaign to fewer numbers than this goes to Octopush at once with its send_at (Octopush can
+# cancel it until 10 minutes before); a larger one waits in our own queue until its time, cancellable until then.
+HAND_OVER_BELOW = 3
 
 
 class NothingToSend(RelayError):
     """Every recipient of a marketing send opted out with STOP."""
+
+
+class LimitExceeded(RelayError):
+    """A `[limits]` rule refuses this campaign (SMTP 550 5.7.1); the message names the limit."""
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The `[limits]` of the running configuration, and the time zone whose midnight starts a new day."""
+
+    limits: Limits
+    tz: ZoneInfo
+
+    @classmethod
+    def from_config(cls, config: Config) -> Guards:
+        return cls(config.limits, clock.region_timezone(config.smtp_in.region))
+
+    def day(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        """Today's start and the next midnight, in the region's time zone."""
+        local = (now or clock.now()).astimezone(self.tz)
+        start = datetime.combine(local.date(), time(), self.tz)
+        return start, datetime.combine(local.date() + timedelta(days=1), time(), self.tz)
+
+    def check_countries(self, numbers: Sequence[str]) -> None:
+        """`[limits] countries`: every number's country must be listed (when the list is not empty)."""
+        allowed = self.limits.countries
+        if not allowed:
+            return
+        for number in numbers:
+            country = _country(number)
+            if country not in allowed:
+                raise LimitExceeded(
+                    f"{number} is a number of {country or 'an unknown country'}, outside [limits] countries "
+                    f"({', '.join(allowed)})"
+                )
+
+    def check_spend(self, db: Database, req: SendRequest, needed: int) -> None:
+        """`daily_sms` and `sender_daily_sms`, read in the same transaction as the insert that follows."""
+        start, reset = self.day()
+        since = clock.iso(start)
+        resets = reset.strftime("%Y-%m-%d %H:%M %Z")
+        rules = [("daily_sms", self.limits.daily_sms, None)]
+        if req.origin == "email" and req.sender_email:
+            rules.append(("sender_daily_sms", self.limits.sender_daily_sms, req.sender_email))
+        for name, limit, sender in rules:
+            if not limit:
+                continue
+            used = guards.used_since(db, since, sender=sender)
+            if used + needed > limit:
+                whose = f" for {sender}" if sender else ""
+                raise LimitExceeded(
+                    f"[limits] {name}{whose} would be exceeded: {used} of {limit} SMS used today, this campaign "
+                    f"needs {needed}; it resets at {resets}"
+                )
+
+    def holds(self, req: SendRequest, numbers: int) -> bool:
+        """An e-mail to more than `approve_over` numbers waits for its sender's approval."""
+        return bool(self.limits.approve_over) and req.origin == "email" and numbers > self.limits.approve_over
 
 
 @dataclass(frozen=True)
@@ -52,10 +115,12 @@ class SendRequest:
     auto_optimize_text: bool = True
     origin: str = "cli"
     sender_email: str = ""
+    login: str = ""  # the SMTP AUTH login that sent it, if any
     message_id: str = ""
     thread_refs: tuple[str, ...] = ()  # the asking e-mail's References (else its In-Reply-To), oldest first
     label: str = ""
     confirm: str = "none"
+    trimmed: bool = False  # the e-mail held more than its new words: the confirmation says what was sent
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def campaign(self, recipients: Sequence[Recipient] | None = None, request_id: str | None = None) -> Campaign:
@@ -78,17 +143,21 @@ class SendRequest:
             validate(call, now)
 
 
-def request_key(message_id: str, numbers: Sequence[str]) -> str:
-    """The idempotency key of an e-mail: its Message-ID and its recipients."""
-    material = message_id.strip() + "\n" + "\n".join(sorted(numbers))
+def request_key(message_id: str, numbers: Sequence[str], *, salt: str = "") -> str:
+    """The idempotency key of an e-mail: its Message-ID (or what stands for it) and its recipients."""
+    material = (salt + "\n" if salt else "") + message_id.strip() + "\n" + "\n".join(sorted(numbers))
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple[int, bool]:
+def queue_campaign(
+    db: Database, req: SendRequest, *, retry_for: float, guards: Guards | None = None
+) -> tuple[int, bool]:
     """Store a campaign and its Octopush calls (inside `Store.write`); returns (id, newly queued).
 
     A marketing send leaves out numbers that sent STOP; when none is left it
-    raises NothingToSend and nothing is stored.
+    raises NothingToSend and nothing is stored. With `guards`, `[limits]` are
+    checked here, in the transaction that stores the campaign (LimitExceeded),
+    and a campaign over `approve_over` numbers is stored `held`.
     """
     existing = db.execute("SELECT id FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
     if existing:
@@ -101,6 +170,12 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
         if not recipients:
             raise NothingToSend(f"every recipient opted out with STOP ({', '.join(removed)}); nothing was sent")
     parts = count_parts(req.text)
+    budget = parts.parts * len(recipients)
+    held = False
+    if guards is not None:
+        guards.check_countries([r.phone_number for r in recipients])
+        guards.check_spend(db, req, budget)
+        held = guards.holds(req, len(recipients))
     now = clock.iso()
     campaign_id = queries.insert(
         db,
@@ -109,6 +184,7 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "request_key": req.request_key,
             "origin": req.origin,
             "sender_email": req.sender_email,
+            "login": req.login or None,
             "message_id": req.message_id,
             "thread_refs": " ".join(req.thread_refs) or None,
             "label": req.label,
@@ -119,16 +195,23 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
             "send_at": clock.iso(req.send_at) if req.send_at else None,
             "with_replies": int(req.with_replies),
             "simulation": int(req.simulation),
-            "status": "queued",
+            "status": "held" if held else "queued",
+            "sms_budget": budget,
+            "approve_by": clock.iso(clock.now() + timedelta(seconds=guards.limits.approve_within)) if held else None,
+            "approval_mailed": 0 if held else 2,
             "contacts": len(recipients),
             "encoding": parts.encoding,
             "unicode_chars": "".join(parts.unicode_chars),
             "removed_optouts": json.dumps(removed),
             "confirm": req.confirm,
+            "trimmed": int(req.trimmed),
             "created_at": now,
         },
     )
-    deadline = clock.iso(clock.now() + timedelta(seconds=retry_for))
+    # A scheduled campaign to HAND_OVER_BELOW numbers or more stays here until its time; its retries count from then.
+    waits = req.send_at is not None and len(recipients) >= HAND_OVER_BELOW
+    not_before = clock.iso(req.send_at) if waits else None
+    deadline = clock.iso((req.send_at if waits else clock.now()) + timedelta(seconds=retry_for))
     # One Octopush call per 500 recipients. The request_id is the request's key and this campaign's id:
     # fixed for every retry of this campaign, new for a repeat sent as new after 24 h (whose older call may
     # have reached Octopush late, within its own 24 h). "-1", "-2"… are added when there are several calls.
@@ -141,8 +224,9 @@ def queue_campaign(db: Database, req: SendRequest, *, retry_for: float) -> tuple
                 "campaign_id": campaign_id,
                 "chunk": index,
                 "request_id": call.request_id,
-                "status": "pending",
+                "status": "held" if held else "pending",
                 "deadline": deadline,
+                "not_before": not_before,
                 "created_at": now,
             },
         )
@@ -228,10 +312,13 @@ class SendQueue:
         self._wake.set()
 
     async def wait(self, campaign_id: int) -> dict:
-        """Wait until a campaign is sent or failed, or one of its calls is set aside; returns its row."""
+        """Wait until Octopush has a campaign or refused it, or one of its calls is set aside; returns its row."""
         while True:
             row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
-            if row and (row["status"] in ("sent", "failed") or any(s["status"] == "set_aside" for s in row["sends"])):
+            if row and (
+                row["stored_status"] in ("sent", "failed", "cancelled")
+                or any(s["status"] == "set_aside" for s in row["sends"])
+            ):
                 return row
             future = self._finished.setdefault(campaign_id, asyncio.get_running_loop().create_future())
             self.wake()
@@ -243,19 +330,24 @@ class SendQueue:
             self._wake.clear()
             room = WORKERS * 2 - len(self._inflight)
             rows = []
-            if room > 0:
-                try:
+            idle = 30.0
+            try:
+                if room > 0:
                     rows = await self.store.read(
                         partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
                     )
-                except Exception:  # noqa: BLE001 - a worker logs and goes on
-                    log.exception("send queue: cannot read pending sends")
+                # A campaign held until its time is handed over then, not at the next 30 s look.
+                due = await self.store.read(queries.next_scheduled_send)
+                if due:
+                    idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
+            except Exception:  # noqa: BLE001 - a worker logs and goes on
+                log.exception("send queue: cannot read pending sends")
             for row in rows:
                 if row["id"] not in self._inflight:
                     task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
                     self._inflight[row["id"]] = task
                     task.add_done_callback(partial(self._done, row["id"]))
-            await backoff.nap(self._wake, 30)
+            await backoff.nap(self._wake, idle)
 
     def _done(self, send_id: int, task: asyncio.Task) -> None:
         # Only now may the next read pick the row again (one given back after an error, say).
@@ -358,6 +450,8 @@ class SendQueue:
         if self.metrics:
             if error is None:
                 self.metrics.sms_sent.inc()
+                if result.residual_credit is not None:  # fresher than the hourly check, between two checks
+                    self.metrics.credit.set(result.residual_credit)
             else:
                 self.metrics.sms_failed.labels(str(getattr(error, "code", "") or "")).inc()
         if error is None:
@@ -392,13 +486,17 @@ def _pending(db: Database, *, exclude: list[int], limit: int, campaign: int | No
     """The next pending calls, skipping those already waiting for a worker."""
     skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
     mine = "AND campaign_id = ?" if campaign is not None else ""
-    sql = f"SELECT id FROM sends WHERE status = 'pending' {skip} {mine} ORDER BY id LIMIT ?"
-    return [dict(r) for r in db.query(sql, [*exclude, *([campaign] if campaign is not None else []), limit])]
+    sql = f"""SELECT id FROM sends WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?) {skip} {mine}
+              ORDER BY id LIMIT ?"""
+    params = [clock.iso(), *exclude, *([campaign] if campaign is not None else []), limit]
+    return [dict(r) for r in db.query(sql, params)]
 
 
 def _claim(db: Database, *, send_id: int) -> dict | None:
     cur = db.execute(
-        "UPDATE sends SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'", [send_id]
+        """UPDATE sends SET status = 'sending', attempts = attempts + 1
+           WHERE id = ? AND status = 'pending' AND (not_before IS NULL OR not_before <= ?)""",
+        [send_id, clock.iso()],
     )
     if not cur.rowcount:
         return None
@@ -484,3 +582,122 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
         ],
     )
     return campaign_id, not quiet
+
+
+async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_id: int, *, by: str) -> dict:
+    """Cancel a scheduled or held campaign; returns its row as it was. CannotCancel says why not.
+
+    A campaign still in our queue (held for approval, or scheduled to HAND_OVER_BELOW numbers or more) is
+    cancelled here, in one transaction with its calls. One already handed to Octopush with its send_at is
+    cancelled there first (DELETE /sms-campaign/cancel: until 10 minutes before), then here. Either way its
+    status becomes "cancelled" and its sender is told by the notifier's sweep (`notified = 0`).
+    """
+    row = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+    if row is None:
+        raise CannotCancel(f"there is no campaign {campaign_id}")
+    if row["status"] == "held":  # still in our queue, its share of the day's budget given back
+        await store.write(partial(cancel_held, campaign_id=campaign_id, by=by))
+        return row
+    if row["status"] != "scheduled":
+        raise CannotCancel(
+            f"campaign {campaign_id} is {row['status']}, not held or scheduled: only those can be cancelled"
+        )
+    handed_over = [s for s in row["sends"] if s["status"] == "sent"]
+    cancelled_there = []
+    for send in handed_over:
+        if not send["ticket"]:
+            raise CannotCancel(
+                f"campaign {campaign_id} is at Octopush without a ticket (an earlier attempt went through, "
+                "code 120), so it cannot be cancelled from here: cancel it in the Octopush interface"
+            )
+        if client is None:
+            raise CannotCancel(f"campaign {campaign_id} is at Octopush, which this command cannot reach")
+        try:
+            await client.cancel(send["ticket"])
+        except OctopushError as exc:
+            raise CannotCancel(
+                f"Octopush did not cancel campaign {campaign_id} (ticket {send['ticket']}): {exc.message} "
+                "Octopush cancels a scheduled SMS only until 10 minutes before its time."
+            ) from None
+        except TemporaryError as exc:
+            raise CannotCancel(f"campaign {campaign_id} was not cancelled: {exc}; try again") from None
+        cancelled_there.append(send["id"])
+    await store.write(partial(queries.cancel_campaign, campaign_id=campaign_id, by=by, at_octopush=cancelled_there))
+    log.info("campaign #%d cancelled by %s", campaign_id, by)
+    return row
+
+
+# ------------------------------------------------------------------ approval (held campaigns)
+
+
+class NotHeld(RelayError):
+    """The campaign is not (or no longer) waiting for approval; the message says what it is."""
+
+
+def approve_campaign(db: Database, campaign_id: int, *, config: Config, by: str) -> dict:
+    """Send a held campaign: its calls join the queue, retried from now for `retry_for` (inside `Store.write`).
+
+    A marketing campaign approved outside the marketing windows waits for the next one, as it would have
+    if it had been sent then.
+    """
+    from relay import marketing
+
+    row = _held(db, campaign_id)
+    guards.release(db, campaign_id, status="queued")
+    guards.set_deadline(db, campaign_id, clock.iso(clock.now() + timedelta(seconds=config.octopush.retry_for)))
+    if row["purpose"] == "wholesale":
+        wanted = clock.parse_iso(row["send_at"]) if row["send_at"] else clock.now()
+        region = config.smtp_in.region
+        later = marketing.next_allowed(wanted, config.octopush, region, clock.region_timezone(region))
+        if later is not None:
+            guards.set_send_at(db, campaign_id, clock.iso(later))
+            row["send_at"] = clock.iso(later)
+    log.info("campaign #%d approved by %s", campaign_id, by)
+    return row
+
+
+def cancel_held(db: Database, campaign_id: int, *, by: str) -> dict:
+    """Cancel a held campaign for good: nothing is sent, and its share of the day's budget is given back."""
+    row = _held(db, campaign_id)
+    guards.release(db, campaign_id, status="cancelled")
+    guards.cancelled_by(db, campaign_id, by=by)
+    log.info("campaign #%d cancelled by %s", campaign_id, by)
+    return row
+
+
+def expire_held(db: Database) -> list[int]:
+    """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
+    expired = guards.expired_held(db, clock.iso())
+    for campaign_id in expired:
+        guards.release(db, campaign_id, status="cancelled")
+        guards.mark_expired(db, campaign_id)
+    if expired:
+        log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
+    return expired
+
+
+def _held(db: Database, campaign_id: int) -> dict:
+    row = guards.held_facts(db, campaign_id)
+    if row is None:
+        raise NotHeld(f"there is no campaign {campaign_id}")
+    if row["status"] != "held":
+        raise NotHeld(f"campaign {campaign_id} is {row['status']}, not held for approval: nothing to do")
+    return row
+
+
+async def estimate_cost(client: OctopushClient, campaign: dict, *, timeout: float) -> float | None:
+    """Octopush's price for a stored campaign: the same calls with simulation_mode, which send nothing."""
+    request = Campaign(
+        text=campaign["text"],
+        recipients=tuple(
+            Recipient(r["number"], r["first_name"] or "", r["last_name"] or "") for r in campaign["recipients"]
+        ),
+        type=campaign["type"],
+        purpose=campaign["purpose"],
+        sender=campaign["sender"] or "",
+        with_replies=bool(campaign["with_replies"]),
+        simulation_mode=True,
+    )
+    loop = asyncio.get_running_loop()
+    costs = [(await client.send(call, deadline=loop.time() + timeout)).total_cost for call in split(request)]
+    return None if any(c is None for c in costs) else round(sum(costs), 4)

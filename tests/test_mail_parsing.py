@@ -188,6 +188,51 @@ def test_quotes_and_attributions(text, expected):
     assert new_words_only(text) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # an attribution the earlier message follows without ">" (top-posted)
+        ("Sure\n\nOn 2026-01-12 09:41, John Doe <j@example.com> wrote:\n\nold words", "Sure"),
+        ("Sure\n\nOn Mon, Jan 12, 2026 at 9:41 AM John <j@example.com> wrote\n\nold words", "Sure"),
+        ("Sure\n\n---- On Mon, 12 Jan 2026 09:41:00 +0100 John <j@example.com> wrote ----\n\nold", "Sure"),
+        ("Ja\n\nDen 12. jan. 2026 kl. 09.41 skrev Lars <l@example.dk>:\nold words", "Ja"),
+        # attributions in other languages, above a quote
+        ("Да\n\nпн, 12 янв. 2026 г. в 09:41, Иван <i@example.ru>:\n\n> q", "Да"),
+        ("Так\n\n12 січ. 2026 р. о 09:41 Тарас <t@example.ua> написав:\n> q", "Так"),
+        ("Igen\n\nJános <j@example.hu> ezt írta (időpont: 2026. jan. 12., H, 9:41):\n> q", "Igen"),
+        ("はい\n\n2026年1月12日(月) 9:41 山田太郎 <t@example.jp>:\n\n> q", "はい"),
+        ("Ja\n\nAm Mo., 12. Jan. 2026 um 09:41 Uhr schrieb Hans <\nh@example.de>:\n\n> q", "Ja"),
+        # wrapped over three lines
+        ("Yes\n\nOn Dec 16, 2011, at 12:47 PM, Corey Donohoe <\ncorey@example.com>\nwrote:\n\n> q", "Yes"),
+        # header blocks without a separator, in other languages
+        ("Oui\n\n  De : Jean <j@example.fr>\n  Envoyé le : lundi\n  À : moi\n  Objet : x\n\nold", "Oui"),
+        ("Ok\n\nFra: Lars <l@example.dk>\nSendt: 12. januar 2026 09:41\nTil: Mette\nEmne: x\n\nold", "Ok"),
+        ("好的\n\n发件人: 王伟 <w@example.cn>\n发送时间: 2026年1月12日\n收件人: 李娜\n主题: x\n\nold", "好的"),
+        # separator variants, and Outlook's dashed line above its bold block
+        ("Ok\n\n-----Oprindelig meddelelse-----\nFra: x", "Ok"),
+        ("Ok\n\n-------- Oprindelig besked --------\nFra: x <x@example.dk>\nDato: y", "Ok"),
+        ("Ok\n\n-----\n*From:* John <j@example.com>\n*Sent:* Monday\n\nold", "Ok"),
+        # a quoted line re-wrapped by the sender's client
+        (
+            "Yes\n\nOn Mon, Jan 12, 2026 at 9:41 AM John <j@example.com> wrote:\n"
+            "> a long quoted line that the client of the sender wrapped at seventy two\ncolumns\n> more",
+            "Yes",
+        ),
+        # mobile footers
+        ("Ok\n\nGet Outlook for Android<https://aka.ms/AAb9ysg>\n____\nold", "Ok"),
+        ("Ok\n\nVon meinem iPhone gesendet", "Ok"),
+        # left as they are
+        ("On Monday we deploy the new version.", "On Monday we deploy the new version."),
+        ("List:\n-- item one\n-- item two", "List:\n-- item one\n-- item two"),
+        ("See https://example.com/who-wrote:\nthanks", "See https://example.com/who-wrote:\nthanks"),
+        ("Here is what I wrote:\nthe server is back", "Here is what I wrote:\nthe server is back"),
+        ("From: Paris\nTo: Lyon\nDate: Monday", "From: Paris\nTo: Lyon\nDate: Monday"),
+    ],
+)
+def test_issue_16_kinds(text, expected):
+    assert new_words_only(text) == expected
+
+
 def test_tidying():
     text = "\n\n  \nline one   \n\n\n\n\nline two\t\n\n\n"
     assert new_words_only(text) == "line one\n\nline two"
@@ -377,7 +422,7 @@ def subject(text: str, region: str = "FR") -> Tags:
         ("[no-replies] x", {"with_replies": False}),
         ("[simulate] x", {"simulate": True}),
         ("[sender:ACME] x", {"sender": "ACME"}),
-        ("[sender: My Shop ] x", {"sender": "My Shop"}),
+        ("[sender: MyShop ] x", {"sender": "MyShop"}),
         ("x [PREMIUM]", {"type": "sms_premium"}),
         ("x [ No Replies ]", {"with_replies": False}),
         ("x [SiMuLaTe]", {"simulate": True}),
@@ -471,7 +516,7 @@ def test_repeated_identical_tags_are_fine():
     assert subject("[alert] x [ALERT]").purpose == "alert"
 
 
-@pytest.mark.parametrize("name", ["AB", "ABCDEFGHIJKL", "ACME!", "Café", ""])
+@pytest.mark.parametrize("name", ["AB", "ABCDEFGHIJKL", "ACME!", "Café", "", "My Shop"])
 def test_bad_sender(name):
     with pytest.raises(Rejected, match="bad sender"):
         subject(f"[sender:{name}] x")

@@ -212,12 +212,17 @@ async def test_receipts_only_for_subscriptions_that_ask(make_daemon, sink):
 
 
 async def test_low_credit_alert_once(make_daemon, sink):
-    daemon = await make_daemon("[octopush]\nlow_credit = 50\n" + INSTANT, smtp_port=sink.port)
-    await daemon.store.write(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('residual_credit', '12.5')"))
-    assert await daemon.notifier.check_credit() is True
-    assert await daemon.notifier.check_credit() is False
+    """The credit comes from Octopush's check-balance at start (no send needed); the alert is said once."""
+    daemon = await make_daemon(
+        "[octopush]\nlow_credit = 50\n[octopush.emulator]\ncredit = 12.5\n" + INSTANT, smtp_port=sink.port
+    )
     mail = (await wait_for(lambda: to(sink, "team@example.org")))[0]
-    assert "credit" in mail["Subject"].lower() and "12.5" in mail.get_body(("plain",)).get_content()
+    body = mail.get_body(("plain",)).get_content()
+    assert "credit" in mail["Subject"].lower() and "12.5 €" in body and "about 227 premium SMS to FR" in body
+    assert [c["path"] for c in daemon.emulator.calls][:2] == ["/wallet/check-balance"] * 2
+    assert await daemon.check_credit() == 12.5  # the same level: not said again
+    await asyncio.sleep(0.3)
+    assert len(to(sink, "team@example.org")) == 1
 
 
 async def test_confirmation_left_by_a_crash_is_sent_at_the_next_start(make_daemon, sink, tmp_path):

@@ -101,7 +101,7 @@ def test_reply_counts_follow_inserts_updates_deletes_and_migration(tmp_path):
     _counts_are_exact(db)
     # The migration counts what an older database holds.
     db.execute("DROP TABLE callback_counts")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_callback_counts'")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm012_callback_counts'")
     for trigger in ("insert", "delete", "update"):
         db.execute(f"DROP TRIGGER callback_counts_{trigger}")
     db.close()

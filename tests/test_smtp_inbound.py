@@ -242,11 +242,16 @@ async def test_group_sends_with_contact_fields(make_daemon, sink, tmp_path):
     csv.write_text("phone_number,first_name,last_name,param1\n0612345678,Ann,Lee,blue\n+33612345679,Bob,Ray,\n")
     daemon = await make_daemon(f'[groups]\nteam = "{csv}"\n', smtp_port=sink.port)
     to = "team@sms.example.org"
-    await smtp_send(daemon, message(to, "Meeting at 10"), [to])
+    await smtp_send(daemon, message(to, "Meeting at 10, {first_name} {last_name} ({param1})"), [to])
     await wait_for(lambda: sent(daemon))
     recipients = sent(daemon)[0]["recipients"]
     assert recipients[0] == {"phone_number": "+33612345678", "first_name": "Ann", "last_name": "Lee", "param1": "blue"}
-    assert recipients[1]["phone_number"] == "+33612345679"
+    assert recipients[1] == {"phone_number": "+33612345679", "first_name": "Bob", "last_name": "Ray"}
+    # Only the values the text uses leave the relay.
+    await smtp_send(daemon, message(to, "Meeting at 11"), [to])
+    await wait_for(lambda: len(sent(daemon)) == 2)
+    assert [r["phone_number"] for r in sent(daemon)[1]["recipients"]] == ["+33612345678", "+33612345679"]
+    assert all(set(r) == {"phone_number"} for r in sent(daemon)[1]["recipients"])
 
 
 async def test_auth_only_after_starttls(make_daemon, sink, tmp_path):
@@ -400,3 +405,26 @@ async def test_round_trip_reply_threads_and_answer_sends_new_words(daemon, sink)
     # The whole chain, not only the parent (RFC 5322 §3.6.4): the parent's References, then the parent.
     assert note["References"] == original["Message-ID"]
     assert second[0]["References"].split() == [original["Message-ID"], note["Message-ID"], answer["Message-ID"]]
+
+
+async def test_the_confirmation_shows_what_the_sms_said_when_the_clean_up_left_text_out(make_daemon, sink):
+    """SPEC §5 step 4, issue 16: a reply's quote is not sent, and the sender sees at once what the SMS said."""
+    daemon = await make_daemon(
+        '[smtp_in]\nconfirm = "all"\n[octopush.emulator]\nreply_text = ""\n', smtp_port=sink.port
+    )
+    to = "+33612345678@sms.example.org"
+    quoted = "Le lun. 12 janv. 2026 à 09:41, Jean <jean@example.fr> a écrit :\n> Secret plan for tomorrow\n"
+    await smtp_send(daemon, message(to, f"Rendez-vous à 9h.\n\n{quoted}", "Re: plan"), [to])
+    await smtp_send(daemon, message(to, "Nothing to leave out", "plain"), [to])
+    confirmations = lambda: [m for _, _, m in sink.messages if m["Subject"].startswith("SMS sent")]  # noqa: E731
+    await wait_for(lambda: len(confirmations()) == 2)
+    by_label = {m["Subject"]: m for m in confirmations()}
+    trimmed = by_label["SMS sent: plan"]
+    text = trimmed.get_body(("plain",)).get_content()
+    html = trimmed.get_body(("html",)).get_content()
+    assert "Only your new words went out" in text and "Only your new words went out" in html
+    assert "  > Rendez-vous à 9h." in text
+    assert "Secret plan" not in text and "Secret plan" not in html
+    assert [s["text"] for s in sent(daemon) if "Rendez" in s["text"]] == ["Rendez-vous à 9h."]
+    untouched = by_label["SMS sent: plain"].get_body(("plain",)).get_content()
+    assert "Only your new words" not in untouched and "  > Nothing to leave out" in untouched

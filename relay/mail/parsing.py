@@ -119,7 +119,7 @@ _BRACKETED = re.compile(r"\[([^\[\]]*)\]")
 _TAG_NAME = re.compile(r"[a-z][a-z_-]{0,30}")
 _WORDISH = re.compile(r"[a-z][a-z _-]*[a-z]")
 _PREFIX = re.compile(r"^(?>(?:re|fwd?|tr|aw|wg|sv|rif|ref|réf)\s*+(?:\[\d++\]|\(\d++\))?\s*+:\s*+)++", re.IGNORECASE)
-_SENDER = re.compile(r"[a-zA-Z0-9 ]{3,11}")
+_SENDER = re.compile(r"[a-zA-Z0-9]{3,11}")  # letters and digits: the reading of Octopush's pages safe under all
 _SHORT_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{1,2}:\d{2})")
 
 
@@ -177,7 +177,7 @@ def strip_prefixes(label: str) -> str:
 def _sender(value: str, raw: str) -> str:
     if not _SENDER.fullmatch(value):
         raise Rejected(
-            f"bad sender in {raw}: it must be 3 to 11 letters, digits or spaces (a-z A-Z 0-9), e.g. [sender:ACME]"
+            f"bad sender in {raw}: it must be 3 to 11 letters or digits (a-z A-Z 0-9, no space), e.g. [sender:ACME]"
         )
     return value
 
@@ -335,6 +335,7 @@ class Body:
 
     text: str  # the new words only, ready to send
     source: str  # "text/plain" or "text/html"
+    trimmed: bool = False  # the clean-up left out lines the e-mail held (a quote, a signature, a footer)
 
 
 def extract_text(msg: Message) -> Body:

@@ -11,20 +11,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import ssl
 import unicodedata
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import getaddresses
 from functools import partial
 from pathlib import Path
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from relay import clock, passwords
+from relay import clock, marketing, passwords
 from relay.config import Config
 from relay.errors import RelayError
 from relay.guard import ConnectionCap, printable
+from relay.mail import proof
 from relay.mail.offload import ChildParser
 from relay.mail.parsing import (
     Body,
@@ -39,18 +41,32 @@ from relay.mail.parsing import (
     parse_subject,
     sender_glob_allows,
 )
+from relay.mail.proof import NotProven
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
-from relay.sending import NothingToSend, SendRequest, queue_campaign, request_key
+from relay.sending import (
+    Guards,
+    LimitExceeded,
+    NotHeld,
+    NothingToSend,
+    SendRequest,
+    approve_campaign,
+    cancel_held,
+    queue_campaign,
+    request_key,
+)
+from relay.storage import guards, queries
 from relay.storage.database import private_dir
 
 log = logging.getLogger("relay.smtp")
 
 OK = "250 OK"
 SENDER_REFUSED = "550 5.7.1 Sender not allowed to send SMS through this relay"
+NOT_YOUR_ADDRESS = "550 5.7.1 Login {login} may not send as {address}: use one of its own addresses"
 AUTH_NEEDED = "550 5.7.1 Authentication required (STARTTLS, then AUTH)"
 RELAY_DENIED = "550 5.7.1 relaying denied"
 TOO_MANY = "452 4.5.3 Too many recipients"
+ALONE = "550 5.5.1 An answer to an approval e-mail goes to its approve- address alone"
 NO_RECIPIENT = "554 5.5.1 No valid recipients"
 TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 SESSION_OVER = "421 4.4.2 This session has lasted too long; reconnect to go on"
@@ -100,11 +116,23 @@ def refused(reason: str) -> str:
     return f"550 5.6.0 {ascii_line(reason)}"
 
 
+def not_allowed(reason: str) -> str:
+    return f"550 5.7.1 {ascii_line(reason)}"
+
+
+def address_of(text: str) -> str:
+    """The bare, lower-case address of a header or envelope value ("" when there is none)."""
+    pairs = getaddresses([text or ""])
+    return pairs[0][1].strip().lower() if pairs else ""
+
+
 @dataclass
 class Pending:
-    """What RCPT collected for this envelope: numbers with their contact fields."""
+    """What MAIL and RCPT collected for this envelope: the login, numbers with their contact fields."""
 
     recipients: dict[str, Recipient] = field(default_factory=dict)
+    login: str = ""
+    approval: int | None = None  # an answer to an approval e-mail: the campaign it names
 
 
 class RelaySMTP(SMTP):
@@ -224,9 +252,17 @@ class Handler:
         if not null_sender and not sender_glob_allows(cfg.allowed_senders, address):
             self.listener.count("sender_refused")
             return SENDER_REFUSED
+        login = str(session.auth_data or "") if session.authenticated else ""
+        if login and not null_sender:
+            # A login sends only as its own addresses (SPEC §5 "Who sends"); a plain hash, as any allowed sender.
+            user = cfg.users.get(login)
+            if user is None or (user.senders is not None and not sender_glob_allows(user.senders, address)):
+                self.listener.count("sender_refused")
+                log.info("MAIL FROM refused: login %r may not send as %s", login, address)
+                return NOT_YOUR_ADDRESS.format(login=ascii_line(login), address=ascii_line(address))
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.pending = Pending()  # type: ignore[attr-defined]
+        envelope.pending = Pending(login=login)  # type: ignore[attr-defined]
         return OK
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options) -> str:
@@ -235,6 +271,13 @@ class Handler:
             return AUTH_NEEDED
         pending: Pending = getattr(envelope, "pending", None) or Pending()
         envelope.pending = pending  # type: ignore[attr-defined]
+        approval = approval_campaign(address, cfg.domain)
+        if approval is not None or pending.approval is not None:
+            if pending.recipients or pending.approval is not None:
+                return ALONE
+            pending.approval = approval
+            envelope.rcpt_tos.append(address)
+            return OK
         groups = self.listener.daemon.groups
         try:
             target = parse_recipient(address, domain=cfg.domain, region=cfg.region, groups=groups)
@@ -246,6 +289,13 @@ class Handler:
         new = [r for r in members if r.phone_number not in pending.recipients]
         if len(pending.recipients) + len(new) > cfg.max_recipients:
             return TOO_MANY
+        try:
+            if self.config.limits.countries:
+                Guards.from_config(self.config).check_countries([r.phone_number for r in new])
+        except LimitExceeded as exc:
+            self.listener.count("limit_refused")
+            log.info("RCPT refused for %s: %s", envelope.mail_from, exc)
+            return not_allowed(str(exc))
         for r in new:
             pending.recipients[r.phone_number] = r
         envelope.rcpt_tos.append(address)
@@ -266,27 +316,43 @@ class Handler:
         daemon = self.listener.daemon
         cfg = self.config.smtp_in
         pending: Pending = getattr(envelope, "pending", None) or Pending()
-        if not pending.recipients:
+        if not pending.recipients and pending.approval is None:
             return NO_RECIPIENT
         data = envelope.original_content or envelope.content
         if len(data) > cfg.max_size:  # counted as received, dots unstuffed (RFC 1870 §3)
             return too_big(cfg.max_size)
+        read = partial(
+            read_message,
+            data,
+            envelope.mail_from or "",
+            cfg.region,
+            own_address=address_of(self.config.smtp_out.sender),
+            own_domain=cfg.domain,
+        )
         if len(data) <= INLINE_PARSE:
-            parsed = read_message(data, envelope.mail_from or "", cfg.region)
+            parsed = read()
         elif len(data) <= CHILD_PARSE:  # a large e-mail (HTML to text) takes CPU time: off the event loop
-            parsed = await asyncio.to_thread(read_message, data, envelope.mail_from or "", cfg.region)
-        else:
-            parsed = await self.listener.child.run(read_message, data, envelope.mail_from or "", cfg.region)
+            parsed = await asyncio.to_thread(read)
+        else:  # a child process: its GIL cannot delay callbacks (relay/mail/offload.py)
+            parsed = await self.listener.child.run(read)
         if parsed.unreadable:
             self.listener.count("unreadable")
             return unreadable(parsed.unreadable)
         if parsed.automatic:
-            self.listener.count("dropped_automatic")
-            log.info("accepted and dropped (%s) from %s", parsed.automatic, envelope.mail_from or "<>")
-            return "250 2.0.0 Accepted (automatic message: not sent as SMS)"
+            return self._dropped(parsed.automatic, envelope)
+        if pending.approval is not None:
+            return await self._approval_answer(envelope, pending, data)
         if parsed.rejected:
             self.listener.count("refused")
             return refused(parsed.rejected)
+        sender_email = envelope.mail_from.strip("<> ")
+        if not pending.login and cfg.sender_check == "dkim":
+            try:  # DNS queries and RSA: in a thread. The proven header From is who sent it and gets the replies.
+                sender_email = await asyncio.to_thread(proof.prove, data, cfg)
+            except NotProven as exc:
+                self.listener.count("sender_refused")
+                log.info("refused from %s: %s", envelope.mail_from, exc)
+                return not_allowed(str(exc))
         tags, body = parsed.tags, parsed.body
         o = self.config.octopush
         text = body.text
@@ -300,6 +366,10 @@ class Handler:
                 return refused(str(exc))
         message_id = parsed.message_id
         numbers = list(pending.recipients)
+        if message_id:
+            key = request_key(message_id, numbers)
+        else:  # SPEC §5: a repeat without Message-ID is known by its sender, recipients and text
+            key = request_key(f"{sender_email.lower()}\n{text}", numbers, salt="no-message-id")
         request = SendRequest(
             text=text,
             recipients=tuple(pending.recipients.values()),
@@ -311,13 +381,17 @@ class Handler:
             simulation=tags.simulate or o.mode == "simulation",
             auto_optimize_text=o.auto_optimize_text,
             origin="email",
-            sender_email=envelope.mail_from.strip("<> "),
+            sender_email=sender_email,
+            login=pending.login,
             message_id=message_id,
             thread_refs=tuple(parsed.thread),
             label=tags.label or await self._thread_label(parsed.references),
             confirm=cfg.confirm,
-            request_key=request_key(message_id, numbers) if message_id else uuid.uuid4().hex,
+            trimmed=body.trimmed,
+            request_key=key,
         )
+        request, delayed = marketing.schedule(request, o, cfg.region)
+        guards_now = Guards.from_config(self.config)
         try:
             request.validate()
         except RelayError as exc:
@@ -325,22 +399,80 @@ class Handler:
             return refused(str(exc))
         try:
             campaign_id, new = await daemon.store.write(
-                partial(_queue_once, req=request, retry_for=o.retry_for),
+                partial(_queue_once, req=request, retry_for=o.retry_for, guards=guards_now),
                 small=len(request.recipients) <= SMALL_WRITE_RECIPIENTS,
             )
+        except LimitExceeded as exc:
+            self.listener.count("limit_refused")
+            log.info("refused from %s: %s", sender_email, exc)
+            return not_allowed(str(exc))
+        except MailLoop as exc:
+            return self._dropped(str(exc), envelope)
         except NothingToSend as exc:
             self.listener.count("refused")
             return refused(str(exc))
         except Exception as exc:  # noqa: BLE001 - the store failed: a temporary answer, the sender retries
             log.error("message not stored, answered 451: %s", exc)
             return TRY_LATER
-        if new:
-            daemon.sender.wake()
-            self.listener.count("queued")
-            log.info("campaign #%d queued from %s to %d number(s)", campaign_id, envelope.mail_from, len(numbers))
-            return f"250 2.0.0 Queued as campaign {campaign_id}"
-        self.listener.count("duplicate")
-        return f"250 2.0.0 Already queued as campaign {campaign_id}"
+        if not new:
+            self.listener.count("duplicate")
+            log.info("repeat of campaign #%d from %s: not sent again", campaign_id, sender_email)
+            return f"250 2.0.0 Already queued as campaign {campaign_id}"
+        daemon.sender.wake()
+        self.listener.count("queued")
+        who = f"{sender_email} (login {pending.login})" if pending.login else sender_email
+        log.info("campaign #%d queued from %s to %d number(s)", campaign_id, who, len(numbers))
+        answer = f"250 2.0.0 Queued as campaign {campaign_id}"
+        if guards_now.holds(request, len(numbers)):
+            daemon.notifier.wake()  # it e-mails the sender the question
+            answer += f", held for approval: see the e-mail sent to {ascii_line(sender_email)}"
+        elif delayed:
+            when = request.send_at.astimezone(clock.region_timezone(cfg.region)).strftime("%Y-%m-%d %H:%M %Z")
+            answer += f", to go at {when} (outside marketing hours)"
+        return answer
+
+    async def _approval_answer(self, envelope: Envelope, pending: Pending, data: bytes) -> str:
+        """ "yes" / "oui" / "ok" sends a held campaign, "no" / "non" cancels it; only its own sender may answer."""
+        daemon, cfg = self.listener.daemon, self.config.smtp_in
+        campaign_id = pending.approval
+        sender = envelope.mail_from.strip("<> ")
+        if not pending.login and cfg.sender_check == "dkim":
+            try:
+                sender = await asyncio.to_thread(proof.prove, data, cfg)
+            except NotProven as exc:
+                self.listener.count("sender_refused")
+                return not_allowed(str(exc))
+        owner = await daemon.store.read(partial(guards.campaign_sender, campaign_id=campaign_id))
+        if owner is None:
+            return bad_recipient(f"there is no campaign {campaign_id} to approve")
+        if owner.lower() != sender.lower():
+            self.listener.count("sender_refused")
+            log.info("approval of campaign #%d refused: %s is not its sender", campaign_id, sender)
+            return not_allowed(f"only the sender of campaign {campaign_id} can approve or cancel it")
+        try:
+            word = first_word(extract_text(parse_message(data)).text)
+        except Rejected:
+            word = ""
+        who = f"{sender} (login {pending.login})" if pending.login else sender
+        if word in APPROVE_WORDS:
+            change = partial(approve_campaign, campaign_id=campaign_id, config=self.config, by=who)
+        elif word in CANCEL_WORDS:
+            change = partial(cancel_held, campaign_id=campaign_id, by=who)
+        else:
+            return refused(f'answer "yes" to send campaign {campaign_id} or "no" to cancel it, as the first word')
+        try:
+            await daemon.store.write(change)
+        except NotHeld as exc:
+            return f"250 2.0.0 Nothing done: {ascii_line(str(exc))}"
+        daemon.sender.wake()
+        self.listener.count("approved" if word in APPROVE_WORDS else "cancelled")
+        return f"250 2.0.0 Campaign {campaign_id} {'approved: it goes now' if word in APPROVE_WORDS else 'cancelled'}"
+
+    def _dropped(self, why: str, envelope: Envelope) -> str:
+        """Bounces, auto-replies, lists and loops: accepted, so no one retries them, and never an SMS."""
+        self.listener.count("dropped_automatic")
+        log.info("accepted and dropped (%s) from %s", why, envelope.mail_from or "<>")
+        return "250 2.0.0 Accepted (automatic message: not sent as SMS)"
 
     async def _thread_label(self, refs: list[str]) -> str:
         """An answer with an empty subject keeps the label of the conversation it answers."""
@@ -377,14 +509,14 @@ class Parsed:
     body: Body | None = None
 
 
-def read_message(data: bytes, mail_from: str, region: str) -> Parsed:
+def read_message(data: bytes, mail_from: str, region: str, *, own_address: str = "", own_domain: str = "") -> Parsed:
     """What DATA needs, from a parse that cannot fail: a structure it cannot read is `unreadable`.
 
     Reading the same bytes again gives the same result, so a failure here is answered 554 (permanent), not
     a 4xx that the sender's MTA would retry for days.
     """
     try:
-        return _read_message(data, mail_from, region)
+        return _read_message(data, mail_from, region, own_address, own_domain)
     except RecursionError:  # the stdlib parser recurses once per nesting level
         return Parsed(unreadable="its MIME parts are nested too deep")
     except Exception:  # noqa: BLE001 - any other parser failure on these bytes would recur at every retry
@@ -432,13 +564,13 @@ def mime_depth(msg) -> int:
     return deepest
 
 
-def _read_message(data: bytes, mail_from: str, region: str) -> Parsed:
+def _read_message(data: bytes, mail_from: str, region: str, own_address: str, own_domain: str) -> Parsed:
     if nests_deeper_than(data, MAX_DEPTH):
         return Parsed(unreadable=f"its MIME parts are nested more than {MAX_DEPTH} deep")
     msg = parse_message(data)
     if mime_depth(msg) > MAX_DEPTH:
         return Parsed(unreadable=f"its MIME parts are nested more than {MAX_DEPTH} deep")
-    automatic = is_automatic(msg, mail_from)
+    automatic = is_automatic(msg, mail_from) or _from_ourselves(msg, mail_from, own_address, own_domain)
     if automatic:
         return Parsed(automatic=automatic)
     parsed = Parsed(
@@ -454,15 +586,54 @@ def _read_message(data: bytes, mail_from: str, region: str) -> Parsed:
     return parsed
 
 
-def _queue_once(db, *, req: SendRequest, retry_for: float) -> tuple[int, bool]:
-    """The same Message-ID to the same recipients within 24 h is sent once."""
+_APPROVAL = re.compile(r"approve-([0-9]{1,18})")
+APPROVE_WORDS = {"yes", "oui", "ok", "okay"}
+CANCEL_WORDS = {"no", "non"}
+
+
+def approval_campaign(address: str, domain: str) -> int | None:
+    """The campaign an `approve-N@domain` recipient names, else None."""
+    local, _, rcpt_domain = address.strip().strip("<>").rpartition("@")
+    if rcpt_domain.strip().rstrip(".").lower() != domain:
+        return None
+    match = _APPROVAL.fullmatch(local.strip().lower())
+    return int(match.group(1)) if match else None
+
+
+def first_word(text: str) -> str:
+    """The answer's first word, lower-case, without punctuation: "Yes!" and "OK," read as yes and ok."""
+    words = text.split(maxsplit=1)
+    return words[0].strip(".,;:!?()\"'").lower() if words else ""
+
+
+def _from_ourselves(msg, mail_from: str, own_address: str, own_domain: str) -> str | None:
+    """Mail from the relay's own smtp_out.from address, or with a Message-ID in its domain: a loop."""
+    if own_address and own_address in (address_of(mail_from), address_of(header_text(msg, "From"))):
+        return f"sent from the relay's own address {own_address} (mail loop)"
+    message_id = header_text(msg, "Message-ID").strip().strip("<>").lower()
+    if own_domain and message_id.endswith("@" + own_domain):
+        return "a Message-ID this relay made (mail loop)"
+    return None
+
+
+class MailLoop(RelayError):
+    """The e-mail carries a Message-ID the relay put on one it sent: a loop, dropped."""
+
+
+def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None = None) -> tuple[int, bool]:
+    """The same Message-ID to the same recipients within 24 h is sent once; one the relay made, never.
+
+    The loop check reads the messages table here, in the write it guards, instead of a read of its own.
+    """
+    if req.message_id and queries.made_here(db, message_id=req.message_id):
+        raise MailLoop("a Message-ID this relay made (mail loop)")
     row = db.execute("SELECT id, created_at FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
     if row:
         if clock.parse_iso(row[1]) > clock.now() - DUPLICATE_WINDOW:
             return row[0], False
         # Older than 24 h: Octopush has forgotten the request_id too; send it as new.
         db.execute("UPDATE campaigns SET request_key = request_key || '-' || id WHERE id = ?", [row[0]])
-    return queue_campaign(db, req, retry_for=retry_for)
+    return queue_campaign(db, req, retry_for=retry_for, guards=guards)
 
 
 class SmtpListener:
@@ -525,9 +696,11 @@ class SmtpListener:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
-        hashed = users.get(login)
-        ok = hashed is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), hashed)
-        return AuthResult(success=ok, handled=False)  # a failure is logged and counted by RelaySMTP._checked
+        user = users.get(login)
+        ok = user is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), user.hash)
+        # A failure is logged and counted by RelaySMTP._checked. The login rides on the session
+        # (session.auth_data) to MAIL FROM, which binds it to its addresses.
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     def reconfigure(self, config: Config) -> None:
         """Allowed senders, users, groups and the timeouts come from daemon.config at each command or session;

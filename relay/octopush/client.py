@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ import aiohttp
 import phonenumbers
 
 from relay import backoff
-from relay.octopush.errors import OctopushError, TemporaryError, ValidationError
+from relay.octopush.errors import TEMPORARY_CODES, OctopushError, TemporaryError, ValidationError
 from relay.octopush.parts import count_parts
 
 log = logging.getLogger("relay.octopush")
@@ -30,12 +30,30 @@ MAX_TEXT = 1224
 MAX_RECIPIENTS = 500
 TYPES = ("sms_premium", "sms_low_cost")
 PURPOSES = ("alert", "wholesale")
-SENDER_RE = re.compile(r"[a-zA-Z0-9 ]{3,11}")
-# Octopush's documented mention is "STOP au XXXXX"; the seed example writes "STOP to XXXXX".
+# Letters and digits only: Octopush's pages disagree on spaces (code 106 says "no accent, space or punctuation"),
+# and only this reading is safe under both.
+SENDER_RE = re.compile(r"[a-zA-Z0-9]{3,11}")
+SENDER_RULE = "3 to 11 letters or digits, without space, accent or punctuation (Octopush's code 106)"
+# The mentions exactly as Octopush checks them, case included (octopush-api.md): premium marketing needs
+# "STOP au " and the short number, or the literal "XXXXX" that Octopush fills in; low-cost needs "no PUB=STOP".
 STOP_MENTIONS = {
-    "sms_premium": re.compile(r"\bSTOP\s+(?:au|to)\s+\d+", re.IGNORECASE),
-    "sms_low_cost": re.compile(r"\bno\s*PUB\s*=\s*STOP\b", re.IGNORECASE),
+    "sms_premium": re.compile(r"STOP au (?:[0-9]++|XXXXX)"),
+    "sms_low_cost": re.compile(r"no PUB=STOP"),
 }
+STOP_EXAMPLES = {"sms_premium": "STOP au 30101", "sms_low_cost": "no PUB=STOP"}
+# The account settings that say where Octopush POSTs each kind of callback (PATCH campaign-parameters/edit).
+CALLBACK_URL_FIELDS = {
+    "reply": "callback_url_for_inbounds",
+    "delivery": "callback_url_for_deliveries",
+    "stop": "callback_url_for_blacklisted_numbers",
+}
+# Octopush's personalisation fields: each recipient's value replaces its placeholder (at most 50 characters).
+PLACEHOLDERS = ("first_name", "last_name", "param1", "param2", "param3", "param4", "param5")
+MAX_PLACEHOLDER_VALUE = 50
+PLACEHOLDER_RE = re.compile(r"\{(first_name|last_name|param[1-5])\}")
+# Something that looks meant as a placeholder ("{firstname}", "{Param1}", "{param6}"): refused, as a typo
+# would reach every recipient as written. The length bound keeps the scan linear.
+PLACEHOLDER_LIKE_RE = re.compile(r"\{([A-Za-z][A-Za-z_ ]{0,15}[0-9]?)\}")
 # Answers worth retrying besides 5xx: too many requests, request timeout.
 RETRYABLE_STATUS = {408, 425, 429}
 
@@ -46,16 +64,23 @@ class Recipient:
     first_name: str = ""
     last_name: str = ""
     params: tuple[str, ...] = ()  # param1..param5
+    source: str = field(default="", compare=False)  # where it came from, e.g. "groups.team (team.csv) line 4"
 
-    def payload(self) -> dict[str, str]:
+    def value(self, placeholder: str) -> str:
+        """This recipient's value for one of PLACEHOLDERS ("" when it has none)."""
+        if placeholder == "first_name":
+            return self.first_name
+        if placeholder == "last_name":
+            return self.last_name
+        index = int(placeholder[len("param") :]) - 1
+        return self.params[index] if index < len(self.params) else ""
+
+    def payload(self, used: tuple[str, ...] | list[str] = PLACEHOLDERS) -> dict[str, str]:
+        """The recipient object; of its values, only those of the placeholders `used`, and not empty ones."""
         body = {"phone_number": self.phone_number}
-        if self.first_name:
-            body["first_name"] = self.first_name
-        if self.last_name:
-            body["last_name"] = self.last_name
-        for i, value in enumerate(self.params[:5], start=1):
-            if value:
-                body[f"param{i}"] = value
+        for name in used:
+            if self.value(name):
+                body[name] = self.value(name)
         return body
 
 
@@ -74,9 +99,11 @@ class Campaign:
 
     def payload(self) -> dict[str, Any]:
         """The exact JSON body: documented field names only, empty optional fields left out."""
+        used = placeholders(self.text)
         body: dict[str, Any] = {
             "text": self.text,
-            "recipients": [r.payload() for r in self.recipients],
+            # Only the values the text uses: nothing else of a contact leaves, and a long unused one is no matter.
+            "recipients": [r.payload(used) for r in self.recipients],
             "type": self.type,
             "purpose": self.purpose,
             "with_replies": self.with_replies,
@@ -103,33 +130,93 @@ class SendResult:
     already_sent: bool = False  # Octopush answered 120: an earlier attempt went through; ticket unknown
 
 
+def stored_recipient(row: dict) -> Recipient:
+    """A recipient as the `recipients` table keeps it (params as a JSON list)."""
+    params = tuple(json.loads(row.get("params") or "[]"))
+    return Recipient(row["number"], row.get("first_name") or "", row.get("last_name") or "", params)
+
+
 def has_stop_mention(text: str, type: str) -> bool:
-    """Whether a marketing text carries the opt-out mention Octopush requires for this type."""
+    """Whether a marketing text carries the opt-out mention Octopush requires for this type, exactly."""
     pattern = STOP_MENTIONS.get(type)
     return bool(pattern and pattern.search(text))
+
+
+def placeholders(text: str) -> list[str]:
+    """The personalisation placeholders a text uses, in order of first use."""
+    return list(dict.fromkeys(PLACEHOLDER_RE.findall(text)))
+
+
+def personalise(text: str, recipient: Recipient) -> str:
+    """The text as this recipient reads it once Octopush has replaced the placeholders."""
+    return PLACEHOLDER_RE.sub(lambda m: recipient.value(m.group(1)), text)
+
+
+def check_placeholders(text: str, recipients: tuple[Recipient, ...] | list[Recipient]) -> None:
+    """Refuse a mistyped placeholder, and a value Octopush would not take (over 50 characters)."""
+    for match in PLACEHOLDER_LIKE_RE.finditer(text):
+        name = match.group(1)
+        if name in PLACEHOLDERS:
+            continue
+        squashed = name.lower().replace("_", "").replace(" ", "")
+        known = {p.replace("_", ""): p for p in PLACEHOLDERS}
+        if squashed in known:
+            raise ValidationError(
+                f"{{{name}}} is not a placeholder Octopush knows: write {{{known[squashed]}}}", "text"
+            )
+        if squashed.startswith("param") and squashed[5:].isdigit():
+            raise ValidationError(f"{{{name}}}: Octopush has only {{param1}} to {{param5}}", "text")
+    used = placeholders(text)
+    for r in recipients if used else ():
+        if not any(r.value(name) for name in PLACEHOLDERS):
+            raise ValidationError(
+                f"the text uses {{{used[0]}}} but {r.phone_number} has no values to fill it in (a number written "
+                "directly carries none): send to a group whose file has the column, or write the text out",
+                "recipients",
+            )
+        for name in used:
+            value = r.value(name)
+            if len(value) > MAX_PLACEHOLDER_VALUE:
+                where = r.source or r.phone_number
+                raise ValidationError(
+                    f"{where}: {name} of {r.phone_number} is {len(value)} characters; Octopush takes at most "
+                    f"{MAX_PLACEHOLDER_VALUE} for {{{name}}}: shorten it in the group file",
+                    "recipients",
+                )
 
 
 def with_stop_mention(text: str, type: str, configured: str) -> str:
     """A marketing text with the opt-out mention its type needs; ValidationError saying why when we cannot add it.
 
-    `configured` is `smtp_in.stop_mention` (empty: add nothing). A premium SMS needs the operator's number
-    ("STOP au 30101"), so only a configured mention that has one will do; the low-cost mention is fixed
-    wording, so once the operator asks for mentions, "no PUB=STOP" is added whatever they wrote.
+    `configured` is `smtp_in.stop_mention` (empty: add nothing). A premium SMS needs "STOP au " and the
+    short number (or the literal XXXXX, which Octopush fills in), so only a configured mention holding that
+    will do; the low-cost mention is fixed wording, so once the operator asks for mentions, "no PUB=STOP" is
+    added whatever they wrote.
     """
     if has_stop_mention(text, type):
         return text
     if configured and has_stop_mention(configured, type):
         return f"{text}\n{configured}"
     if configured and type == "sms_low_cost":
-        return f"{text}\nno PUB=STOP"
+        return f"{text}\n{STOP_EXAMPLES['sms_low_cost']}"
     if configured:
         raise ValidationError(
-            f"a premium marketing SMS must carry 'STOP au <number>' and smtp_in.stop_mention ({configured!r}) "
-            "has no number: add the mention to the text, or ask the operator to fix smtp_in.stop_mention",
+            f"a premium marketing SMS must carry 'STOP au <short number>' (or 'STOP au XXXXX'), exactly so, and "
+            f"smtp_in.stop_mention ({configured!r}) has none: add the mention to the text, or ask the operator "
+            "to fix smtp_in.stop_mention",
             "text",
         )
-    example = "STOP au 30101" if type == "sms_premium" else "no PUB=STOP"
-    raise ValidationError(f"a marketing SMS must carry a STOP mention: add '{example}' to the text", "text")
+    raise ValidationError(stop_mention_missing(type), "text")
+
+
+def stop_mention_missing(type: str) -> str:
+    """The reason given for a marketing text without its mention: what to write, case included."""
+    if type == "sms_low_cost":
+        return "a low-cost marketing SMS must carry the mention 'no PUB=STOP', written exactly so: add it to the text"
+    return (
+        "a premium marketing SMS must carry the mention 'STOP au ' and your short number (e.g. 'STOP au 30101', "
+        "or 'STOP au XXXXX' for Octopush to fill it in), written exactly so: add it to the text"
+    )
 
 
 def validate(c: Campaign, now: datetime | None = None) -> None:
@@ -143,7 +230,7 @@ def validate(c: Campaign, now: datetime | None = None) -> None:
     if c.purpose not in PURPOSES:
         raise ValidationError(f"purpose {c.purpose!r} must be one of {', '.join(PURPOSES)}", "purpose")
     if c.sender and not SENDER_RE.fullmatch(c.sender):
-        raise ValidationError(f"sender {c.sender!r} must be 3 to 11 letters, digits or spaces", "sender")
+        raise ValidationError(f"sender {c.sender!r} must be {SENDER_RULE}", "sender")
     if c.send_at is not None:
         if c.send_at.tzinfo is None or c.send_at.utcoffset() is None:
             raise ValidationError("send_at must carry a time zone", "send_at")
@@ -164,9 +251,9 @@ def validate(c: Campaign, now: datetime | None = None) -> None:
             )
         if len(r.params) > 5:
             raise ValidationError(f"{r.phone_number}: at most 5 params (param1 to param5)", "recipients")
+    check_placeholders(c.text, c.recipients)
     if c.purpose == "wholesale" and not has_stop_mention(c.text, c.type):
-        mention = "STOP au 30101" if c.type == "sms_premium" else "no PUB=STOP"
-        raise ValidationError(f'marketing SMS must contain the mention "{mention}"', "text")
+        raise ValidationError(stop_mention_missing(c.type), "text")
 
 
 @functools.lru_cache(maxsize=8192)  # a number is checked at intake and again at each send
@@ -223,27 +310,32 @@ class OctopushClient:
     def _note(self, ok: bool, error: str | None = None) -> None:
         self.last_call = {"at": datetime.now(UTC), "ok": ok, "error": error}
 
-    async def send_once(self, c: Campaign) -> SendResult:
-        """One POST, no validation and no retry: OctopushError, TemporaryError or a result."""
+    async def _call(
+        self, method: str, path: str, *, body: dict | None = None, params: dict | None = None
+    ) -> tuple[int, bytes]:
+        """One HTTP call to `{base}{path}` with the credentials: (status, body); TemporaryError when unreachable."""
         if self._session is None:
             raise RuntimeError("OctopushClient.start() was not called")
-        url = f"{self.base_url}/sms-campaign/send"
         headers = {"api-key": self._api_key, "api-login": self.api_login, "Content-Type": "application/json"}
+        data = json.dumps(body) if body is not None else None
         try:
-            async with self._session.post(url, data=json.dumps(c.payload()), headers=headers) as resp:
-                status = resp.status
-                raw = await resp.read()
+            async with self._session.request(
+                method, f"{self.base_url}{path}", data=data, params=params, headers=headers
+            ) as resp:
+                return resp.status, await resp.read()
         except TimeoutError:
-            error = TemporaryError(f"Octopush did not answer within {self.timeout:g} s")
+            raise TemporaryError(f"Octopush did not answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            error = TemporaryError(f"cannot reach Octopush: {exc.__class__.__name__}: {exc}".rstrip(": "))
-        else:
-            try:
-                return self._answer(c, status, raw)
-            except (OctopushError, TemporaryError) as exc:
-                error = exc
-        self._note(False, str(error))
-        raise error
+            raise TemporaryError(f"cannot reach Octopush: {exc.__class__.__name__}: {exc}".rstrip(": ")) from None
+
+    async def send_once(self, c: Campaign) -> SendResult:
+        """One POST, no validation and no retry: OctopushError, TemporaryError or a result."""
+        try:
+            status, raw = await self._call("POST", "/sms-campaign/send", body=c.payload())
+            return self._answer(c, status, raw)
+        except (OctopushError, TemporaryError) as error:
+            self._note(False, str(error))
+            raise
 
     def _answer(self, c: Campaign, status: int, raw: bytes) -> SendResult:
         """Turn an HTTP answer into a result; raises for refusals and faults."""
@@ -253,6 +345,10 @@ class OctopushClient:
             body = None
         if status >= 500 or status in RETRYABLE_STATUS:
             raise TemporaryError(f"Octopush answered HTTP {status}", status)
+        if isinstance(body, dict) and body.get("code") in TEMPORARY_CODES and not 200 <= status < 300:
+            raise TemporaryError(
+                f"Octopush answered code {body['code']}: {body.get('message') or 'try later'}", status, body["code"]
+            )
         if 200 <= status < 300:
             if not isinstance(body, dict):
                 # Probably sent; the retry with the same request_id will get 120 and tell.
@@ -267,9 +363,7 @@ class OctopushClient:
             log.debug("Octopush accepted %s: %d contacts, %d SMS", result.ticket, result.contacts, result.sms_needed)
             self._note(True)
             return result
-        code = body.get("code") if isinstance(body, dict) else None
-        code = code if isinstance(code, int) else None
-        message = str(body.get("message") or "") if isinstance(body, dict) else raw[:200].decode("utf-8", "replace")
+        code, message = _refusal(body, raw)
         if code == 120:
             # The earlier attempt went through; its ticket is unknown, the SMS count is our estimate.
             log.info("Octopush already has request_id %s (code 120): counted as sent", c.request_id)
@@ -312,6 +406,68 @@ class OctopushClient:
                 log.warning("request_id %s: %s; retry %d in %.1f s", c.request_id, exc, attempt, wait)
                 await asyncio.sleep(wait)
 
+    # ------------------------------------------------------------ account endpoints
+
+    async def _account(self, method: str, path: str, what: str, **kw) -> Any:
+        """An account call: its decoded JSON answer (None for 204); OctopushError naming `what` when refused."""
+        status, raw = await self._call(method, path, **kw)
+        if status >= 500 or status in RETRYABLE_STATUS:
+            raise TemporaryError(f"Octopush answered HTTP {status} to {what}", status)
+        if 200 <= status < 300:
+            if status == 204 or not raw.strip():
+                return None
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise TemporaryError(f"Octopush answered {what} with something that is not JSON", status) from None
+        code, message = _refusal(json_or_none(raw), raw)
+        raise OctopushError(code, message or f"HTTP {status}", status, action=what)
+
+    async def check_balance(self, *, product: str | None = None, country: str | None = None) -> Balance:
+        """GET /wallet/check-balance: the credit in euros, or in SMS of `product` to `country`."""
+        params = {"with_details": "true", "country_code": country, "product_name": product} if product else None
+        body = await self._account("GET", "/wallet/check-balance", "the balance request", params=params)
+        if not isinstance(body, dict) or _float(body.get("amount")) is None:
+            raise TemporaryError(f"Octopush's balance answer has no amount: {str(body)[:200]}")
+        return Balance(float(body["amount"]), str(body.get("unit") or "euros"))
+
+    async def campaign_parameters(self) -> dict:
+        """GET /user/campaign-parameters: the account's settings, among them `callbacks`."""
+        body = await self._account("GET", "/user/campaign-parameters", "the settings request")
+        return body if isinstance(body, dict) else {}
+
+    async def set_callbacks(self, urls: dict[str, str]) -> dict:
+        """PATCH /user/campaign-parameters/edit with `{"callbacks": urls}`; the settings Octopush answers."""
+        body = await self._account(
+            "PATCH", "/user/campaign-parameters/edit", "the callback settings", body={"callbacks": urls}
+        )
+        return body if isinstance(body, dict) else {}
+
+    async def cancel(self, ticket: str) -> None:
+        """DELETE /sms-campaign/cancel: a campaign scheduled with send_at, to fewer than 3 numbers."""
+        await self._account("DELETE", "/sms-campaign/cancel", "the cancellation", body={"ticket_number": ticket})
+
+
+@dataclass(frozen=True)
+class Balance:
+    amount: float
+    unit: str  # "euros", or the product asked for ("sms_premium")
+
+
+def json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _refusal(body: Any, raw: bytes) -> tuple[int | None, str]:
+    """Octopush's code and message from an error answer (JSON `{"code", "message"}`, else the raw text)."""
+    if not isinstance(body, dict):
+        return None, raw[:200].decode("utf-8", "replace")
+    code = body.get("code")
+    return (code if isinstance(code, int) and not isinstance(code, bool) else None), str(body.get("message") or "")
+
 
 def _float(value: Any) -> float | None:
     try:
@@ -321,12 +477,16 @@ def _float(value: Any) -> float | None:
 
 
 __all__ = [
+    "Balance",
     "Campaign",
     "OctopushClient",
     "Recipient",
     "STOP_MENTIONS",
     "SendResult",
+    "check_placeholders",
     "has_stop_mention",
+    "personalise",
+    "placeholders",
     "with_stop_mention",
     "is_valid_e164",
     "split",

@@ -12,18 +12,30 @@ that passes here does not depend on leniency:
   unknown refusal;
 - documented refusals use the documented codes: 101 (credentials, HTTP 401),
   103 (no `recipients` field), 110 (empty list), 117 (no valid number),
-  106 (sender), 107 (text), 121/122 (STOP mention), 120 (request_id already
-  seen within 24 h), 104 (no credit left) / 105 (credit below the cost);
+  106 (sender), 107 (text), 121/122 (STOP mention, exactly as Octopush checks
+  it, case included), 120 (request_id already seen within 24 h), 104 (no
+  credit left) / 105 (credit below the cost);
+- personalisation: `{first_name}`, `{last_name}`, `{param1}`…`{param5}` are
+  replaced per recipient (a value over 50 characters is refused), and the SMS
+  parts are counted on each recipient's own text;
+- the account endpoints: `GET /wallet/check-balance` (also with a product and
+  country), `GET /wallet/check-credits`, `GET /user/campaign-parameters`,
+  `PATCH /user/campaign-parameters/edit` (the callbacks it registers are where
+  the emulator then POSTs), and `DELETE /sms-campaign/cancel` with Octopush's
+  rules: a campaign with a `send_at`, to fewer than 3 recipients, at least 10
+  minutes before its time, at most 1000 a month; 204, credit given back;
 - delivery receipts are sent for premium SMS only, as Octopush documents.
 
 `inject()` queues faults for the next requests, to prove the client's retries
-never send twice ("lost" accepts a campaign and drops the answer).
+never send twice ("lost" accepts a campaign and drops the answer; "code:N"
+answers Octopush's code N, e.g. "code:153" for a congested route).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import secrets
@@ -35,13 +47,50 @@ import aiohttp
 from aiohttp import web
 
 from relay.clock import to_octopush
-from relay.octopush.client import MAX_RECIPIENTS, MAX_TEXT, PURPOSES, SENDER_RE, TYPES, has_stop_mention, is_valid_e164
+from relay.octopush.client import (
+    CALLBACK_URL_FIELDS,
+    MAX_PLACEHOLDER_VALUE,
+    MAX_RECIPIENTS,
+    MAX_TEXT,
+    PLACEHOLDER_RE,
+    PURPOSES,
+    SENDER_RE,
+    TYPES,
+    has_stop_mention,
+    is_valid_e164,
+)
 from relay.octopush.parts import count_parts
 
 log = logging.getLogger("relay.octopush.emulator")
 
 PREFIX = "/v1/public"
 FAULTS = ("500", "429", "timeout", "reset", "lost")
+# Messages for `inject("code:N")`, from Octopush's return-code table.
+CODE_MESSAGES = {
+    101: "Incorrect login details.",
+    103: "No recipients.",
+    104: "No credit left.",
+    105: "Credit insufficient for this campaign.",
+    106: "Invalid sender: no accent, space or punctuation.",
+    107: "Text is missing.",
+    108: "Text too long.",
+    109: "Sender forbidden.",
+    110: "No recipients.",
+    113: "Account not validated.",
+    114: "Account under fraud investigation.",
+    117: "No valid number in the list.",
+    120: "A request with this request_id has already been sent.",
+    121: "STOP mention ([STOP au 30101]) is missing from your text.",
+    122: "Mention no PUB=STOP is missing.",
+    152: "Low cost SMS are not allowed to this country.",
+    153: "Route congested, try again later.",
+}
+CALLBACK_KINDS = CALLBACK_URL_FIELDS
+CALLBACK_SETTINGS = (*CALLBACK_KINDS.values(), "callback_url_for_visits", "email_for_inbounds")
+CANCEL_BEFORE = 600.0  # seconds: Octopush cancels a scheduled campaign only until 10 minutes before it
+CANCEL_MAX_RECIPIENTS = 2  # "fewer than 3 recipients"
+CANCELS_A_MONTH = 1000
+BALANCE_PARAMS = {"with_details", "country_code", "product_name"}
 UNIT_PRICE = {"sms_premium": 0.055, "sms_low_cost": 0.035}
 REQUEST_ID_WINDOW = 24 * 3600.0
 RECEIPT_AFTER = 0.1
@@ -94,9 +143,14 @@ class Emulator:
         self.credit = credit
         self.short_number = short_number
         self.base_url = ""
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # sms-campaign/send requests
+        self.calls: list[dict[str, Any]] = []  # every request, account endpoints included
         self.sent: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []  # every callback POSTed: {"kind", "body", "status"}
+        self.settings: dict[str, Any] = {"callbacks": {name: "" for name in CALLBACK_SETTINGS}}
+        self.scheduled: dict[str, dict[str, Any]] = {}  # ticket -> campaign sent with a send_at still ahead
+        self.cancelled: list[str] = []  # tickets cancelled through DELETE /sms-campaign/cancel
+        self._cancels: dict[str, int] = {}  # "YYYY-MM" -> cancellations that month
         self._faults: collections.deque[str] = collections.deque()
         self._request_ids: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -138,21 +192,36 @@ class Emulator:
             self._session = None
 
     def inject(self, *faults: str) -> None:
-        """Queue faults applied to the next requests, one each, in order."""
+        """Queue faults applied to the next send requests, one each, in order."""
         for fault in faults:
-            if fault not in FAULTS:
-                raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
+            code = fault.partition(":")[2]
+            if fault not in FAULTS and not (fault.startswith("code:") and code.isdigit()):
+                raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)} or code:N")
         self._faults.extend(faults)
 
-    async def handle_send(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request, process) -> web.StreamResponse:
+        """Record a request, apply the next injected fault, else `process(request, raw)` -> (status, answer).
+
+        Faults are for sends only: the daemon's hourly balance check never takes one meant for a send.
+        """
         raw = await request.read()
         try:
-            shown: Any = json.loads(raw)
+            shown: Any = json.loads(raw) if raw else None
         except ValueError:
             shown = raw.decode("utf-8", "replace")
-        entry: dict[str, Any] = {"body": shown, "headers": dict(request.headers), "status": None}
-        self.requests.append(entry)
-        fault = self._faults.popleft() if self._faults else None
+        entry: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path[len(PREFIX) :],
+            "query": dict(request.query),
+            "body": shown,
+            "headers": dict(request.headers),
+            "status": None,
+        }
+        self.calls.append(entry)
+        sending = process == self._process
+        if sending:
+            self.requests.append(entry)
+        fault = self._faults.popleft() if self._faults and sending else None
         if fault in ("500", "429"):
             entry["status"] = int(fault)
             message = "Internal server error" if fault == "500" else "Too many requests"
@@ -162,28 +231,28 @@ class Emulator:
             return _drop(request)
         if fault == "reset":
             return _drop(request)
+        if fault and fault.startswith("code:"):
+            code = int(fault[len("code:") :])
+            entry["status"] = 401 if code == 101 else 400
+            return web.json_response(
+                {"code": code, "message": CODE_MESSAGES.get(code, f"Undocumented error {code}.")},
+                status=entry["status"],
+            )
         try:
-            status, answer = self._process(request, raw)
+            _authorised(request, self.credentials)
+            status, answer = process(request, raw)
         except Refusal as refusal:
             status, answer = refusal.status, {"code": refusal.code, "message": refusal.message}
         if fault == "lost":
             return _drop(request)
         entry["status"] = status
+        if answer is None:
+            return web.Response(status=status)
         return web.json_response(answer, status=status)
 
     def _process(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Validate like Octopush, then accept: (201, answer); raises Refusal."""
-        login, key = request.headers.get("api-login", ""), request.headers.get("api-key", "")
-        if not login or not key or (self.credentials is not None and (login, key) != tuple(self.credentials)):
-            raise Refusal(101, "Incorrect login details.", 401)
-        if request.content_type != "application/json":
-            raise Refusal(1, "Content-Type must be application/json.")
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise Refusal(1, "The body is not valid UTF-8 JSON.") from None
-        if not isinstance(body, dict):
-            raise Refusal(1, "The body must be a JSON object.")
+        body = _json_object(request, raw)
         for name, value in body.items():
             if name not in FIELDS:
                 raise Refusal(1, f"Unknown field '{name}'.")
@@ -212,11 +281,14 @@ class Emulator:
             raise Refusal(106, "Invalid sender: 3 to 11 characters, letters and digits.")
         send_at = self._send_at(body.get("send_at"))
         if body["purpose"] == "wholesale" and not has_stop_mention(text, body["type"]):
-            if body["type"] == "sms_premium":
-                raise Refusal(121, "Mention STOP is missing.")
-            raise Refusal(122, "Mention no PUB=STOP is missing.")
+            raise Refusal(
+                121 if body["type"] == "sms_premium" else 122,
+                CODE_MESSAGES[121 if body["type"] == "sms_premium" else 122],
+            )
         if not numbers:
             raise Refusal(117, "No valid number in the list.")
+        # Each recipient's own text, placeholders replaced: what the phone shows, and what the parts count.
+        texts = {r["phone_number"]: _personalise(text, r) for r in body["recipients"] if r["phone_number"] in numbers}
         simulation = body.get("simulation_mode", False)
         now = time.monotonic()
         request_id = body.get("request_id")
@@ -224,7 +296,7 @@ class Emulator:
             seen = self._request_ids.get(request_id)
             if seen is not None and now - seen < REQUEST_ID_WINDOW:
                 raise Refusal(120, "A request with this request_id has already been sent.")
-        sms_needed = count_parts(text).parts * len(numbers)
+        sms_needed = sum(count_parts(texts[n]).parts for n in numbers)
         cost = round(sms_needed * UNIT_PRICE[body["type"]], 5)
         if not simulation:
             if self.credit <= 0:
@@ -236,8 +308,10 @@ class Emulator:
             self.credit = round(self.credit - cost, 5)
             if request_id:
                 self._request_ids[request_id] = now
-            self.sent.append({**body, "ticket": ticket, "sms_needed": sms_needed, "cost": cost})
-            self._spawn(self._callbacks(ticket, numbers, body, send_at))
+            self.sent.append({**body, "ticket": ticket, "sms_needed": sms_needed, "cost": cost, "texts": texts})
+            task = self._spawn(self._callbacks(ticket, numbers, body, send_at, texts))
+            if send_at is not None and send_at > datetime.now(UTC):
+                self.scheduled[ticket] = {"send_at": send_at, "numbers": numbers, "cost": cost, "task": task}
         answer = {
             "sms_ticket": ticket,
             "number_of_contacts": len(numbers),
@@ -246,6 +320,85 @@ class Emulator:
             "total_cost": cost,
         }
         return 201, answer
+
+    # ------------------------------------------------------------ account endpoints
+
+    def _balance(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
+        query = request.query
+        for name in query:
+            if name not in BALANCE_PARAMS:
+                raise Refusal(1, f"Unknown parameter '{name}'.")
+        product, country = query.get("product_name"), query.get("country_code")
+        if query.get("with_details") == "true" and product:
+            if product not in TYPES:
+                raise Refusal(1, f"Parameter 'product_name' must be one of {', '.join(TYPES)}.")
+            if not country or len(country) != 2 or not country.isalpha():
+                raise Refusal(1, "Parameter 'country_code' must be an ISO country code.")
+            sms = int(self.credit / UNIT_PRICE[product] + 1e-9)
+            pack = {"wallet_pack_id": "emulator", "credit": sms, "expiration_date": None}
+            return 200, {"amount": sms, "unit": product, "wallet_packs": [pack]}
+        return 200, {"amount": round(self.credit, 5), "unit": "euros"}
+
+    def _credits(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
+        for name in request.query:
+            if name != "country_codes[]":
+                raise Refusal(1, f"Unknown parameter '{name}'.")
+        countries = request.query.getall("country_codes[]", [])
+        return 200, {
+            cc.upper(): {
+                "premium_sms": int(self.credit / UNIT_PRICE["sms_premium"] + 1e-9),
+                "low_cost_sms": int(self.credit / UNIT_PRICE["sms_low_cost"] + 1e-9),
+            }
+            for cc in countries
+        }
+
+    def _parameters(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
+        return 200, json.loads(json.dumps(self.settings))
+
+    def _edit_parameters(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
+        body = _json_object(request, raw)
+        for name, value in body.items():
+            if name != "callbacks":
+                raise Refusal(1, f"Unknown field '{name}'.")
+            if not isinstance(value, dict):
+                raise Refusal(1, "Field 'callbacks' must be an object.")
+            for key, url in value.items():
+                if key not in CALLBACK_SETTINGS:
+                    raise Refusal(1, f"Unknown field 'callbacks.{key}'.")
+                if not isinstance(url, str):
+                    raise Refusal(1, f"Field 'callbacks.{key}' must be of type str.")
+                if url and key != "email_for_inbounds" and not url.startswith(("http://", "https://")):
+                    raise Refusal(1, f"Field 'callbacks.{key}' must be an http(s) URL.")
+        self.settings["callbacks"].update(body.get("callbacks", {}))
+        return 200, json.loads(json.dumps(self.settings))
+
+    def _cancel(self, request: web.Request, raw: bytes) -> tuple[int, None]:
+        body = _json_object(request, raw)
+        for name, value in body.items():
+            if name != "ticket_number":
+                raise Refusal(1, f"Unknown field '{name}'.")
+            if not isinstance(value, str):
+                raise Refusal(1, "Field 'ticket_number' must be of type str.")
+        ticket = body.get("ticket_number")
+        if not ticket:
+            raise Refusal(1, "Field 'ticket_number' is required.")
+        campaign = self.scheduled.get(ticket)
+        if campaign is None:
+            known = any(s["ticket"] == ticket for s in self.sent)
+            raise Refusal(1, "This campaign is not scheduled: it was sent." if known else "Unknown ticket_number.")
+        if len(campaign["numbers"]) > CANCEL_MAX_RECIPIENTS:
+            raise Refusal(1, "Only a campaign to fewer than 3 recipients can be cancelled.")
+        if (campaign["send_at"] - datetime.now(UTC)).total_seconds() < CANCEL_BEFORE:
+            raise Refusal(1, "A campaign can be cancelled only until 10 minutes before it is sent.")
+        month = datetime.now(UTC).strftime("%Y-%m")
+        if self._cancels.get(month, 0) >= CANCELS_A_MONTH:
+            raise Refusal(1, "At most 1000 cancellations a month.")
+        self._cancels[month] = self._cancels.get(month, 0) + 1
+        campaign["task"].cancel()
+        del self.scheduled[ticket]
+        self.credit = round(self.credit + campaign["cost"], 5)
+        self.cancelled.append(ticket)
+        return 204, None
 
     @staticmethod
     def _numbers(recipients: list) -> list[str]:
@@ -262,6 +415,11 @@ class Emulator:
             number = recipient.get("phone_number")
             if number is None:
                 raise Refusal(1, f"Field 'recipients[{i}].phone_number' is required.")
+            for name, value in recipient.items():
+                if name != "phone_number" and len(value) > MAX_PLACEHOLDER_VALUE:
+                    raise Refusal(
+                        1, f"Field 'recipients[{i}].{name}' is longer than {MAX_PLACEHOLDER_VALUE} characters."
+                    )
             if is_valid_e164(number):
                 numbers.append(number)
         return numbers
@@ -278,15 +436,19 @@ class Emulator:
             raise Refusal(1, "Field 'send_at' must be ISO 8601 with an offset.")
         return moment
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _callbacks(self, ticket: str, numbers: list[str], body: dict, send_at: datetime | None) -> None:
+    async def _callbacks(
+        self, ticket: str, numbers: list[str], body: dict, send_at: datetime | None, texts: dict[str, str]
+    ) -> None:
         """Delivery receipts shortly after the send time, then the canned reply."""
         wait = max(0.0, (send_at - datetime.now(UTC)).total_seconds()) if send_at else 0.0
         await asyncio.sleep(wait + RECEIPT_AFTER)
+        self.scheduled.pop(ticket, None)  # gone out: no longer cancellable
         if body["type"] == "sms_premium":
             for number in numbers:
                 receipt = {
@@ -311,9 +473,14 @@ class Emulator:
             self._spawn(self._post("reply", reply))
 
     async def _post(self, kind: str, payload: dict[str, Any]) -> None:
-        """POST one callback, retried a few times; a receiver that stays down is only logged."""
+        """POST one callback, retried a few times; a receiver that stays down is only logged.
+
+        It goes where the account's settings say for its kind (set with PATCH campaign-parameters/edit),
+        else to `callback_url` (what the daemon gives its own emulator).
+        """
         for attempt in range(1, CALLBACK_ATTEMPTS + 1):
-            url, session = self.callback_url, self._session
+            url = self.settings["callbacks"].get(CALLBACK_KINDS[kind]) or self.callback_url
+            session = self._session
             if not url or session is None:
                 return
             status: int | None = None
@@ -338,12 +505,43 @@ def create_app(emulator: Emulator) -> web.Application:
     """The API routes relative to `/v1/public`, so the app can also be mounted in another one."""
     app = web.Application()
     app[EMULATOR_KEY] = emulator
-    app.router.add_post("/sms-campaign/send", _send_view)
+    routes = [
+        ("POST", "/sms-campaign/send", emulator._process),
+        ("DELETE", "/sms-campaign/cancel", emulator._cancel),
+        ("GET", "/wallet/check-balance", emulator._balance),
+        ("GET", "/wallet/check-credits", emulator._credits),
+        ("GET", "/user/campaign-parameters", emulator._parameters),
+        ("PATCH", "/user/campaign-parameters/edit", emulator._edit_parameters),
+    ]
+    for method, path, process in routes:
+        app.router.add_route(method, path, functools.partial(_view, process=process))
     return app
 
 
-async def _send_view(request: web.Request) -> web.StreamResponse:
-    return await request.app[EMULATOR_KEY].handle_send(request)
+async def _view(request: web.Request, *, process) -> web.StreamResponse:
+    return await request.app[EMULATOR_KEY].handle(request, process)
+
+
+def _authorised(request: web.Request, credentials: tuple[str, str] | None) -> None:
+    login, key = request.headers.get("api-login", ""), request.headers.get("api-key", "")
+    if not login or not key or (credentials is not None and (login, key) != tuple(credentials)):
+        raise Refusal(101, "Incorrect login details.", 401)
+
+
+def _json_object(request: web.Request, raw: bytes) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise Refusal(1, "Content-Type must be application/json.")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise Refusal(1, "The body is not valid UTF-8 JSON.") from None
+    if not isinstance(body, dict):
+        raise Refusal(1, "The body must be a JSON object.")
+    return body
+
+
+def _personalise(text: str, recipient: dict[str, str]) -> str:
+    return PLACEHOLDER_RE.sub(lambda m: recipient.get(m.group(1), ""), text)
 
 
 def _drop(request: web.Request) -> web.StreamResponse:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from sqlite_utils import Database
 
 from relay import clock
+from relay.errors import CannotCancel
 from relay.octopush.callbacks import Callback
 
 LINK_WINDOW_DAYS = 30
@@ -71,6 +72,12 @@ def remember_message(db: Database, message_id: str, *, number: str, campaign_id:
         "VALUES (?, ?, ?, ?, ?)",
         [message_id, number, campaign_id, direction, clock.iso()],
     )
+
+
+def made_here(db: Database, *, message_id: str) -> bool:
+    """A Message-ID the relay put on an e-mail it sent."""
+    row = db.execute("SELECT 1 FROM messages WHERE message_id = ? AND direction = 'out'", [message_id]).fetchone()
+    return row is not None
 
 
 # ------------------------------------------------------------------ callbacks
@@ -237,7 +244,7 @@ def iter_replies(db: Database, *, limit: int | None = None, chunk: int = 1000, *
 
 
 def reply_counts(db: Database) -> list[tuple[str, int]]:
-    """(country, replies) for every country ('' for none), from the counts the triggers of m009 keep."""
+    """(country, replies) for every country ('' for none), from the counts the triggers of m012 keep."""
     return db.execute("SELECT country, n FROM callback_counts WHERE kind = 'reply' AND n > 0").fetchall()
 
 
@@ -305,6 +312,8 @@ def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None
     if not rows:
         return None
     result = dict(rows[0])
+    result["stored_status"] = result["status"]
+    result["status"] = public_status(result["status"], result.get("send_at"))
     result["removed_optouts"] = json.loads(result.get("removed_optouts") or "[]")
     result["sends"] = [
         dict(r) for r in db.query("SELECT * FROM sends WHERE campaign_id = ? ORDER BY chunk", [campaign_id])
@@ -313,7 +322,7 @@ def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None
     result["recipients"] = [
         dict(r)
         for r in db.query(
-            "SELECT number, country, first_name, last_name, status, status_at FROM recipients "
+            "SELECT number, country, first_name, last_name, params, status, status_at FROM recipients "
             "WHERE campaign_id = ? ORDER BY id",
             [campaign_id],
         )
@@ -327,6 +336,65 @@ def campaign(db: Database, *, ticket: str | None = None, campaign_id: int | None
         )
     ]
     return result
+
+
+def public_status(stored: str, send_at: str | None, now: str | None = None) -> str:
+    """A campaign's status as people see it (SPEC §3): one whose send time is still ahead is "scheduled".
+
+    Stored, it stays "queued" while its calls wait in our queue and "sent" once Octopush holds it with its
+    send_at; either way nothing has reached a phone yet.
+    """
+    if stored in ("queued", "sent") and send_at and send_at > (now or clock.iso()):
+        return "scheduled"
+    return stored
+
+
+def next_scheduled_send(db: Database) -> str | None:
+    """When the earliest call held in our queue until its time is due (None: none is waiting)."""
+    return db.execute(
+        "SELECT min(not_before) FROM sends WHERE status = 'pending' AND not_before > ?", [clock.iso()]
+    ).fetchone()[0]
+
+
+def cancel_campaign(db: Database, *, campaign_id: int, by: str, at_octopush: list[int]) -> None:
+    """Mark a campaign cancelled with its calls still in our queue (and those Octopush has just cancelled).
+
+    Checked again here, in the transaction: the send queue may have claimed a call since the caller looked.
+    The campaign's sender is told by the notifier's sweep (`notified = 0`).
+    """
+    row = db.execute("SELECT status, send_at FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
+    if row is None:
+        raise CannotCancel(f"there is no campaign {campaign_id}")
+    status = public_status(row[0], row[1])
+    if status not in ("held", "scheduled"):
+        raise CannotCancel(f"campaign {campaign_id} is {status}, not held or scheduled: only those can be cancelled")
+    for send_id, state in db.execute("SELECT id, status FROM sends WHERE campaign_id = ?", [campaign_id]).fetchall():
+        if state == "sending" or (state == "sent" and send_id not in at_octopush):
+            raise CannotCancel(f"campaign {campaign_id} is being handed to Octopush right now; it cannot be cancelled")
+    marks = ", ".join("?" * len(at_octopush))
+    db.execute(
+        f"""UPDATE sends SET status = 'cancelled'
+            WHERE campaign_id = ? AND (status = 'pending' {f"OR id IN ({marks})" if at_octopush else ""})""",
+        [campaign_id, *at_octopush],
+    )
+    now = clock.iso()
+    db.execute(
+        """UPDATE campaigns SET status = 'cancelled', cancelled_by = ?, cancelled_at = ?, finished_at = ?,
+                                notified = 0 WHERE id = ?""",
+        [by, now, now, campaign_id],
+    )
+
+
+def pending_mail_of(db: Database, *, campaign_id: int, kind: str) -> list[int]:
+    """Outbox ids of a campaign's e-mails of one kind still waiting for delivery."""
+    return [
+        r[0]
+        for r in db.execute(
+            """SELECT o.id FROM outbox o JOIN messages m ON m.message_id = o.message_id
+               WHERE m.campaign_id = ? AND o.kind = ? AND o.status = 'pending'""",
+            [campaign_id, kind],
+        )
+    ]
 
 
 def depths(db: Database) -> dict:
@@ -431,11 +499,12 @@ def count_set_aside(db: Database) -> dict[str, int]:
     }
 
 
-def mark_done(db: Database, *, work: str, ids: list[int]) -> None:
-    """The notifier has queued these rows' e-mails: routed callbacks, or notified campaigns."""
+def mark_done(db: Database, *, work: str, ids: list[int]) -> set[int]:
+    """The notifier queues these rows' e-mails: routed callbacks, or notified campaigns. Returns the rows this
+    call marked; one already marked (by another process's sweep) is left out, so its e-mails are not queued twice."""
     table, column = _WORK[work][:2]
-    if ids:
-        db.execute(f"UPDATE {table} SET {column} = 1 WHERE id IN ({', '.join('?' * len(ids))})", ids)
+    sql = f"UPDATE {table} SET {column} = 1 WHERE id = ? AND {column} = 0"
+    return {row_id for row_id in ids if db.execute(sql, [row_id]).rowcount}
 
 
 def is_opted_out(db: Database, number: str) -> bool:

@@ -216,7 +216,33 @@ def m007_campaign_thread(db: Database) -> None:
 
 
 @migrations()
-def m008_scale_indexes(db: Database) -> None:
+def m008_scheduled_campaigns(db: Database) -> None:
+    """A scheduled campaign to 3 or more numbers waits in our own queue (`not_before`), so it can be cancelled."""
+    db["sends"].add_column("not_before", str)  # a pending call waits until then; NULL: at once
+    db["campaigns"].add_column("cancelled_by", str)  # who cancelled it (campaign status "cancelled")
+    db["campaigns"].add_column("cancelled_at", str)
+
+
+@migrations()
+def m009_who_sends(db: Database) -> None:
+    """Who sent a campaign (its SMTP login), what it counts against the day's budget, and approval."""
+    db["campaigns"].add_column("login", str)  # the SMTP AUTH login, when there was one
+    db["campaigns"].add_column("sms_budget", int, not_null_default=0)  # SMS parts x numbers, counted at acceptance
+    db["campaigns"].add_column("approve_by", str)  # a held campaign is cancelled after this
+    # Approval e-mails: 0 = the sender is yet to be asked, 1 = asked, 2 = nothing (more) to tell. Only campaigns
+    # held for approval ever hold 0 or 1, so the notifier's sweeps read a small index.
+    db["campaigns"].add_column("approval_mailed", int, not_null_default=2)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_campaigns_approval ON campaigns (id) WHERE approval_mailed < 2")
+
+
+@migrations()
+def m010_campaign_trimmed(db: Database) -> None:
+    """Whether the body clean-up left text out of an e-mail's SMS: its confirmation then says what was sent."""
+    db["campaigns"].add_column("trimmed", int, not_null_default=0)
+
+
+@migrations()
+def m011_scale_indexes(db: Database) -> None:
     """Indexes that keep a few years of data cheap: the purge, the outbox's claim and depth, the country menu.
 
     The purge finds old rows by date without reading them (and outbox rows without their bodies); the claim
@@ -234,7 +260,7 @@ def m008_scale_indexes(db: Database) -> None:
 
 
 @migrations()
-def m009_callback_counts(db: Database) -> None:
+def m012_callback_counts(db: Database) -> None:
     """Callbacks per kind and country, kept by triggers: the replies page's menu and total without a scan.
 
     Counting 600,000 replies by country took hundreds of milliseconds on every page view; a trigger costs

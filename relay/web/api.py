@@ -78,10 +78,16 @@ async def api_replies(request: web.Request) -> web.Response:
 
 
 async def api_campaign(request: web.Request) -> web.Response:
+    """One campaign by Octopush ticket, or by the relay's campaign number (a campaign waiting in our queue
+    has no ticket yet)."""
     _require_api(request)
-    row = await request.app[RELAY].store.read(partial(queries.campaign, ticket=request.match_info["ticket"]))
+    key = request.match_info["ticket"]
+    by_id = key.isdigit() and len(key) <= 18
+    lookup = partial(queries.campaign, campaign_id=int(key)) if by_id else partial(queries.campaign, ticket=key)
+    row = await request.app[RELAY].store.read(lookup)
     if row is None:
-        return json_response({"error": "no campaign with this ticket"}, status=404)
+        return json_response({"error": "no campaign with this ticket or number"}, status=404)
+    row.pop("stored_status", None)
     return json_response(row)
 
 

@@ -32,13 +32,23 @@ import jinja2
 from aiohttp import web
 from sqlite_utils import Database
 
-from relay import clock, numbers
+from relay import clock, marketing, numbers
 from relay.config import Config
+from relay.errors import CannotCancel
 from relay.guard import printable
 from relay.mail.render import amount, country_label, intl, packaged_templates, sent_by
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
-from relay.sending import NothingToSend, SendRequest, queue_campaign
+from relay.sending import (
+    Guards,
+    LimitExceeded,
+    NotHeld,
+    NothingToSend,
+    SendRequest,
+    approve_campaign,
+    cancel_campaign,
+    queue_campaign,
+)
 from relay.storage import queries
 from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
@@ -91,6 +101,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/conversations/{number}", conversation_answer)
     app.router.add_get("/campaigns", campaigns_page)
     app.router.add_get(r"/campaigns/{id:\d{1,18}}", campaign_page)  # beyond SQLite's integers: the router's 404
+    app.router.add_post(r"/campaigns/{id:\d{1,18}}/cancel", campaign_cancel)
+    app.router.add_post(r"/campaigns/{id:\d{1,18}}/approve", campaign_approve)
     app.router.add_get("/attention", attention_page)
     app.router.add_post("/attention/retry", attention_retry)
     app.router.add_get("/static/style.css", stylesheet)
@@ -417,8 +429,10 @@ def load_conversation(db: Database, *, number: str) -> dict:
             [number, CONVERSATION_LIMIT],
         )
     ]
+    now = clock.iso()
     for item in sent:
         item["direction"] = "out"
+        item["campaign_status"] = queries.public_status(item["campaign_status"], item["send_at"], now)
         # A scheduled SMS belongs where it goes out, not where it was asked for.
         item["at"] = item["send_at"] or item["sent_at"] or item["created_at"]
     for item in received:
@@ -532,12 +546,13 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
         # One key per rendered form: a double click or a resubmitted POST queues the answer once.
         request_key=hashlib.sha256(f"web\x1f{number}\x1f{form_key}".encode()).hexdigest()[:32],
     )
+    req, _ = marketing.schedule(req, config.octopush, config.smtp_in.region)
     try:
         req.validate()
         campaign_id, new = await relay_.store.write(
-            partial(queue_campaign, req=req, retry_for=config.octopush.retry_for)
+            partial(queue_campaign, req=req, retry_for=config.octopush.retry_for, guards=Guards.from_config(config))
         )
-    except (ValidationError, NothingToSend) as exc:
+    except (ValidationError, NothingToSend, LimitExceeded) as exc:
         return await _show_conversation(request, number, text=text, error=str(exc), form_key=form_key, status=400)
     relay_.sender.wake()
     location = f"{conversation_url(number)}?queued={campaign_id}" + ("" if new else "&again=1")
@@ -558,8 +573,10 @@ def load_campaigns(db: Database, *, page: int) -> dict:
         )
     ]
     by_id = {row["id"]: row for row in rows}
+    now = clock.iso()
     for row in rows:
         row["deliveries"] = []
+        row["status"] = queries.public_status(row["status"], row["send_at"], now)
     if by_id:
         marks = ", ".join("?" * len(by_id))
         states = db.execute(
@@ -593,7 +610,10 @@ async def campaigns_page(request: web.Request) -> web.StreamResponse:
 
 @ui
 async def campaign_page(request: web.Request) -> web.StreamResponse:
-    campaign_id = int(request.match_info["id"])
+    return await _show_campaign(request, int(request.match_info["id"]))
+
+
+async def _show_campaign(request: web.Request, campaign_id: int, *, error: str = "", status: int = 200):
     row = await request.app[RELAY].store.read(partial(queries.campaign, campaign_id=campaign_id))
     if row is None:
         return render(
@@ -604,7 +624,51 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
     deliveries: dict[str, int] = {}
     for r in row["recipients"]:
         deliveries[r["status"] or ""] = deliveries.get(r["status"] or "", 0) + 1
-    return render(request, "campaign.html", c=row, deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]))
+    nonce, new = _session(request)
+    response = render(
+        request,
+        "campaign.html",
+        c=row,
+        deliveries=sorted(deliveries.items(), key=lambda kv: -kv[1]),
+        csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
+        error=error,
+        cancelled=request.query.get("cancelled") == "1",
+        status=status,
+        done=request.query.get("done", ""),
+    )
+    if new:
+        _set_session(request, response, nonce)
+    return response
+
+
+@ui
+async def campaign_cancel(request: web.Request) -> web.StreamResponse:
+    """The campaign page's Cancel button: a scheduled (or held) campaign, in our queue or at Octopush."""
+    relay_ = request.app[RELAY]
+    campaign_id = int(request.match_info["id"])
+    check_csrf(request, await request.post(), "reload the page and try again")
+    user = request.get("ui_user", "")
+    by = f"{user} (web interface)" if user else "the web interface (on loopback)"
+    try:
+        await cancel_campaign(relay_.store, relay_.client, campaign_id, by=by)
+    except CannotCancel as exc:
+        return await _show_campaign(request, campaign_id, error=str(exc), status=409)
+    relay_.notifier.wake()  # tells the sender
+    raise web.HTTPSeeOther(f"/campaigns/{campaign_id}?cancelled=1")
+
+
+async def campaign_approve(request: web.Request) -> web.StreamResponse:
+    """Approve a held campaign: a UI user may, as its sender may by e-mail (SPEC §5)."""
+    relay_ = request.app[RELAY]
+    campaign_id = int(request.match_info["id"])
+    check_csrf(request, await request.post(), "reload the page and try again")
+    who = f"web user {request.get('ui_user') or '(loopback)'}"
+    try:
+        await relay_.store.write(partial(approve_campaign, campaign_id=campaign_id, config=relay_.config, by=who))
+    except NotHeld as exc:
+        return render(request, "error.html", status=409, title="Nothing done", message=str(exc))
+    relay_.sender.wake()
+    raise web.HTTPSeeOther(f"/campaigns/{campaign_id}?done=approve")
 
 
 # ------------------------------------------------------------------ attention

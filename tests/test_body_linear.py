@@ -22,7 +22,7 @@ SIZE = 100_000
 # Four times the text may cost at most ten times the time: linear is four, quadratic sixteen.
 # Both sizes are timed in the same run, so a slow or loaded machine slows both alike.
 GROWTH = 10
-FLOOR = 0.050  # under 50 ms per 100 KB is fast whatever the ratio says
+FLOOR = 0.020  # under 20 ms per 100 KB is fast whatever the ratio says
 CEILING = 1.0  # seconds per 100 KB, whatever the ratio: a safety net, not the rule
 
 PIECES = [

@@ -33,7 +33,7 @@ from relay.octopush.emulator import Emulator
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.scheduler import Scheduler
 from relay.sending import Guards, SendQueue, estimate_cost
-from relay.storage import guards, queries
+from relay.storage import digests, guards, meta, queues, retention
 from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
@@ -95,10 +95,10 @@ class Daemon:
             await self._up(self.store)
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
-        self.callback_token = cfg.http.callback_token or await self.store.write(queries.ensure_callback_token)
+        self.callback_token = cfg.http.callback_token or await self.store.write(meta.ensure_callback_token)
         # A new digest starts here, before any listener accepts: every callback acknowledged from now on is
         # in one of its runs.
-        await self.store.write(partial(queries.init_digests, names=[sub.name for sub in cfg.digests]))
+        await self.store.write(partial(digests.init_digests, names=[sub.name for sub in cfg.digests]))
         self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
         await self._up(self.outbox)
 
@@ -115,7 +115,7 @@ class Daemon:
             await self._up(self.emulator)
             base_url = self.emulator.base_url
             # `octorelay campaign cancel` reaches this emulator, which holds the campaigns this daemon sent.
-            await self.store.write(partial(queries.meta_set, key="emulator_url", value=base_url))
+            await self.store.write(partial(meta.meta_set, key="emulator_url", value=base_url))
             login, key = login or "emulator", key or "emulator"
         self.client = OctopushClient(
             base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for
@@ -301,7 +301,7 @@ class Daemon:
         return balance.amount
 
     async def refresh_gauges(self) -> None:
-        depth = await self.store.read(queries.depths)
+        depth = await self.store.read(queues.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
         for work, count in depth["set_aside"].items():
@@ -319,14 +319,16 @@ class Daemon:
     async def purge(self, days: int | None = None) -> dict:
         """The retention purge in short batches, each its own commit: callbacks wait milliseconds, not seconds."""
         days = self.config.storage.retention_days if days is None else days
-        batch = partial(queries.purge_batch, cutoff=clock.ago(days=days), digests=[s.name for s in self.config.digests])
+        batch = partial(
+            retention.purge_batch, cutoff=clock.ago(days=days), digests=[s.name for s in self.config.digests]
+        )
         totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
         while True:
             started = time.monotonic()
             counts = await self.store.write(batch)
             for key, n in counts.items():
                 totals[key] += n
-            if queries.purge_done(counts):
+            if retention.purge_done(counts):
                 break
             # The writes that queued meanwhile commit before the next batch: the purge takes a third of the time.
             await asyncio.sleep(max(PURGE_PAUSE, 2 * (time.monotonic() - started)))

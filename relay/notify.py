@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import TypedDict
 from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
@@ -25,12 +26,13 @@ from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
-from relay.octopush.callbacks import is_e164
+from relay.octopush.callbacks import Callback, is_e164
 from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
 from relay.octopush.parts import count_parts
-from relay.storage import guards, queries
-from relay.storage.database import Store, StoreError
+from relay.storage import callbacks, campaigns, digests, guards, meta, queues
+from relay.storage.callbacks import Stored
+from relay.storage.database import Connection, Store, StoreError
 
 log = logging.getLogger("relay.notify")
 BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
@@ -162,9 +164,9 @@ class Notifier:
             self.outbox.wake()
         aside = 0
         if failed:
-            counts = await self.store.write(partial(queries.note_failures, work=work, failures=failed))
+            counts = await self.store.write(partial(queues.note_failures, work=work, failures=failed))
             for row_id, count in counts.items():
-                if count >= queries.MAX_FAILURES:
+                if count >= queues.MAX_FAILURES:
                     aside += 1
                     log.error(
                         "notifier: %s #%d failed %d times and is set aside (retry it from /attention): %s",
@@ -195,11 +197,15 @@ class Notifier:
             "reply_to": f"{row['number']}@{domain}" if is_e164(row["number"]) else "",
         }
 
-    def needs_mail(self, row: dict) -> bool:
+    def store_callback(self, db: Connection, cb: Callback) -> Stored:
+        """Store a callback and whether it gets an e-mail at once (run inside `Store.write`): see `store_callback`."""
+        return store_callback(db, cb, needs_mail=self.needs_mail)
+
+    def needs_mail(self, row: RoutingFacts) -> bool:
         """Whether a callback gets an e-mail at once: its SMS's author, or an instant subscription.
 
-        Asked when a callback is stored (`row` has kind, country, campaign_origin and sender_email): one that
-        needs none is stored already routed, and only the digests show it. The config of that moment decides.
+        Asked when a callback is stored: one that needs none is stored already routed, and only the digests
+        show it. The config of that moment decides.
         """
         return _author_gets(row) or any(
             sub.mode == "instant" and matches(sub, row) for sub in self.config.subscriptions
@@ -274,8 +280,8 @@ class Notifier:
         )
         if not ids:
             return 0
-        campaigns = await self.store.read(lambda db: [queries.campaign(db, campaign_id=i) for i in ids])
-        planned = self._planned(campaigns)
+        finished = await self.store.read(lambda db: [campaigns.campaign(db, campaign_id=i) for i in ids])
+        planned = self._planned(finished)
         mails: dict[int, list[Mail]] = {i: [] for i in ids}
         failed: dict[int, str] = {}
         if planned:
@@ -410,7 +416,7 @@ class Notifier:
         """
         threshold = self.config.octopush.low_credit
         level = repr(float(credit))
-        alerted = await self.store.read(lambda db: queries.meta_get(db, "low_credit_alerted"))
+        alerted = await self.store.read(lambda db: meta.meta_get(db, "low_credit_alerted"))
         if threshold <= 0 or credit >= threshold or not self.config.subscriptions:
             if alerted:
                 await self.store.write(lambda db: db.execute("DELETE FROM meta WHERE key = 'low_credit_alerted'"))
@@ -422,7 +428,7 @@ class Notifier:
 
         def queue(db: Database) -> None:
             remember(db, mail)
-            queries.meta_set(db, "low_credit_alerted", level)
+            meta.meta_set(db, "low_credit_alerted", level)
 
         await self.store.write(queue)
         self.outbox.wake()
@@ -440,7 +446,7 @@ class Notifier:
             await self.store.write(sending.expire_held)
             ids = await self.store.read(guards.approval_mail_due)
         for campaign_id in ids:
-            campaign = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            campaign = await self.store.read(partial(campaigns.campaign, campaign_id=campaign_id))
             expired = campaign["status"] == "cancelled"
             estimate = {"cost": None, "error": ""}
             if not expired:
@@ -504,7 +510,7 @@ class Notifier:
         sub = self.config.subscription(name)
         async with self._digest_lock:
             # A subscription the daemon has not seen yet (added, not yet reloaded) starts from now here too.
-            await self.store.write(partial(queries.init_digests, names=[sub.name]))
+            await self.store.write(partial(digests.init_digests, names=[sub.name]))
             snapshot = await self.store.read(partial(_digest_events, sub=sub))
             until = now or clock.now()
             if not snapshot["rows"] and not sub.send_empty:
@@ -589,6 +595,34 @@ class Notifier:
         )
 
 
+class RoutingFacts(TypedDict):
+    """What deciding a callback's e-mails needs, known before it is stored (a stored row has these fields too)."""
+
+    kind: str
+    country: str | None
+    campaign_origin: str | None
+    sender_email: str | None
+
+
+def store_callback(db: Connection, cb: Callback, *, needs_mail: Callable[[RoutingFacts], bool]) -> Stored:
+    """Store a callback once, linked to the campaign it answers, and route it in the same transaction.
+
+    `needs_mail` (the notifier's) says whether it gets an e-mail at once; when it does not, the callback is
+    stored already routed and the notifier never reads it again. Committed before its 200 (SPEC §3), so a
+    callback is stored once and routed once, whichever process routes it.
+    """
+    if cb.kind == "unrecognised":  # nothing to route: an operator reads these in the UI
+        return callbacks.store_callback(db, cb, link=None)
+    link = callbacks.campaign_answered(db, cb.ticket, cb.number) if cb.kind in ("reply", "stop") else None
+    facts = RoutingFacts(
+        kind=cb.kind,
+        country=cb.country,
+        campaign_origin=link.origin if link else None,
+        sender_email=link.sender_email if link else None,
+    )
+    return callbacks.store_callback(db, cb, link=link, routed=not needs_mail(facts))
+
+
 def describe(exc: BaseException) -> str:
     """An error as the Attention page shows it."""
     return f"{type(exc).__name__}: {exc}"
@@ -597,7 +631,7 @@ def describe(exc: BaseException) -> str:
 def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
     """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together; a row that
     another process (a command sweeping beside the daemon) marked first gets no second e-mail."""
-    marked = queries.mark_done(db, work=work, ids=list(mails))
+    marked = queues.mark_done(db, work=work, ids=list(mails))
     for row_id, row_mails in mails.items():
         if row_id in marked:
             for mail in row_mails:
@@ -643,7 +677,7 @@ def remember(db: Database, mail: Mail) -> None:
     """Queue the e-mail and remember its Message-ID with its conversation."""
     msg = mail.message
     queue_message(db, msg, kind=mail.kind, recipients=list(mail.to), data=mail.data)
-    queries.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
+    campaigns.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
 
 
 _EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,

@@ -28,7 +28,7 @@ from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
-from relay.storage import guards, queries
+from relay.storage import callbacks, campaigns, database, guards, meta, queues
 from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.sending")
@@ -165,7 +165,7 @@ def queue_campaign(
     recipients = list(req.recipients)
     removed: list[str] = []
     if req.purpose == "wholesale":
-        removed = [r.phone_number for r in recipients if queries.is_opted_out(db, r.phone_number)]
+        removed = [r.phone_number for r in recipients if callbacks.is_opted_out(db, r.phone_number)]
         recipients = [r for r in recipients if r.phone_number not in removed]
         if not recipients:
             raise NothingToSend(f"every recipient opted out with STOP ({', '.join(removed)}); nothing was sent")
@@ -177,7 +177,7 @@ def queue_campaign(
         guards.check_spend(db, req, budget)
         held = guards.holds(req, len(recipients))
     now = clock.iso()
-    campaign_id = queries.insert(
+    campaign_id = database.insert(
         db,
         "campaigns",
         {
@@ -217,7 +217,7 @@ def queue_campaign(
     # have reached Octopush late, within its own 24 h). "-1", "-2"… are added when there are several calls.
     request_id = f"{req.request_key}-{campaign_id}"
     for index, call in enumerate(split(req.campaign(recipients, request_id=request_id)), start=1):
-        send_id = queries.insert(
+        send_id = database.insert(
             db,
             "sends",
             {
@@ -230,7 +230,7 @@ def queue_campaign(
                 "created_at": now,
             },
         )
-        queries.insert_many(
+        database.insert_many(
             db,
             "recipients",
             [
@@ -248,7 +248,7 @@ def queue_campaign(
         )
     if req.message_id:
         number = recipients[0].phone_number if len(recipients) == 1 else ""
-        queries.remember_message(db, req.message_id, number=number, campaign_id=campaign_id, direction="in")
+        campaigns.remember_message(db, req.message_id, number=number, campaign_id=campaign_id, direction="in")
     return campaign_id, True
 
 
@@ -314,7 +314,7 @@ class SendQueue:
     async def wait(self, campaign_id: int) -> dict:
         """Wait until Octopush has a campaign or refused it, or one of its calls is set aside; returns its row."""
         while True:
-            row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            row = await self.store.read(partial(campaigns.campaign, campaign_id=campaign_id))
             if row and (
                 row["stored_status"] in ("sent", "failed", "cancelled")
                 or any(s["status"] == "set_aside" for s in row["sends"])
@@ -337,7 +337,7 @@ class SendQueue:
                         partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
                     )
                 # A campaign held until its time is handed over then, not at the next 30 s look.
-                due = await self.store.read(queries.next_scheduled_send)
+                due = await self.store.read(campaigns.next_scheduled_send)
                 if due:
                     idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
             except Exception:  # noqa: BLE001 - a worker logs and goes on
@@ -373,11 +373,11 @@ class SendQueue:
         failures = 0
         if not isinstance(exc, StoreError):
             counts = await self._keep_trying(
-                partial(queries.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
+                partial(queues.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
                 f"send #{send_id}: counting its failure",
             )
             failures = counts.get(send_id, 0)
-            if failures >= queries.MAX_FAILURES:
+            if failures >= queues.MAX_FAILURES:
                 log.error(
                     "send #%d failed %d times and is set aside (retry it from /attention): %s", send_id, failures, exc
                 )
@@ -542,9 +542,9 @@ def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> 
             ],
         )
         if result.ticket:
-            queries.apply_receipts(db, ticket=result.ticket)
+            callbacks.apply_receipts(db, ticket=result.ticket)
         if result.residual_credit is not None:
-            queries.meta_set(db, "residual_credit", str(result.residual_credit))
+            meta.meta_set(db, "residual_credit", str(result.residual_credit))
     else:
         db.execute(
             "UPDATE sends SET status = 'failed', error_code = ?, error = ? WHERE id = ?",
@@ -592,7 +592,7 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
     cancelled there first (DELETE /sms-campaign/cancel: until 10 minutes before), then here. Either way its
     status becomes "cancelled" and its sender is told by the notifier's sweep (`notified = 0`).
     """
-    row = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+    row = await store.read(partial(campaigns.campaign, campaign_id=campaign_id))
     if row is None:
         raise CannotCancel(f"there is no campaign {campaign_id}")
     if row["status"] == "held":  # still in our queue, its share of the day's budget given back
@@ -622,7 +622,7 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
         except TemporaryError as exc:
             raise CannotCancel(f"campaign {campaign_id} was not cancelled: {exc}; try again") from None
         cancelled_there.append(send["id"])
-    await store.write(partial(queries.cancel_campaign, campaign_id=campaign_id, by=by, at_octopush=cancelled_there))
+    await store.write(partial(campaigns.cancel_campaign, campaign_id=campaign_id, by=by, at_octopush=cancelled_there))
     log.info("campaign #%d cancelled by %s", campaign_id, by)
     return row
 

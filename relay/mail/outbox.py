@@ -34,7 +34,7 @@ from relay import backoff, clock
 from relay.config import SmtpOut
 from relay.mail.render import POLICY
 from relay.metrics import Metrics
-from relay.storage import queries
+from relay.storage import database
 from relay.storage.database import Store
 
 log = logging.getLogger("relay.outbox")
@@ -72,7 +72,7 @@ def queue_message(
         "next_attempt_at": now,
         "created_at": now,
     }
-    return queries.insert(db, "outbox", row)
+    return database.insert(db, "outbox", row)
 
 
 # ------------------------------------------------------------------ delivery outcomes

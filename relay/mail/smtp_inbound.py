@@ -55,7 +55,7 @@ from relay.sending import (
     queue_campaign,
     request_key,
 )
-from relay.storage import guards, queries
+from relay.storage import campaigns, guards
 from relay.storage.database import private_dir
 
 log = logging.getLogger("relay.smtp")
@@ -625,7 +625,7 @@ def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None
 
     The loop check reads the messages table here, in the write it guards, instead of a read of its own.
     """
-    if req.message_id and queries.made_here(db, message_id=req.message_id):
+    if req.message_id and campaigns.made_here(db, message_id=req.message_id):
         raise MailLoop("a Message-ID this relay made (mail loop)")
     row = db.execute("SELECT id, created_at FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
     if row:

@@ -13,7 +13,6 @@ import orjson
 from aiohttp import web
 
 from relay.octopush.callbacks import classify
-from relay.storage import queries
 from relay.storage.database import StoreError
 from relay.web.keys import RELAY
 
@@ -85,7 +84,7 @@ async def receive(request: web.Request) -> web.Response:
     )
     try:
         stored = await relay.store.write(
-            partial(queries.store_callback, cb=callback, needs_mail=relay.notifier.needs_mail), small=True
+            partial(relay.notifier.store_callback, cb=callback), small=True
         )
     except StoreError as exc:
         relay.metrics.callbacks.labels(callback.kind, "not_stored").inc()

@@ -49,7 +49,7 @@ from relay.sending import (
     cancel_campaign,
     queue_campaign,
 )
-from relay.storage import queries
+from relay.storage import callbacks, campaigns, queues
 from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
 from relay.web.keys import RELAY
@@ -223,7 +223,7 @@ class ReplyFilter:
         )
 
     def filters(self) -> dict[str, Any]:
-        """Keyword arguments for `queries.replies` / `queries.count_replies`."""
+        """Keyword arguments for `callbacks.replies` / `callbacks.count_replies`."""
         return {"country": self.country or None, "number": self.number or None, "text": self.q or None}
 
     def url(self, path: str = "/replies", **changes: Any) -> str:
@@ -256,9 +256,9 @@ def country_counts(db: Database, **filters: Any) -> list[tuple[str, int]]:
     country ('' or NULL) is counted under ''.
     """
     if not any(filters.values()):
-        found = queries.reply_counts(db)  # kept by triggers: no scan
+        found = callbacks.reply_counts(db)  # kept by triggers: no scan
     else:
-        where, params = queries._reply_filter(**filters)
+        where, params = callbacks._reply_filter(**filters)
         # A text or number filter reads each reply's row: in date order those rows sit together on disk,
         # in country order every one is a seek (twice as slow measured on 50,000).
         order = "INDEXED BY idx_callbacks_kind_occurred_at" if filters.get("text") or filters.get("number") else ""
@@ -280,8 +280,8 @@ def replies_by_country(db: Database, *, counts: list[tuple[str, int]], limit: in
         if offset >= n:
             offset -= n
             continue
-        found = queries.replies(
-            db, limit=limit - len(rows), offset=offset, **{**filters, "country": code or queries.NO_COUNTRY}
+        found = callbacks.replies(
+            db, limit=limit - len(rows), offset=offset, **{**filters, "country": code or callbacks.NO_COUNTRY}
         )
         offset = 0
         rows += [{**row, "country": code} for row in found]
@@ -311,9 +311,9 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     summary: list[dict] = []
     graph = None
     if f.view == "country":
-        summary = queries.country_summary(db, **filters)
+        summary = callbacks.country_summary(db, **filters)
         graph = chart.build(
-            queries.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
+            callbacks.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
         )
         order = [(f.country, total)] if f.country else menu
         for row in replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):
@@ -323,11 +323,11 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
                 sections.append(Section(code, title, counts.get(code, 0), []))
             sections[-1].rows.append(row)
     else:
-        for row in queries.replies(db, limit=PAGE_SIZE, offset=offset, **filters):
+        for row in callbacks.replies(db, limit=PAGE_SIZE, offset=offset, **filters):
             day = clock.parse_iso(row["occurred_at"]).astimezone(tz).date()
             if not sections or sections[-1].key != day.isoformat():
                 since, until = _day_bounds(day, tz)
-                count = queries.count_replies(db, since=since, until=until, **filters)
+                count = callbacks.count_replies(db, since=since, until=until, **filters)
                 sections.append(Section(day.isoformat(), day.strftime("%A %d %B %Y"), count, []))
             sections[-1].rows.append(row)
     return {"total": total, "sections": sections, "countries": menu, "summary": summary, "chart": graph}
@@ -366,7 +366,7 @@ CSV_PAUSE = 0.003  # seconds between two chunks, so the event loop has the GIL a
 def csv_chunk(db: Database, *, filters: dict[str, Any], tz: ZoneInfo, before: tuple[str, int] | None):
     """The next `CSV_CHUNK` replies after `before` as spreadsheet-safe UTF-8 CSV (the first chunk with the
     header), and where the chunk after it starts (None: the end)."""
-    rows = queries.replies(db, limit=CSV_CHUNK, before=before, **filters)
+    rows = callbacks.replies(db, limit=CSV_CHUNK, before=before, **filters)
     following = (rows[-1]["occurred_at"], rows[-1]["id"]) if len(rows) == CSV_CHUNK else None
     text = exports.replies_csv(rows, tz, header=before is None)
     if before is None:
@@ -432,7 +432,7 @@ def load_conversation(db: Database, *, number: str) -> dict:
     now = clock.iso()
     for item in sent:
         item["direction"] = "out"
-        item["campaign_status"] = queries.public_status(item["campaign_status"], item["send_at"], now)
+        item["campaign_status"] = campaigns.public_status(item["campaign_status"], item["send_at"], now)
         # A scheduled SMS belongs where it goes out, not where it was asked for.
         item["at"] = item["send_at"] or item["sent_at"] or item["created_at"]
     for item in received:
@@ -576,7 +576,7 @@ def load_campaigns(db: Database, *, page: int) -> dict:
     now = clock.iso()
     for row in rows:
         row["deliveries"] = []
-        row["status"] = queries.public_status(row["status"], row["send_at"], now)
+        row["status"] = campaigns.public_status(row["status"], row["send_at"], now)
     if by_id:
         marks = ", ".join("?" * len(by_id))
         states = db.execute(
@@ -614,7 +614,7 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
 
 
 async def _show_campaign(request: web.Request, campaign_id: int, *, error: str = "", status: int = 200):
-    row = await request.app[RELAY].store.read(partial(queries.campaign, campaign_id=campaign_id))
+    row = await request.app[RELAY].store.read(partial(campaigns.campaign, campaign_id=campaign_id))
     if row is None:
         return render(
             request, "error.html", status=404, title="No such campaign", message=f"There is no campaign #{campaign_id}."
@@ -702,7 +702,7 @@ def load_attention(db: Database) -> dict:
             [ATTENTION_LIMIT],
         )
     ]
-    return {"unrecognised": unrecognised, "mails": mails, "sends": sends, "set_aside": queries.set_aside(db)}
+    return {"unrecognised": unrecognised, "mails": mails, "sends": sends, "set_aside": queues.set_aside(db)}
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -745,7 +745,7 @@ async def attention_retry(request: web.Request) -> web.StreamResponse:
     # A send's retries get a new deadline, as a new request would (within Octopush's 24 h request_id window).
     deadline = clock.iso(clock.now() + timedelta(seconds=relay_.config.octopush.retry_for)) if work == "send" else None
     retried = await relay_.store.write(
-        partial(queries.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
+        partial(queues.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
     )
     if retried:
         log.info("attention: %s #%s retried by %s", work, row_id, request.get("ui_user") or "a loopback user")

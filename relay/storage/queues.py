@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+from relay.storage import outbox
 from relay.storage.database import Connection
 
 
-def depths(db: Connection) -> dict:
+class Depths(TypedDict):
+    """Every queue's backlog at a glance, for /healthz and the metrics."""
+
+    outbox_pending: int
+    outbox_failed: int
+    outbox_oldest_pending: str | None
+    send_queue_pending: int
+    send_queue_failed: int
+    unrecognised_callbacks: int
+    set_aside: dict[str, int]
+
+
+def depths(db: Connection) -> Depths:
+    mail = outbox.depth(db)
     # IN, not != 'sent': an index range over the few unsent rows instead of a scan of every sent one.
-    outbox = dict(
-        db.execute("SELECT status, count(*) FROM outbox WHERE status IN ('pending', 'failed') GROUP BY status")
-    )
     sends = dict(db.execute("SELECT status, count(*) FROM sends WHERE status IN ('pending', 'failed') GROUP BY status"))
-    oldest = db.execute("SELECT min(created_at) FROM outbox WHERE status = 'pending'").fetchone()[0]
-    return {
-        "outbox_pending": outbox.get("pending", 0),
-        "outbox_failed": outbox.get("failed", 0),
-        "outbox_oldest_pending": oldest,
-        "send_queue_pending": sends.get("pending", 0),
-        "send_queue_failed": sends.get("failed", 0),
-        "unrecognised_callbacks": db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[
-            0
-        ],
-        "set_aside": count_set_aside(db),
-    }
+    unrecognised = db.execute("SELECT count(*) FROM callbacks WHERE kind = 'unrecognised'").fetchone()[0]
+    return Depths(
+        outbox_pending=mail["pending"],
+        outbox_failed=mail["failed"],
+        outbox_oldest_pending=mail["oldest_pending_at"],
+        send_queue_pending=sends.get("pending", 0),
+        send_queue_failed=sends.get("failed", 0),
+        unrecognised_callbacks=unrecognised,
+        set_aside=count_set_aside(db),
+    )
 
 
 MAX_FAILURES = 5  # a row that fails this often is set aside instead of being tried again and again

@@ -200,18 +200,16 @@ def db_bytes(path: Path) -> int:
 
 def rewind_digest(path: Path, name: str, events: int) -> int:
     """Move digest `name`'s watermark back so that its next run holds `events` replies and STOPs."""
-    from relay.notify import _advance
     from relay.storage import callbacks, digests
-    from relay.storage.database import connect
+    from relay.storage.database import connect, immediate_transaction
 
     db = connect(path)
     try:
         ids = [r["id"] for r in callbacks.replies(db, kinds=("reply", "stop"), limit=events)]
-        db.execute("BEGIN IMMEDIATE")  # the daemon writes meanwhile: take the write lock first
-        digests.init_digests(db, [name])
-        current = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [name]).fetchone()[0]
-        _advance(db, sub=name, expected=current, to=min(ids) - 1)
-        db.execute("COMMIT")
+        with immediate_transaction(db):  # the daemon writes meanwhile: take the write lock first
+            digests.init_digests(db, [name])
+            current = digests.watermark(db, name).last_callback_id
+            digests.advance(db, sub=name, expected=current, to=min(ids) - 1)
     finally:
         db.close()
     return len(ids)

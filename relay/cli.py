@@ -351,6 +351,7 @@ async def _send(config, args) -> int:
     from relay import marketing
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
+    from relay.notify import confirmation_owed
     from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.octopush.errors import ValidationError
@@ -454,6 +455,7 @@ async def _send(config, args) -> int:
                 simulation=o.mode == "simulation",
                 auto_optimize_text=o.auto_optimize_text,
                 only_campaign=campaign_id,
+                confirmation_owed=confirmation_owed,
             )
             await queue.start()
             components.append(queue)
@@ -528,6 +530,7 @@ async def _digest(config, args) -> int:
     from relay.mail.render import Renderer
     from relay.notify import Notifier
     from relay.storage.database import Store
+    from relay.storage.outbox import mail_state
 
     sub = config.subscription(args.name)  # a clear error before anything starts
     if sub.mode != "digest":
@@ -552,25 +555,19 @@ async def _digest(config, args) -> int:
         if msg is None:
             print(f"digest {args.name}: nothing new since the last run; nothing sent")
             return 0
-        row_id = await store.read(
-            lambda db: db.execute("SELECT id FROM outbox WHERE message_id = ?", [msg["Message-ID"]]).fetchone()[0]
-        )
+        row_id = (await store.read(partial(mail_state, message_id=msg["Message-ID"]))).id
         # Deliver this digest only; whatever else is pending belongs to the daemon.
         outbox = Outbox(config.smtp_out, store, only=[row_id])
         await outbox.start()
         deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
         while asyncio.get_running_loop().time() < deadline:
-            state = await store.read(
-                lambda db: db.execute(
-                    "SELECT status, last_error FROM outbox WHERE message_id = ?", [msg["Message-ID"]]
-                ).fetchone()
-            )
-            if state and state[0] != "pending":
+            state = await store.read(partial(mail_state, message_id=msg["Message-ID"]))
+            if state and state.status != "pending":
                 break
             await asyncio.sleep(0.1)
         print(
-            f"digest {args.name}: {msg['Subject']}: {state[0] if state else 'queued'}"
-            + (f" ({state[1]})" if state and state[1] else "")
+            f"digest {args.name}: {msg['Subject']}: {state.status if state else 'queued'}"
+            + (f" ({state.last_error})" if state and state.last_error else "")
         )
         return 0
     finally:
@@ -656,17 +653,13 @@ def _purge_in_batches(db, *, cutoff: str, digests: list[str]) -> dict:
     batch it follows, so the daemon's next try finds the lock free.
     """
     from relay.storage import retention
+    from relay.storage.database import immediate_transaction
 
     totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
     while True:
         started = time.monotonic()
-        db.execute("BEGIN IMMEDIATE")  # the write lock first: a deferred BEGIN could not upgrade past a commit
-        try:
+        with immediate_transaction(db):
             counts = retention.purge_batch(db, cutoff=cutoff, digests=digests)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         for key, n in counts.items():
             totals[key] += n
         if retention.purge_done(counts):

@@ -27,7 +27,7 @@ from relay.guard import LoginGuard
 from relay.mail.outbox import Outbox
 from relay.mail.render import Renderer
 from relay.metrics import Metrics
-from relay.notify import Notifier
+from relay.notify import Notifier, confirmation_owed
 from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import OctopushError, TemporaryError
@@ -130,6 +130,7 @@ class Daemon:
             auto_optimize_text=cfg.octopush.auto_optimize_text,
             on_finished=self.notifier.wake,
             metrics=self.metrics,
+            confirmation_owed=confirmation_owed,
         )
         self.notifier.estimate = partial(estimate_cost, self.client, timeout=3 * cfg.octopush.timeout)
         await self._up(self.sender)

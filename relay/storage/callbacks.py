@@ -358,5 +358,48 @@ def opted_out_at(db: Connection, number: str) -> str | None:
     return row[0] if row else None
 
 
+class Event(TypedDict):
+    """A stored callback as routing and digests read it, with the campaign it answers."""
+
+    id: int
+    kind: str
+    ticket: str | None
+    number: str | None
+    country: str | None
+    text: str | None
+    status: str | None
+    occurred_at: str | None
+    received_at: str
+    campaign_id: int | None
+    answered: str | None  # the text of the SMS it answers
+    campaign_origin: str | None
+    sender_email: str | None  # the campaign's, when it came from an e-mail
+    message_id: str | None  # that e-mail's Message-ID and References: the reply is threaded under it
+    thread_refs: str | None
+    label: str | None
+
+
+EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
+                   cb.received_at, cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
+                   c.message_id, c.thread_refs, c.label"""
+
+
+def unrouted(db: Connection, *, limit: int) -> list[Event]:
+    """The oldest `limit` callbacks whose instant e-mails are not queued yet."""
+    return [
+        Event(**r)
+        for r in db.query(
+            f"""SELECT {EVENT_COLUMNS} FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
+                WHERE cb.routed = 0 ORDER BY cb.id LIMIT ?""",
+            [limit],
+        )
+    ]
+
+
+def newest_id(db: Connection) -> int:
+    """The id of the newest callback (0: none yet): ids only grow, so digests keep their place by it."""
+    return db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
+
+
 def is_opted_out(db: Connection, number: str) -> bool:
     return db.execute("SELECT 1 FROM optouts WHERE number = ?", [number]).fetchone() is not None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from relay import clock
 from relay.errors import CannotCancel
-from relay.storage.database import Connection
+from relay.storage.database import Connection, insert, insert_many
 
 
 class _CampaignColumns(TypedDict):
@@ -114,7 +114,6 @@ class Campaign(_CampaignColumns):
     tickets: list[str]
     recipients: list[CampaignRecipient]
     replies: list[CampaignReply]
-
 
 
 def remember_message(db: Connection, message_id: str, *, number: str, campaign_id: int | None, direction: str) -> None:
@@ -305,3 +304,209 @@ def failed_campaigns(db: Connection, *, limit: int) -> list[FailedCampaign]:
             [limit],
         )
     ]
+
+
+# ------------------------------------------------------------------ the send queue
+
+
+class RequestSeen(NamedTuple):
+    id: int
+    created_at: str
+
+
+def campaign_for_request(db: Connection, request_key: str) -> RequestSeen | None:
+    """The campaign already stored for this idempotency key, if any."""
+    row = db.execute("SELECT id, created_at FROM campaigns WHERE request_key = ?", [request_key]).fetchone()
+    return RequestSeen(*row) if row else None
+
+
+def retire_request_key(db: Connection, campaign_id: int) -> None:
+    """Free a campaign's key for a new request (the same e-mail sent again after the idempotency window)."""
+    db.execute("UPDATE campaigns SET request_key = request_key || '-' || id WHERE id = ?", [campaign_id])
+
+
+def add_campaign(db: Connection, row: dict[str, Any]) -> int:
+    """Store a campaign (`row`: columns of `campaigns`); its id."""
+    return insert(db, "campaigns", row)
+
+
+def add_send(db: Connection, row: dict[str, Any]) -> int:
+    """Store one Octopush call of a campaign (`row`: columns of `sends`); its id."""
+    return insert(db, "sends", row)
+
+
+def add_recipients(db: Connection, rows: list[dict[str, Any]]) -> None:
+    """Store a call's recipients (`rows`: columns of `recipients`, the same keys in each)."""
+    insert_many(db, "recipients", rows)
+
+
+def requeue_interrupted_sends(db: Connection) -> None:
+    """At start: a call left `sending` by a crash goes again (its request_id makes that safe)."""
+    db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'")
+
+
+def requeue_send(db: Connection, send_id: int) -> None:
+    """A call this process was making goes back to the queue."""
+    db.execute("UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id])
+
+
+def due_sends(db: Connection, *, now: str, exclude: list[int], limit: int, campaign: int | None = None) -> list[int]:
+    """The next pending calls due at `now`, in id order, but those in `exclude`; of one campaign, or all."""
+    skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+    mine = "AND campaign_id = ?" if campaign is not None else ""
+    sql = f"""SELECT id FROM sends WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?) {skip} {mine}
+              ORDER BY id LIMIT ?"""
+    params = [now, *exclude, *([campaign] if campaign is not None else []), limit]
+    return [r[0] for r in db.execute(sql, params)]
+
+
+class ClaimedRecipient(TypedDict):
+    number: str
+    first_name: str | None
+    last_name: str | None
+    params: str | None  # a JSON list
+
+
+class ClaimedSend(TypedDict):
+    """What one Octopush call needs: its request_id and deadline, the campaign's fields, its recipients."""
+
+    request_id: str
+    deadline: str
+    text: str
+    type: str
+    purpose: str
+    sender: str | None
+    send_at: str | None
+    with_replies: int
+    simulation: int
+    recipients: list[ClaimedRecipient]
+
+
+def claim_send(db: Connection, *, send_id: int, now: str) -> ClaimedSend | None:
+    """Mark a pending call due at `now` as being sent (one more attempt); None when it is not (any more)."""
+    cur = db.execute(
+        """UPDATE sends SET status = 'sending', attempts = attempts + 1
+           WHERE id = ? AND status = 'pending' AND (not_before IS NULL OR not_before <= ?)""",
+        [send_id, now],
+    )
+    if not cur.rowcount:
+        return None
+    row = next(
+        db.query(
+            """SELECT s.request_id, s.deadline, c.text, c.type, c.purpose, c.sender, c.send_at,
+                      c.with_replies, c.simulation
+               FROM sends s JOIN campaigns c ON c.id = s.campaign_id WHERE s.id = ?""",
+            [send_id],
+        )
+    )
+    row["recipients"] = [
+        ClaimedRecipient(**r)
+        for r in db.query(
+            "SELECT number, first_name, last_name, params FROM recipients WHERE send_id = ? ORDER BY id", [send_id]
+        )
+    ]
+    return ClaimedSend(**row)
+
+
+def record_send_sent(
+    db: Connection,
+    send_id: int,
+    *,
+    ticket: str | None,
+    already_sent: bool,
+    sms_needed: int | None,
+    cost: float | None,
+    residual_credit: float | None,
+    at: str,
+) -> None:
+    db.execute(
+        """UPDATE sends SET status = 'sent', ticket = ?, already_sent = ?, sms_needed = ?, cost = ?,
+                            residual_credit = ?, sent_at = ? WHERE id = ?""",
+        [ticket, int(already_sent), sms_needed, cost, residual_credit, at, send_id],
+    )
+
+
+def record_send_failed(db: Connection, send_id: int, *, code: int | None, error: str) -> None:
+    db.execute("UPDATE sends SET status = 'failed', error_code = ?, error = ? WHERE id = ?", [code, error, send_id])
+
+
+class CampaignOutcome(NamedTuple):
+    """A campaign whose every call is answered: what it cost, and the first refusal if one failed."""
+
+    campaign_id: int
+    confirm: str | None  # what its sender asked to hear: "all" | "errors" | "none"
+    failed: bool
+    sms_needed: int | None
+    cost: float | None
+    residual_credit: float | None
+    error_code: int | None
+    error: str | None
+
+
+def campaign_outcome(db: Connection, send_id: int) -> CampaignOutcome | None:
+    """The outcome of the campaign of this call, once none of its calls waits any more; None before."""
+    campaign_id, confirm = db.execute(
+        "SELECT s.campaign_id, c.confirm FROM sends s JOIN campaigns c ON c.id = s.campaign_id WHERE s.id = ?",
+        [send_id],
+    ).fetchone()
+    states = [r[0] for r in db.execute("SELECT status FROM sends WHERE campaign_id = ?", [campaign_id])]
+    if any(s in ("pending", "sending", "set_aside") for s in states):
+        return None
+    totals = db.execute(
+        "SELECT sum(sms_needed), sum(cost), min(residual_credit) FROM sends WHERE campaign_id = ? AND status = 'sent'",
+        [campaign_id],
+    ).fetchone()
+    failed = db.execute(
+        "SELECT error_code, error FROM sends WHERE campaign_id = ? AND status = 'failed' ORDER BY id LIMIT 1",
+        [campaign_id],
+    ).fetchone()
+    return CampaignOutcome(
+        campaign_id,
+        confirm,
+        failed is not None,
+        totals[0],
+        totals[1],
+        totals[2],
+        failed[0] if failed else None,
+        failed[1] if failed else None,
+    )
+
+
+def finish_campaign(db: Connection, outcome: CampaignOutcome, *, at: str, notified: bool) -> None:
+    """Settle a campaign as sent or failed; `notified`: no e-mail is owed for it, the notifier need not look."""
+    db.execute(
+        """UPDATE campaigns SET status = ?, sms_needed = ?, cost = ?, residual_credit = ?, error_code = ?,
+                                error = ?, finished_at = ?, notified = ? WHERE id = ?""",
+        [
+            "failed" if outcome.failed else "sent",
+            outcome.sms_needed,
+            outcome.cost,
+            outcome.residual_credit,
+            outcome.error_code,
+            outcome.error,
+            at,
+            int(notified),
+            outcome.campaign_id,
+        ],
+    )
+
+
+def unconfirmed(db: Connection, *, limit: int) -> list[int]:
+    """Finished campaigns (sent, failed or cancelled) the notifier has not considered yet, oldest first."""
+    return [
+        r[0]
+        for r in db.execute(
+            """SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed', 'cancelled')
+               ORDER BY id LIMIT ?""",
+            [limit],
+        )
+    ]
+
+
+def label_of_message(db: Connection, message_id: str) -> str | None:
+    """The label of the campaign a Message-ID belongs to (None: no campaign, or none known)."""
+    row = db.execute(
+        "SELECT c.label FROM messages m JOIN campaigns c ON c.id = m.campaign_id WHERE m.message_id = ?",
+        [message_id],
+    ).fetchone()
+    return row[0] if row else None

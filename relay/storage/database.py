@@ -25,7 +25,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -164,6 +164,19 @@ def connect(path: Path, *, readonly: bool = False) -> Connection:
         # FULL: a commit survives power loss, not only a killed process.
         conn.execute("PRAGMA synchronous = FULL")
     return db
+
+
+@contextlib.contextmanager
+def immediate_transaction(db: Connection) -> Iterator[None]:
+    """One transaction for a command writing beside the daemon (outside a `Store`): the write lock first, since
+    a deferred BEGIN could not upgrade past another connection's commit; rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def migrate(path: Path) -> list[str]:

@@ -19,6 +19,10 @@ def meta_set(db: Connection, key: str, value: str) -> None:
     )
 
 
+def meta_delete(db: Connection, key: str) -> None:
+    db.execute("DELETE FROM meta WHERE key = ?", [key])
+
+
 def ensure_callback_token(db: Connection) -> str:
     """The stored callback token, made once at first start."""
     token = meta_get(db, "callback_token")

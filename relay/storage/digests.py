@@ -50,9 +50,7 @@ def count_events(db: Connection, *, after: int, upto: int, kinds: list[str], cou
     return db.execute(f"SELECT count(*) FROM callbacks cb WHERE {where}", params).fetchone()[0]
 
 
-def events(
-    db: Connection, *, after: int, upto: int, kinds: list[str], countries: list[str], limit: int
-) -> list[Event]:
+def events(db: Connection, *, after: int, upto: int, kinds: list[str], countries: list[str], limit: int) -> list[Event]:
     """The first `limit` of those callbacks, in id order."""
     where, params = _where(after, upto, kinds, countries)
     return [

@@ -9,7 +9,6 @@ doubles a mail. One that needs none is stored routed (`needs_mail`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from relay.octopush.errors import ALERT_CODES
 from relay.octopush.parts import count_parts
 from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
+from relay.workers import Worker
 
 log = logging.getLogger("relay.notify")
 BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
@@ -52,18 +52,21 @@ class Mail:
     data: bytes | None = None  # the serialised message, made off the writer thread
 
 
-class Notifier:
+class Notifier(Worker):
+    """Routes stored callbacks, confirms finished campaigns and asks for approvals, a batch at a time."""
+
+    name = "notifier"
+    log = log
+
     def __init__(
         self, config: Config, store: Store, outbox: Outbox, renderer: Renderer, contacts: dict[str, str], metrics=None
     ):
+        super().__init__(store)
         self.config = config
-        self.store = store
         self.outbox = outbox
         self.renderer = renderer
         self.contacts = contacts
         self.metrics = metrics
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._digest_lock = asyncio.Lock()
         self._retry_soon = 0  # the most failures of a row still waiting: it is tried again after a short pause
         # Octopush's estimate of a held campaign's cost (a simulation_mode call), set by the daemon.
@@ -72,37 +75,16 @@ class Notifier:
     def reconfigure(self, config: Config, renderer: Renderer, contacts: dict[str, str]) -> None:
         self.config, self.renderer, self.contacts = config, renderer, contacts
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="notifier")
-
-    async def stop(self) -> None:
-        if self._task:
-            # Unrouted callbacks stay `routed = 0` in the database: the next start routes them.
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def wake(self) -> None:
-        self._wake.set()
+    # stop(): unrouted callbacks stay `routed = 0` in the database, and the next start routes them.
 
     # ------------------------------------------------------------ instant routing
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            self._retry_soon = 0
-            try:
-                while await self.route_pending() or await self.confirm_pending() or await self.approvals_pending():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a worker logs and goes on
-                log.exception("notifier: routing failed; will retry")
-                await asyncio.sleep(2)
-                continue
-            # A row that failed and is not yet set aside is tried again soon, without waiting for a wake.
-            await backoff.nap(self._wake, backoff.row_pause(self._retry_soon) if self._retry_soon else 30)
+    async def run_once(self) -> float:
+        self._retry_soon = 0
+        while await self.route_pending() or await self.confirm_pending() or await self.approvals_pending():
+            pass
+        # A row that failed and is not yet set aside is tried again soon, without waiting for a wake.
+        return backoff.row_pause(self._retry_soon) if self._retry_soon else self.idle
 
     async def route_pending(self) -> int:
         """Queue the e-mails of up to BATCH unrouted callbacks; returns how many left the queue.
@@ -162,17 +144,9 @@ class Notifier:
             self.outbox.wake()
         aside = 0
         if failed:
-            counts = await self.store.write(partial(queries.note_failures, work=work, failures=failed))
-            for row_id, count in counts.items():
+            for count in (await self.note_failures(work, failed)).values():
                 if count >= queries.MAX_FAILURES:
                     aside += 1
-                    log.error(
-                        "notifier: %s #%d failed %d times and is set aside (retry it from /attention): %s",
-                        work,
-                        row_id,
-                        count,
-                        failed[row_id],
-                    )
                 else:
                     self._retry_soon = max(self._retry_soon, count)
         return len(mails) + aside

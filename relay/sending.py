@@ -30,6 +30,7 @@ from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
 from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
+from relay.workers import Worker
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
@@ -256,8 +257,12 @@ def _country(number: str) -> str:
     return normalise_number(number)[1]
 
 
-class SendQueue:
-    """Works through pending `sends` rows; safe to restart at any point."""
+class SendQueue(Worker):
+    """Works through pending `sends` rows, WORKERS calls at a time; safe to restart at any point."""
+
+    name = "send queue"
+    stop_grace = 5.0  # within the daemon's 10 s
+    log = log
 
     def __init__(
         self,
@@ -270,7 +275,7 @@ class SendQueue:
         metrics=None,
         only_campaign: int | None = None,
     ):
-        self.store = store
+        super().__init__(store)
         self.client = client
         self.simulation = simulation
         self.auto_optimize_text = auto_optimize_text
@@ -278,9 +283,6 @@ class SendQueue:
         # `octorelay send` works its own campaign only, and leaves the daemon's rows alone.
         self.only_campaign = only_campaign
         self.metrics = metrics
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._inflight: dict[int, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(WORKERS)
         self._finished: dict[int, asyncio.Future] = {}
 
@@ -290,26 +292,9 @@ class SendQueue:
             await self.store.write(
                 lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'")
             )
-        self._task = asyncio.create_task(self._run(), name="send-queue")
+        await super().start()
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Lets calls in flight finish for up to `timeout`, then cancels them (within the daemon's 10 s).
-
-        A cancelled send stays `sending` and goes again at the next start, under the same request_id.
-        """
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    def wake(self) -> None:
-        self._wake.set()
+    # stop(): a cancelled send stays `sending` and goes again at the next start, under the same request_id.
 
     async def wait(self, campaign_id: int) -> dict:
         """Wait until Octopush has a campaign or refused it, or one of its calls is set aside; returns its row."""
@@ -325,34 +310,20 @@ class SendQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(future), 1.0)
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            room = WORKERS * 2 - len(self._inflight)
-            rows = []
-            idle = 30.0
-            try:
-                if room > 0:
-                    rows = await self.store.read(
-                        partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
-                    )
-                # A campaign held until its time is handed over then, not at the next 30 s look.
-                due = await self.store.read(queries.next_scheduled_send)
-                if due:
-                    idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
-            except Exception:  # noqa: BLE001 - a worker logs and goes on
-                log.exception("send queue: cannot read pending sends")
+    async def run_once(self) -> float:
+        room = WORKERS * 2 - len(self._inflight)
+        idle = self.idle
+        if room > 0:
+            rows = await self.store.read(
+                partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign)
+            )
             for row in rows:
-                if row["id"] not in self._inflight:
-                    task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
-                    self._inflight[row["id"]] = task
-                    task.add_done_callback(partial(self._done, row["id"]))
-            await backoff.nap(self._wake, idle)
-
-    def _done(self, send_id: int, task: asyncio.Task) -> None:
-        # Only now may the next read pick the row again (one given back after an error, say).
-        self._inflight.pop(send_id, None)
-        self._wake.set()
+                self.spawn(row["id"], self._send(row["id"]))
+        # A campaign held until its time is handed over then, not at the next 30 s look.
+        due = await self.store.read(queries.next_scheduled_send)
+        if due:
+            idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
+        return idle
 
     async def _send(self, send_id: int) -> None:
         try:
@@ -372,15 +343,9 @@ class SendQueue:
         """
         failures = 0
         if not isinstance(exc, StoreError):
-            counts = await self._keep_trying(
-                partial(queries.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
-                f"send #{send_id}: counting its failure",
-            )
+            counts = await self.note_failures("send", {send_id: f"{type(exc).__name__}: {exc}"}, insist=True)
             failures = counts.get(send_id, 0)
             if failures >= queries.MAX_FAILURES:
-                log.error(
-                    "send #%d failed %d times and is set aside (retry it from /attention): %s", send_id, failures, exc
-                )
                 self._wake_waiters()
                 return
         await asyncio.sleep(backoff.row_pause(failures))
@@ -403,15 +368,7 @@ class SendQueue:
         instead of going again. Stopped meanwhile, the row stays `sending` and the next start re-queues it:
         the same request_id then gets code 120 and nothing is sent twice.
         """
-        attempt = 0
-        while True:
-            try:
-                return await self.store.write(write, small=True)
-            except StoreError as exc:
-                attempt += 1
-                wait = backoff.delay(attempt)
-                log.error("%s failed (%s); retrying in %.0f s", what, exc, wait)
-                await asyncio.sleep(wait)
+        return await self.write_until_committed(write, what, small=True)
 
     async def _send_one(self, send_id: int) -> None:
         claimed = await self.store.write(partial(_claim, send_id=send_id), small=True)

@@ -36,6 +36,7 @@ from relay.mail.render import POLICY
 from relay.metrics import Metrics
 from relay.storage import queries
 from relay.storage.database import Store
+from relay.workers import Worker
 
 log = logging.getLogger("relay.outbox")
 
@@ -110,8 +111,13 @@ def _classify_refusals(refused: dict[str, tuple[int, str]], recipients: Sequence
 # ------------------------------------------------------------------ the worker
 
 
-class Outbox:
-    """Delivers queued e-mails through SMTP or into a Maildir, with retries, from one worker task."""
+class Outbox(Worker):
+    """Delivers queued e-mails through SMTP or into a Maildir, with retries, CONCURRENCY at a time."""
+
+    name = "outbox"
+    idle = IDLE_WAIT
+    stop_grace = STOP_GRACE
+    log = log
 
     def __init__(
         self,
@@ -122,47 +128,17 @@ class Outbox:
         tls_context: ssl.SSLContext | None = None,
         only: Sequence[int] | None = None,
     ):
+        super().__init__(store)
         self.config = config
         # A command (`octorelay digest`) delivers only its own rows: the daemon's are the daemon's.
         self.only = list(only) if only is not None else None
-        self.store = store
         self.metrics = metrics
         self.tls_context = tls_context
         self.sent = 0
         self.failed = 0
         self.retried = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._inflight: dict[int, asyncio.Task] = {}
+        self._released = False
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
-
-    # ------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = asyncio.create_task(self._run(), name="outbox")
-
-    async def stop(self) -> None:
-        """Stop taking new work; let deliveries in flight finish for a bounded time."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=STOP_GRACE)
-            for task in pending:
-                task.cancel()
-            if pending:
-                # Their rows stay pending and are picked up at the next start.
-                await asyncio.wait(pending)
-        self._inflight.clear()
-
-    def wake(self) -> None:
-        """Look at the table now: after a commit that queued mail, or from the scheduler's sweep."""
-        self._wake.set()
 
     async def depth(self) -> dict:
         """{"pending": n, "failed": n, "oldest_pending_at": iso | None}, for /healthz and metrics."""
@@ -170,46 +146,30 @@ class Outbox:
 
     # ------------------------------------------------------------ the loop
 
-    async def _run(self) -> None:
-        released = False
-        while True:
-            self._wake.clear()
-            try:
-                if not released and self.only is None:
-                    count = await self.store.write(_release)
-                    released = True
-                    if count:
-                        log.info("outbox: %d e-mails pending at start; delivering them now", count)
-                free = CONCURRENCY - len(self._inflight)
-                rows = []
-                if free > 0:
-                    rows = await self.store.write(
-                        partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=list(self._inflight))
-                    )
-                for row in rows:
-                    task = asyncio.create_task(self._deliver(row), name=f"outbox-{row['id']}")
-                    self._inflight[row["id"]] = task
-                    task.add_done_callback(partial(self._done, row["id"]))
-                if rows and len(self._inflight) < CONCURRENCY:
-                    continue  # there may be more due right now
-                wait = IDLE_WAIT
-                if len(self._inflight) < CONCURRENCY:
-                    state = await self.store.read(_next_due)
-                    if self.metrics is not None:
-                        self.metrics.outbox_depth.set(state["pending"])
-                    if state["next"] is not None:
-                        wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the worker must outlive a bad moment (disk full, locked database)
-                log.exception("outbox: cannot read the queue; trying again shortly")
-                wait = backoff.FIRST
-            if wait > 0:
-                await backoff.nap(self._wake, wait)
-
-    def _done(self, row_id: int, task: asyncio.Task) -> None:
-        self._inflight.pop(row_id, None)
-        self._wake.set()  # a slot is free
+    async def run_once(self) -> float:
+        if not self._released and self.only is None:
+            count = await self.store.write(_release)
+            self._released = True
+            if count:
+                log.info("outbox: %d e-mails pending at start; delivering them now", count)
+        free = CONCURRENCY - len(self._inflight)
+        rows = []
+        if free > 0:
+            rows = await self.store.write(
+                partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=self.busy)
+            )
+        for row in rows:
+            self.spawn(row["id"], self._deliver(row))
+        if rows and len(self._inflight) < CONCURRENCY:
+            return 0  # there may be more due right now
+        wait = self.idle
+        if len(self._inflight) < CONCURRENCY:
+            state = await self.store.read(_next_due)
+            if self.metrics is not None:
+                self.metrics.outbox_depth.set(state["pending"])
+            if state["next"] is not None:
+                wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
+        return wait
 
     def _lease(self) -> float:
         """Seconds a claimed row is hidden from other claims while it is being delivered."""

@@ -28,6 +28,7 @@ from relay.octopush.callbacks import is_e164
 from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
 from relay.octopush.parts import count_parts
+from relay.statuses import CallbackKind, CampaignStatus, Confirm, MailKind, Origin, SmsType
 from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
 from relay.workers import Worker
@@ -44,7 +45,7 @@ DIGEST_PART = 2000  # events per digest e-mail: ~2 MB of mail, tens of MB of mem
 class Mail:
     """One e-mail to queue, with what to remember of it."""
 
-    kind: str
+    kind: MailKind
     to: tuple[str, ...]
     message: object
     number: str = ""
@@ -199,7 +200,7 @@ class Notifier(Worker):
                 references=thread(row.get("thread_refs"), original),
                 reply_to=event["reply_to"],
             )
-            mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
+            mails.append(Mail(MailKind.REPLY, (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
         notified = {m.to[0].lower() for m in mails}  # the author already has the threaded e-mail
         for sub in self.config.subscriptions:
             if sub.mode != "instant" or not matches(sub, row):
@@ -211,9 +212,9 @@ class Notifier(Worker):
             text, html = self.renderer.render("reply", event=event, subscription=sub.name)
             who = intl(row["number"]) + (f" ({event['contact']})" if event["contact"] else "")
             subject = {
-                "reply": f"SMS reply from {who}",
-                "stop": f"STOP from {who}",
-                "delivery": f"SMS {event['status']} to {who}",
+                CallbackKind.REPLY: f"SMS reply from {who}",
+                CallbackKind.STOP: f"STOP from {who}",
+                CallbackKind.DELIVERY: f"SMS {event['status']} to {who}",
             }[row["kind"]]
             msg = build_message(
                 sender=self.config.smtp_out.sender,
@@ -222,9 +223,9 @@ class Notifier(Worker):
                 text=text,
                 html=html,
                 message_id=make_msgid(domain),
-                reply_to=event["reply_to"] if row["kind"] != "delivery" else None,
+                reply_to=event["reply_to"] if row["kind"] != CallbackKind.DELIVERY else None,
             )
-            mails.append(Mail("reply", to, msg, row["number"], row.get("campaign_id")))
+            mails.append(Mail(MailKind.REPLY, to, msg, row["number"], row.get("campaign_id")))
         return mails
 
     # ------------------------------------------------------------ confirmations
@@ -263,19 +264,19 @@ class Notifier(Worker):
         return await self._commit("confirmation", mails, failed)
 
     def _planned(self, campaigns: list[dict]) -> list[tuple[str, dict]]:
-        """The e-mails these finished campaigns call for: ("confirmation" | "cancelled" | "alert", campaign)."""
+        """The e-mails these finished campaigns call for: (CONFIRMATION | CANCELLED | ALERT, campaign)."""
         planned = []
         for campaign in campaigns:
-            wanted = campaign.get("confirm") or "none"
-            failed = campaign["status"] == "failed"
-            if campaign["status"] == "cancelled":
+            wanted = campaign.get("confirm") or Confirm.NONE
+            failed = campaign["status"] == CampaignStatus.FAILED
+            if campaign["status"] == CampaignStatus.CANCELLED:
                 if campaign.get("sender_email"):  # whatever `confirm` says: they asked for an SMS that will not go
-                    planned.append(("cancelled", campaign))
+                    planned.append((MailKind.CANCELLED, campaign))
                 continue
-            if campaign.get("sender_email") and (wanted == "all" or (wanted == "errors" and failed)):
-                planned.append(("confirmation", campaign))
+            if campaign.get("sender_email") and (wanted == Confirm.ALL or (wanted == Confirm.ERRORS and failed)):
+                planned.append((MailKind.CONFIRMATION, campaign))
             if failed and campaign.get("error_code") in ALERT_CODES and self.config.subscriptions:
-                planned.append(("alert", campaign))
+                planned.append((MailKind.ALERT, campaign))
         return planned
 
     def _render(self, planned: list[tuple[str, dict]]) -> dict[int, list[Mail] | str]:
@@ -286,7 +287,9 @@ class Notifier(Worker):
                 continue
             try:
                 # A confirmation or a cancellation: _confirmation reads the campaign's status.
-                mail = self._alert(error=campaign.get("error")) if kind == "alert" else self._confirmation(campaign)
+                mail = (
+                    self._alert(error=campaign.get("error")) if kind == MailKind.ALERT else self._confirmation(campaign)
+                )
                 mail.data = serialise(mail.message)
             except Exception as exc:  # noqa: BLE001 - this campaign's failure, counted by _commit
                 log.warning("notifier: campaign #%d: cannot make its %s", campaign["id"], kind, exc_info=True)
@@ -327,18 +330,18 @@ class Notifier(Worker):
     def _confirmation(self, campaign: dict) -> Mail:
         context = self._campaign_context(campaign)
         original = campaign.get("message_id") or ""
-        if campaign["status"] == "cancelled":
-            name, extra = "cancelled", {}
+        if campaign["status"] == CampaignStatus.CANCELLED:
+            name, extra = MailKind.CANCELLED, {}
             subject = f"SMS cancelled: {context['label']}"
-        elif campaign["status"] == "failed":
-            name = "failure"
+        elif campaign["status"] == CampaignStatus.FAILED:
+            name = MailKind.FAILURE
             # The stored error already reads "Octopush refused … (code N): message. What to do."
             extra = {
                 "error": {"code": campaign.get("error_code"), "message": campaign.get("error") or "", "advice": ""}
             }
             subject = f"SMS not sent: {context['label']}"
         else:
-            name, extra = "confirmation", {}
+            name, extra = MailKind.CONFIRMATION, {}
             subject = f"SMS {'scheduled' if context['scheduled'] else 'sent'}: {context['label']}"
         text, html = self.renderer.render(name, campaign=context, **extra)
         msg = build_message(
@@ -357,10 +360,10 @@ class Notifier(Worker):
     def _alert(self, *, error=None, residual_credit: float | None = None, sms: float | None = None) -> Mail:
         sub = self.config.subscriptions[0]
         text, html = self.renderer.render(
-            "alert",
+            MailKind.ALERT,
             residual_credit=residual_credit,
             sms=int(sms) if sms is not None else None,
-            sms_kind="premium" if self.config.octopush.type == "sms_premium" else "low-cost",
+            sms_kind="premium" if self.config.octopush.type == SmsType.PREMIUM else "low-cost",
             region=self.config.smtp_in.region,
             threshold=self.config.octopush.low_credit,
             error=str(error) if error else "",
@@ -374,7 +377,7 @@ class Notifier(Worker):
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
         )
-        return Mail("alert", sub.to, msg)
+        return Mail(MailKind.ALERT, sub.to, msg)
 
     async def check_credit(self, credit: float, sms: float | None = None) -> bool:
         """Alert the first subscription once when the credit (euros, from check-balance) is under `low_credit`.
@@ -415,7 +418,7 @@ class Notifier(Worker):
             ids = await self.store.read(guards.approval_mail_due)
         for campaign_id in ids:
             campaign = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
-            expired = campaign["status"] == "cancelled"
+            expired = campaign["status"] == CampaignStatus.CANCELLED
             estimate = {"cost": None, "error": ""}
             if not expired:
                 try:
@@ -462,7 +465,7 @@ class Notifier(Worker):
             references=[original] if original else [],
             reply_to=None if expired else approval_address(campaign["id"], domain),
         )
-        return Mail("approval", (campaign["sender_email"],), msg, "", campaign["id"], serialise(msg))
+        return Mail(MailKind.APPROVAL, (campaign["sender_email"],), msg, "", campaign["id"], serialise(msg))
 
     # ------------------------------------------------------------ digests
 
@@ -509,7 +512,7 @@ class Notifier(Worker):
             return first
 
     async def _queue_digest(self, sub: Subscription, msg, snapshot: dict) -> bool:
-        mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
+        mail = Mail(MailKind.DIGEST, sub.to, msg, data=await asyncio.to_thread(serialise, msg))
 
         def queue(db: Database) -> bool:
             if not _advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["end"]):
@@ -579,9 +582,9 @@ def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
 
 
 _KIND_NAMES = {
-    "reply": ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
-    "delivery": ("delivery report", "delivery reports"),
-    "stop": ("STOP", "STOPs"),
+    CallbackKind.REPLY: ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
+    CallbackKind.DELIVERY: ("delivery report", "delivery reports"),
+    CallbackKind.STOP: ("STOP", "STOPs"),
 }
 
 
@@ -606,7 +609,11 @@ def approval_address(campaign_id: int, domain: str) -> str:
 
 def _author_gets(row: dict) -> bool:
     """A reply or STOP to an SMS sent by e-mail goes back to that e-mail's author, threaded."""
-    return row["kind"] in ("reply", "stop") and row.get("campaign_origin") == "email" and bool(row.get("sender_email"))
+    return (
+        row["kind"] in (CallbackKind.REPLY, CallbackKind.STOP)
+        and row.get("campaign_origin") == Origin.EMAIL
+        and bool(row.get("sender_email"))
+    )
 
 
 def matches(sub: Subscription, row: dict) -> bool:

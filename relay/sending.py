@@ -28,6 +28,7 @@ from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
+from relay.statuses import CampaignStatus, Confirm, Origin, Purpose, SendStatus
 from relay.storage import guards, queries
 from relay.storage.database import Store, StoreError
 from relay.workers import Worker
@@ -83,7 +84,7 @@ class Guards:
         since = clock.iso(start)
         resets = reset.strftime("%Y-%m-%d %H:%M %Z")
         rules = [("daily_sms", self.limits.daily_sms, None)]
-        if req.origin == "email" and req.sender_email:
+        if req.origin == Origin.EMAIL and req.sender_email:
             rules.append(("sender_daily_sms", self.limits.sender_daily_sms, req.sender_email))
         for name, limit, sender in rules:
             if not limit:
@@ -98,7 +99,7 @@ class Guards:
 
     def holds(self, req: SendRequest, numbers: int) -> bool:
         """An e-mail to more than `approve_over` numbers waits for its sender's approval."""
-        return bool(self.limits.approve_over) and req.origin == "email" and numbers > self.limits.approve_over
+        return bool(self.limits.approve_over) and req.origin == Origin.EMAIL and numbers > self.limits.approve_over
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,13 @@ class SendRequest:
     with_replies: bool = True
     simulation: bool = False
     auto_optimize_text: bool = True
-    origin: str = "cli"
+    origin: Origin = Origin.CLI
     sender_email: str = ""
     login: str = ""  # the SMTP AUTH login that sent it, if any
     message_id: str = ""
     thread_refs: tuple[str, ...] = ()  # the asking e-mail's References (else its In-Reply-To), oldest first
     label: str = ""
-    confirm: str = "none"
+    confirm: Confirm = Confirm.NONE
     trimmed: bool = False  # the e-mail held more than its new words: the confirmation says what was sent
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -165,7 +166,7 @@ def queue_campaign(
         return existing[0], False
     recipients = list(req.recipients)
     removed: list[str] = []
-    if req.purpose == "wholesale":
+    if req.purpose == Purpose.WHOLESALE:
         removed = [r.phone_number for r in recipients if queries.is_opted_out(db, r.phone_number)]
         recipients = [r for r in recipients if r.phone_number not in removed]
         if not recipients:
@@ -196,7 +197,7 @@ def queue_campaign(
             "send_at": clock.iso(req.send_at) if req.send_at else None,
             "with_replies": int(req.with_replies),
             "simulation": int(req.simulation),
-            "status": "held" if held else "queued",
+            "status": CampaignStatus.HELD if held else CampaignStatus.QUEUED,
             "sms_budget": budget,
             "approve_by": clock.iso(clock.now() + timedelta(seconds=guards.limits.approve_within)) if held else None,
             "approval_mailed": 0 if held else 2,
@@ -225,7 +226,7 @@ def queue_campaign(
                 "campaign_id": campaign_id,
                 "chunk": index,
                 "request_id": call.request_id,
-                "status": "held" if held else "pending",
+                "status": SendStatus.HELD if held else SendStatus.PENDING,
                 "deadline": deadline,
                 "not_before": not_before,
                 "created_at": now,
@@ -301,8 +302,8 @@ class SendQueue(Worker):
         while True:
             row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
             if row and (
-                row["stored_status"] in ("sent", "failed", "cancelled")
-                or any(s["status"] == "set_aside" for s in row["sends"])
+                row["stored_status"] in (CampaignStatus.SENT, CampaignStatus.FAILED, CampaignStatus.CANCELLED)
+                or any(s["status"] == SendStatus.SET_ASIDE for s in row["sends"])
             ):
                 return row
             future = self._finished.setdefault(campaign_id, asyncio.get_running_loop().create_future())
@@ -314,9 +315,7 @@ class SendQueue(Worker):
         room = WORKERS * 2 - len(self._inflight)
         idle = self.idle
         if room > 0:
-            rows = await self.store.read(
-                partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign)
-            )
+            rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:
                 self.spawn(row["id"], self._send(row["id"]))
         # A campaign held until its time is handed over then, not at the next 30 s look.
@@ -552,14 +551,14 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
     row = await store.read(partial(queries.campaign, campaign_id=campaign_id))
     if row is None:
         raise CannotCancel(f"there is no campaign {campaign_id}")
-    if row["status"] == "held":  # still in our queue, its share of the day's budget given back
+    if row["status"] == CampaignStatus.HELD:  # still in our queue, its share of the day's budget given back
         await store.write(partial(cancel_held, campaign_id=campaign_id, by=by))
         return row
-    if row["status"] != "scheduled":
+    if row["status"] != CampaignStatus.SCHEDULED:
         raise CannotCancel(
             f"campaign {campaign_id} is {row['status']}, not held or scheduled: only those can be cancelled"
         )
-    handed_over = [s for s in row["sends"] if s["status"] == "sent"]
+    handed_over = [s for s in row["sends"] if s["status"] == SendStatus.SENT]
     cancelled_there = []
     for send in handed_over:
         if not send["ticket"]:
@@ -600,9 +599,9 @@ def approve_campaign(db: Database, campaign_id: int, *, config: Config, by: str)
     from relay import marketing
 
     row = _held(db, campaign_id)
-    guards.release(db, campaign_id, status="queued")
+    guards.release(db, campaign_id, status=CampaignStatus.QUEUED)
     guards.set_deadline(db, campaign_id, clock.iso(clock.now() + timedelta(seconds=config.octopush.retry_for)))
-    if row["purpose"] == "wholesale":
+    if row["purpose"] == Purpose.WHOLESALE:
         wanted = clock.parse_iso(row["send_at"]) if row["send_at"] else clock.now()
         region = config.smtp_in.region
         later = marketing.next_allowed(wanted, config.octopush, region, clock.region_timezone(region))
@@ -616,7 +615,7 @@ def approve_campaign(db: Database, campaign_id: int, *, config: Config, by: str)
 def cancel_held(db: Database, campaign_id: int, *, by: str) -> dict:
     """Cancel a held campaign for good: nothing is sent, and its share of the day's budget is given back."""
     row = _held(db, campaign_id)
-    guards.release(db, campaign_id, status="cancelled")
+    guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
     guards.cancelled_by(db, campaign_id, by=by)
     log.info("campaign #%d cancelled by %s", campaign_id, by)
     return row
@@ -626,7 +625,7 @@ def expire_held(db: Database) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
     expired = guards.expired_held(db, clock.iso())
     for campaign_id in expired:
-        guards.release(db, campaign_id, status="cancelled")
+        guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
         guards.mark_expired(db, campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
@@ -637,7 +636,7 @@ def _held(db: Database, campaign_id: int) -> dict:
     row = guards.held_facts(db, campaign_id)
     if row is None:
         raise NotHeld(f"there is no campaign {campaign_id}")
-    if row["status"] != "held":
+    if row["status"] != CampaignStatus.HELD:
         raise NotHeld(f"campaign {campaign_id} is {row['status']}, not held for approval: nothing to do")
     return row
 

@@ -34,6 +34,7 @@ from relay import backoff, clock
 from relay.config import SmtpOut
 from relay.mail.render import POLICY
 from relay.metrics import Metrics
+from relay.statuses import Delivery
 from relay.storage import queries
 from relay.storage.database import Store
 from relay.workers import Worker
@@ -83,7 +84,7 @@ def queue_message(
 class Outcome:
     """What one delivery attempt decided about its row."""
 
-    status: str  # "sent" | "retry" | "failed"
+    status: Delivery
     error: str | None = None
     retry_recipients: list[str] | None = None  # on partial acceptance: only those still to try
 
@@ -102,10 +103,10 @@ def _classify_refusals(refused: dict[str, tuple[int, str]], recipients: Sequence
     detail = "; ".join(f"{r}: {_response_error(*refused[r])}" for r in recipients if r in refused)
     accepted = [r for r in recipients if r not in refused]
     if temporary:
-        return Outcome("retry", detail, temporary)
+        return Outcome(Delivery.RETRY, detail, temporary)
     if accepted:
-        return Outcome("sent", f"refused: {detail}")
-    return Outcome("failed", detail)
+        return Outcome(Delivery.SENT, f"refused: {detail}")
+    return Outcome(Delivery.FAILED, detail)
 
 
 # ------------------------------------------------------------------ the worker
@@ -186,7 +187,7 @@ class Outbox(Worker):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or an odd error must not lose the message
             log.exception("outbox: e-mail %s: unexpected error; will retry", row["id"])
-            outcome = Outcome("retry", f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
         try:
             final = await self.store.write(
                 partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age)
@@ -203,8 +204,8 @@ class Outbox(Worker):
             try:
                 await asyncio.to_thread(deliver_maildir, Path(self.config.maildir), row["message"])
             except OSError as exc:  # disk full, permissions: the operator can fix it, so keep the message
-                return Outcome("retry", f"{type(exc).__name__}: {exc}")
-            return Outcome("sent")
+                return Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
+            return Outcome(Delivery.SENT)
         return await self._send_smtp(row["message"], recipients)
 
     async def _send_smtp(self, message: bytes, recipients: list[str]) -> Outcome:
@@ -234,25 +235,25 @@ class Outbox(Worker):
             return _classify_refusals({e.recipient: (e.code, e.message) for e in exc.recipients}, recipients)
         except aiosmtplib.SMTPAuthenticationError as exc:
             # A configuration problem, not this message's: keep it until the operator fixes the credentials.
-            return Outcome("retry", f"authentication refused: {_response_error(exc.code, exc.message)}")
+            return Outcome(Delivery.RETRY, f"authentication refused: {_response_error(exc.code, exc.message)}")
         except aiosmtplib.SMTPResponseException as exc:
             if 500 <= exc.code < 600:
-                return Outcome("failed", _response_error(exc.code, exc.message))
-            return Outcome("retry", _response_error(exc.code, exc.message))
+                return Outcome(Delivery.FAILED, _response_error(exc.code, exc.message))
+            return Outcome(Delivery.RETRY, _response_error(exc.code, exc.message))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # Connection refused or lost, timeouts, TLS failures, STARTTLS not offered.
-            return Outcome("retry", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if refused:
             return _classify_refusals({r: (resp.code, resp.message) for r, resp in refused.items()}, recipients)
-        return Outcome("sent")
+        return Outcome(Delivery.SENT)
 
     def _count(self, row: dict, final: dict, outcome: Outcome, seconds: float) -> None:
         kind = row["kind"] or "other"
         where = "maildir" if self.config.transport == "maildir" else f"{self.config.host}:{self.config.port}"
         status = final["status"]
-        if status == "gone":
+        if status == Delivery.GONE:
             return  # deleted meanwhile (db purge): nothing to count
-        if status == "sent":
+        if status == Delivery.SENT:
             self.sent += 1
             log.info(
                 "e-mail %s (%s) sent to %s via %s in %.2fs%s",
@@ -263,7 +264,7 @@ class Outbox(Worker):
                 seconds,
                 f" ({outcome.error})" if outcome.error else "",
             )
-        elif status == "failed":
+        elif status == Delivery.FAILED:
             self.failed += 1
             log.warning(
                 "e-mail %s (%s) failed after %d attempts: %s", row["id"], kind, final["attempts"], final["last_error"]
@@ -280,9 +281,9 @@ class Outbox(Worker):
             )
         if self.metrics is None:
             return
-        if status == "sent":
+        if status == Delivery.SENT:
             self.metrics.emails_sent.labels(kind=kind).inc()
-        elif status == "failed":
+        elif status == Delivery.FAILED:
             self.metrics.emails_failed.labels(kind=kind).inc()
         else:
             self.metrics.emails_retried.inc()

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import phonenumbers
 
 from relay import clock
+from relay.statuses import CallbackKind
 
 
 @dataclass(frozen=True)
 class Callback:
-    kind: str  # "reply" | "delivery" | "stop" | "unrecognised"
+    kind: CallbackKind
     ticket: str = ""
     number: str = ""
     country: str = ""
@@ -33,7 +34,7 @@ class Callback:
 
     @property
     def dedup_key(self) -> str:
-        if self.kind == "unrecognised":
+        if self.kind == CallbackKind.UNRECOGNISED:
             parts = [self.kind, self.raw]
         else:
             parts = [self.kind, self.ticket, self.number, self.text, self.status, self.date_raw]
@@ -102,17 +103,17 @@ def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
     date_key = next((k for k in ("reception_date", "answer_date", "delivery_date", "stop_date") if fields.get(k)), "")
     number = _text(fields, "number")
     if date_key == "stop_date" and number:
-        kind = "stop"
+        kind = CallbackKind.STOP
     elif date_key in ("reception_date", "answer_date") and number and "text" in fields:
-        kind = "reply"
+        kind = CallbackKind.REPLY
     elif date_key == "delivery_date" and number and fields.get("status"):
-        kind = "delivery"
+        kind = CallbackKind.DELIVERY
     else:
-        return Callback(kind="unrecognised", raw=raw, content_type=content_type)
+        return Callback(kind=CallbackKind.UNRECOGNISED, raw=raw, content_type=content_type)
     phone = phone_number(number)
     if phone is None:
         # Not a phone number ("spy@evil.example,x"): kept raw, never routed, never part of an address.
-        return Callback(kind="unrecognised", raw=raw, content_type=content_type)
+        return Callback(kind=CallbackKind.UNRECOGNISED, raw=raw, content_type=content_type)
     e164, country = phone
     date_raw = _text(fields, date_key)
     moment = clock.from_octopush(date_raw)
@@ -121,8 +122,8 @@ def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
         ticket=_text(fields, "message_id"),
         number=e164,
         country=country,
-        text=_text(fields, "text") if kind != "delivery" else "",
-        status=_text(fields, "status") if kind == "delivery" else "",
+        text=_text(fields, "text") if kind != CallbackKind.DELIVERY else "",
+        status=_text(fields, "status") if kind == CallbackKind.DELIVERY else "",
         sim_card_number=_text(fields, "sim_card_number"),
         date_raw=date_raw,
         occurred_at=clock.iso(moment) if moment else None,

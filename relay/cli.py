@@ -355,6 +355,7 @@ async def _send(config, args) -> int:
     from relay.octopush.emulator import Emulator
     from relay.octopush.errors import ValidationError
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
+    from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
     from relay.storage import queries
     from relay.storage.database import Store
 
@@ -384,24 +385,24 @@ async def _send(config, args) -> int:
             raise RelayError(f"--at: {exc}") from None
         if send_at <= clock.now():
             raise RelayError(f"--at: {send_at.astimezone(tz):%Y-%m-%d %H:%M %Z} is in the past; give a future time")
-    purpose = {"alert": "alert", "marketing": "wholesale", None: o.purpose}[args.purpose]
-    sms_type = {"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type]
+    purpose = {"alert": Purpose.ALERT, "marketing": Purpose.WHOLESALE, None: o.purpose}[args.purpose]
+    sms_type = {"premium": SmsType.PREMIUM, "low-cost": SmsType.LOW_COST, None: o.type}[args.type]
     text = args.text
-    if purpose == "wholesale":
+    if purpose == Purpose.WHOLESALE:
         # Without a mention to add, validation refuses it below with Octopush's own reason.
         with contextlib.suppress(ValidationError):
             text = with_stop_mention(text, sms_type, config.smtp_in.stop_mention)
-    request = SendRequest(
+    request = SendRequest.from_config(
+        o,
         text=text,
-        recipients=tuple(dict.fromkeys(recipients)),
+        recipients=dict.fromkeys(recipients),
         type=sms_type,
         purpose=purpose,
-        sender=args.sender if args.sender is not None else o.sender,
+        sender=args.sender,
         send_at=send_at,
-        with_replies=o.with_replies if args.replies is None else args.replies,
-        simulation=args.simulate or o.mode == "simulation",
-        auto_optimize_text=o.auto_optimize_text,
-        origin="cli",
+        with_replies=args.replies,
+        simulate=args.simulate,
+        origin=Origin.CLI,
         label="octorelay send",
     )
     request, delayed = marketing.schedule(request, o, config.smtp_in.region)
@@ -458,7 +459,7 @@ async def _send(config, args) -> int:
             await queue.start()
             components.append(queue)
             result = await queue.wait(campaign_id)
-            if emulator is not None and result["status"] == "sent":
+            if emulator is not None and result["status"] == CampaignStatus.SENT:
                 # The emulator lives in this process: let its receipt and reply reach a running daemon.
                 await emulator.drain(o.emulator.reply_after + 3)
     finally:
@@ -474,9 +475,9 @@ async def _send(config, args) -> int:
         if queued["removed_optouts"]:
             print(f"left out (sent STOP): {', '.join(queued['removed_optouts'])}")
         return 0
-    if result["status"] == "failed":
+    if result["status"] == CampaignStatus.FAILED:
         raise RelayError(f"not sent: {result['error']}")
-    aside = next((s for s in result["sends"] if s["status"] == "set_aside"), None)
+    aside = next((s for s in result["sends"] if s["status"] == SendStatus.SET_ASIDE), None)
     if aside is not None:
         raise RelayError(
             f"not sent: it failed {aside['failures']} times ({aside['last_failure']}); it is set aside until "
@@ -490,7 +491,7 @@ async def _send(config, args) -> int:
         f", credit left {result.get('residual_credit')}, encoding {result['encoding']}"
         + (" (simulation: nothing sent)" if request.simulation else "")
     )
-    if result["status"] == "scheduled":
+    if result["status"] == CampaignStatus.SCHEDULED:
         print(
             f"campaign {campaign_id} scheduled for {when}: Octopush sends it then; cancel it until 10 minutes "
             f"before with `octorelay campaign cancel {campaign_id}`"

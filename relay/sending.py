@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from functools import partial
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlite_utils import Database
 
 from relay import backoff, clock
-from relay.config import Config, Limits
+from relay.config import Config, Limits, Octopush
 from relay.errors import CannotCancel, RelayError
 from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
@@ -124,6 +124,36 @@ class SendRequest:
     confirm: Confirm = Confirm.NONE
     trimmed: bool = False  # the e-mail held more than its new words: the confirmation says what was sent
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def from_config(
+        cls,
+        octopush: Octopush,
+        *,
+        text: str,
+        recipients: Iterable[Recipient],
+        origin: Origin,
+        type: str | None = None,
+        purpose: str | None = None,
+        sender: str | None = None,
+        with_replies: bool | None = None,
+        simulate: bool = False,
+        **fields,
+    ) -> SendRequest:
+        """A request with `[octopush]`'s defaults for what its asker left unsaid (None): the one place an
+        e-mail, `octorelay send` and the web form get them. In simulation mode every request is a simulation."""
+        return cls(
+            text=text,
+            recipients=tuple(recipients),
+            type=type or octopush.type,
+            purpose=purpose or octopush.purpose,
+            sender=octopush.sender if sender is None else sender,
+            with_replies=octopush.with_replies if with_replies is None else with_replies,
+            simulation=simulate or octopush.mode == "simulation",
+            auto_optimize_text=octopush.auto_optimize_text,
+            origin=origin,
+            **fields,
+        )
 
     def campaign(self, recipients: Sequence[Recipient] | None = None, request_id: str | None = None) -> Campaign:
         return Campaign(

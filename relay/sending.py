@@ -21,10 +21,9 @@ from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
-from relay import backoff, clock
+from relay import backoff, clock, numbers
 from relay.config import Config, Limits, Octopush
 from relay.errors import CannotCancel, RelayError
-from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
@@ -285,7 +284,7 @@ def queue_campaign(
 
 
 def _country(number: str) -> str:
-    return normalise_number(number)[1]
+    return numbers.normalise(number)[1]
 
 
 class SendQueue(Worker):

@@ -7,14 +7,11 @@ classify is kept raw rather than lost.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
 
-import phonenumbers
-
-from relay import clock
+from relay import clock, numbers
 from relay.statuses import CallbackKind
 
 
@@ -58,20 +55,6 @@ class Callback:
         }
 
 
-@functools.lru_cache(maxsize=8192)
-def normalise_number(value: str) -> tuple[str, str]:
-    """(E.164, ISO country) when phonenumbers can read it, else the text as given and no country."""
-    text = value.strip()
-    if text and not text.startswith("+") and text.isdigit():
-        text = "+" + text.removeprefix("00")
-    try:
-        parsed = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        return value.strip(), ""
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return e164, phonenumbers.region_code_for_number(parsed) or ""
-
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _E164 = re.compile(r"\+[1-9][0-9]{5,14}")
@@ -94,7 +77,7 @@ def is_e164(text: str | None) -> bool:
 
 def phone_number(value: str) -> tuple[str, str] | None:
     """(E.164, ISO country) when `value` is a phone number, else None: the only numbers a callback is routed by."""
-    e164, country = normalise_number(value)
+    e164, country = numbers.normalise(value)
     return (e164, country) if is_e164(e164) else None
 
 

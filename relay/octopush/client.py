@@ -8,7 +8,6 @@ client turns that refusal into a success (`SendResult.already_sent`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
@@ -18,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import phonenumbers
 
 from relay import backoff
+from relay.numbers import is_valid_e164
 from relay.octopush.errors import TEMPORARY_CODES, OctopushError, TemporaryError, ValidationError
 from relay.octopush.parts import count_parts
 from relay.statuses import Purpose, SmsType
@@ -257,20 +256,6 @@ def validate(c: Campaign, now: datetime | None = None) -> None:
         raise ValidationError(stop_mention_missing(c.type), "text")
 
 
-@functools.lru_cache(maxsize=8192)  # a number is checked at intake and again at each send
-def is_valid_e164(number: str) -> bool:
-    """A `+` number that phonenumbers knows as valid and that is already written in E.164."""
-    if not number.startswith("+"):
-        return False
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(parsed) and (
-        phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) == number
-    )
-
-
 def split(c: Campaign, size: int = MAX_RECIPIENTS) -> list[Campaign]:
     """Chunks of at most `size` recipients; request_ids get "-1", "-2"... only when there are several."""
     if len(c.recipients) <= size:
@@ -489,7 +474,6 @@ __all__ = [
     "personalise",
     "placeholders",
     "with_stop_mention",
-    "is_valid_e164",
     "split",
     "validate",
 ]

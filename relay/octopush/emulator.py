@@ -47,6 +47,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.clock import to_octopush
+from relay.numbers import is_valid_e164
 from relay.octopush.client import (
     CALLBACK_URL_FIELDS,
     MAX_PLACEHOLDER_VALUE,
@@ -57,7 +58,6 @@ from relay.octopush.client import (
     SENDER_RE,
     TYPES,
     has_stop_mention,
-    is_valid_e164,
 )
 from relay.octopush.parts import count_parts
 

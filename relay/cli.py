@@ -351,8 +351,8 @@ async def _send(config, args) -> int:
     from relay import marketing
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
-    from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
-    from relay.octopush.emulator import Emulator
+    from relay.octopush.client import Recipient, with_stop_mention
+    from relay.octopush.connect import connect
     from relay.octopush.errors import ValidationError
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
@@ -409,62 +409,48 @@ async def _send(config, args) -> int:
     request.validate()
     had_database = config.storage.path.exists()
     store = Store(config.storage.path)
-    components = [store]
     await store.start()
     try:
-        base_url, login, key = o.base_url, o.api_login, o.api_key
-        emulator = None
+        stored, callback_url = None, None
         if o.mode == "emulator":
             # A running daemon's emulator is the stand-in Octopush that holds its campaigns: use it when it
             # answers, so `campaign cancel` finds a scheduled SMS sent from here too.
             stored = await store.read(lambda db: queries.meta_get(db, "emulator_url")) if had_database else None
-            base_url = await _probe_emulator(stored, login or "emulator", key or "emulator", o.timeout)
-            login, key = login or "emulator", key or "emulator"
-        if o.mode == "emulator" and not base_url:
-            # The emulator's receipt and reply go to this database's daemon: one must have run here (it made the
-            # token), else they would go to whatever listens on http.listen.
+            # Else this command's own emulator posts its receipt and reply to this database's daemon: one must
+            # have run here (it made the token), else they would go to whatever listens on http.listen.
             token = config.http.callback_token or (
                 await store.read(partial(queries.meta_get, key="callback_token")) if had_database else None
             )
-            emulator = Emulator(
-                reply_text=o.emulator.reply_text,
-                reply_after=o.emulator.reply_after,
-                credit=o.emulator.credit,
-                callback_url=f"http://{config.http.listen}/octopush/{token}" if token else None,
+            callback_url = f"http://{config.http.listen}/octopush/{token}" if token else None
+        async with connect(o, emulator_url=stored, callback_url=callback_url, replies=True) as (client, emulator):
+            campaign_id, _ = await store.write(
+                partial(queue_campaign, req=request, retry_for=o.retry_for, guards=Guards.from_config(config))
             )
-            await emulator.start()
-            components.append(emulator)
-            base_url, login, key = emulator.base_url, login or "emulator", key or "emulator"
-        client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
-        await client.start()
-        components.append(client)
-        campaign_id, _ = await store.write(
-            partial(queue_campaign, req=request, retry_for=o.retry_for, guards=Guards.from_config(config))
-        )
-        if delayed:
-            when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
-            print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
-        queued = await store.read(partial(queries.campaign, campaign_id=campaign_id))
-        if any(s["not_before"] for s in queued["sends"]):
-            # Held in our own queue until its time: the daemon hands it to Octopush then.
-            result = None
-        else:
-            queue = SendQueue(
-                store,
-                client,
-                simulation=o.mode == "simulation",
-                auto_optimize_text=o.auto_optimize_text,
-                only_campaign=campaign_id,
-            )
-            await queue.start()
-            components.append(queue)
-            result = await queue.wait(campaign_id)
-            if emulator is not None and result["status"] == CampaignStatus.SENT:
-                # The emulator lives in this process: let its receipt and reply reach a running daemon.
-                await emulator.drain(o.emulator.reply_after + 3)
+            if delayed:
+                when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
+                print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
+            queued = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+            if any(s["not_before"] for s in queued["sends"]):
+                # Held in our own queue until its time: the daemon hands it to Octopush then.
+                result = None
+            else:
+                queue = SendQueue(
+                    store,
+                    client,
+                    simulation=o.mode == "simulation",
+                    auto_optimize_text=o.auto_optimize_text,
+                    only_campaign=campaign_id,
+                )
+                await queue.start()
+                try:
+                    result = await queue.wait(campaign_id)
+                finally:
+                    await queue.stop()
+                if emulator is not None and result["status"] == CampaignStatus.SENT:
+                    # The emulator lives in this process: let its receipt and reply reach a running daemon.
+                    await emulator.drain(o.emulator.reply_after + 3)
     finally:
-        for component in reversed(components):
-            await component.stop()
+        await store.stop()
     when = clock.local(queued["send_at"], clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
     if result is None:
         print(
@@ -499,24 +485,6 @@ async def _send(config, args) -> int:
     if result["removed_optouts"]:
         print(f"left out (sent STOP): {', '.join(result['removed_optouts'])}")
     return 0
-
-
-async def _probe_emulator(url: str | None, login: str, key: str, timeout: float) -> str:
-    """`url` when a running daemon's emulator answers there, else "" (the daemon stores it in meta at start)."""
-    from relay.octopush.client import OctopushClient
-    from relay.octopush.errors import OctopushError, TemporaryError
-
-    if not url:
-        return ""
-    probe = OctopushClient(url, login, key, timeout=min(timeout, 2.0))
-    await probe.start()
-    try:
-        await probe.check_balance()
-        return url
-    except (OctopushError, TemporaryError):
-        return ""
-    finally:
-        await probe.stop()
 
 
 def cmd_digest(config, args) -> int:
@@ -738,27 +706,10 @@ SECRETS_USED: dict[str, tuple[str, ...]] = {
 @contextlib.asynccontextmanager
 async def octopush_client(config):
     """A client for the configured Octopush; in emulator mode, a stand-in account in this process."""
-    from relay.octopush.client import OctopushClient
-    from relay.octopush.emulator import Emulator
+    from relay.octopush.connect import connect
 
-    o = config.octopush
-    emulator = None
-    base_url, login, key = o.base_url, o.api_login, o.api_key
-    if o.mode == "emulator":
-        login, key = login or "emulator", key or "emulator"
-        base_url = await _probe_emulator(read_meta(config, "emulator_url"), login, key, o.timeout)
-        if not base_url:  # no daemon running: a stand-in account of this command's own
-            emulator = Emulator(reply_text="", credit=o.emulator.credit)
-            await emulator.start()
-            base_url = emulator.base_url
-    client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
-    await client.start()
-    try:
+    async with connect(config.octopush, emulator_url=read_meta(config, "emulator_url")) as (client, _):
         yield client
-    finally:
-        await client.stop()
-        if emulator is not None:
-            await emulator.stop()
 
 
 def is_loopback_url(url: str) -> bool:
@@ -886,7 +837,7 @@ async def _cancel(config, args) -> int:
     from relay.mail.outbox import Outbox
     from relay.mail.render import Renderer
     from relay.notify import Notifier
-    from relay.octopush.client import OctopushClient
+    from relay.octopush.connect import connect
     from relay.sending import cancel_campaign
     from relay.storage import queries
     from relay.storage.database import Store
@@ -897,17 +848,12 @@ async def _cancel(config, args) -> int:
     store = Store(config.storage.path)
     await store.start()
     outbox = None
-    client = None
     try:
-        base_url, login, key = o.base_url, o.api_login, o.api_key
-        if o.mode == "emulator":
-            # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
-            base_url = await store.read(lambda db: queries.meta_get(db, "emulator_url")) or "http://127.0.0.1:9"
-            login, key = login or "emulator", key or "emulator"
-        client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
-        await client.start()
-        who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "the operator"
-        row = await cancel_campaign(store, client, args.id, by=f"{who} (octorelay campaign cancel)")
+        # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
+        stored = await store.read(lambda db: queries.meta_get(db, "emulator_url")) if o.mode == "emulator" else None
+        async with connect(o, emulator_url=stored, stand_in=False) as (client, _):
+            who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "the operator"
+            row = await cancel_campaign(store, client, args.id, by=f"{who} (octorelay campaign cancel)")
         # Tell the sender now rather than at the daemon's next sweep; the sweep never doubles it.
         notifier = Notifier(
             config,
@@ -929,8 +875,6 @@ async def _cancel(config, args) -> int:
     finally:
         if outbox is not None:
             await outbox.stop()
-        if client is not None:
-            await client.stop()
         await store.stop()
     when = clock.local(row.get("send_at"), clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
     print(

@@ -1,6 +1,7 @@
 """Octopush client against the in-process emulator: answers, refusals, faults and callbacks."""
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -500,3 +501,31 @@ async def test_unreachable_callback_url_does_not_break_the_emulator(client, emul
     await client.send(campaign(with_replies=False))
     await wait_for(lambda: emulator.callbacks)
     assert (await client.send(campaign())).ticket  # still answering
+
+
+async def test_one_wiring_gives_the_daemon_and_the_commands_their_octopush(tmp_path):
+    """relay/octopush/connect.py: live mode calls the API; emulator mode a running daemon's emulator, else a
+    stand-in of this process (or, for a campaign cancel, nothing that answers: only the daemon's holds campaigns)."""
+    from relay import config as config_mod
+    from relay.octopush import connect
+
+    live = config_mod.load(env={"OCTOPUSH_API_KEY": "k"}).octopush
+    live = dataclasses.replace(live, mode="live", api_login="a@example.org", base_url="https://api.example.org/v1")
+    async with connect.connect(live, emulator_url="http://127.0.0.1:1") as (client, emulator):
+        assert client.base_url == "https://api.example.org/v1" and emulator is None
+        assert (client.api_login, client._api_key) == ("a@example.org", "k")
+    demo = config_mod.load(env={}).octopush
+    daemons = connect.emulator_for(demo)
+    await daemons.start()
+    try:
+        async with connect.connect(demo, emulator_url=daemons.base_url) as (client, emulator):
+            assert client.base_url == daemons.base_url and emulator is None  # the running daemon's answers
+            assert (client.api_login, client._api_key) == ("emulator", "emulator")
+    finally:
+        await daemons.stop()
+    async with connect.connect(demo, emulator_url=daemons.base_url) as (client, emulator):
+        assert emulator is not None and client.base_url == emulator.base_url  # it is gone: a stand-in
+        assert emulator.reply_text == ""  # a stand-in account answers no SMS unless asked to
+        assert (await client.check_balance()).amount == demo.emulator.credit
+    async with connect.connect(demo, emulator_url=None, stand_in=False) as (client, emulator):
+        assert emulator is None and client.base_url == connect.UNREACHABLE

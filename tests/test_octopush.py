@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay import backoff
 from relay.octopush.client import (
     Campaign,
     OctopushClient,
@@ -23,19 +22,14 @@ from relay.octopush.client import (
 )
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import ALERT_CODES, OctopushError, TemporaryError, ValidationError
+from tests.conftest import wait_for
 
-pytestmark = pytest.mark.timeout(15)
+pytestmark = [pytest.mark.timeout(15), pytest.mark.usefixtures("fast_backoff")]
 
 LOGIN, KEY = "ops@example.org", "secret-key-123"
 FR = "+33612345678"
 FR2 = "+33698765432"
 TICKET = re.compile(r"sms_[0-9a-f]{13}")
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    """Retries in milliseconds, so fault tests stay fast; the real delays are tested in backoff's own tests."""
-    monkeypatch.setattr(backoff, "delay", lambda attempt: 0.02)
 
 
 @pytest.fixture
@@ -85,14 +79,6 @@ async def receiver():
     port = runner.addresses[0][1]
     yield {"url": f"http://127.0.0.1:{port}/octopush/token", "received": received, "statuses": statuses}
     await runner.cleanup()
-
-
-async def wait_for(predicate, within=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def campaign(**kw) -> Campaign:

@@ -219,9 +219,7 @@ class Sleepy(Worker):
         self.due.remove(row_id)
 
 
-async def test_the_worker_base_wakes_tracks_rows_in_flight_and_stops_within_its_grace(tmp_path):
-    store = Store(tmp_path / "w.db")
-    await store.start()
+async def test_the_worker_base_wakes_tracks_rows_in_flight_and_stops_within_its_grace(store):
     worker = Sleepy(store)
     await worker.start()
     try:
@@ -243,4 +241,3 @@ async def test_the_worker_base_wakes_tracks_rows_in_flight_and_stops_within_its_
         await worker.stop()  # row 3 never ends by itself: cancelled after stop_grace
         assert time.monotonic() - started < 2.0
         assert not worker.busy and worker.due == [3]
-        await store.stop()

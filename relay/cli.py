@@ -802,12 +802,13 @@ async def _set_callbacks(config, urls: dict[str, str]) -> dict:
 
 def cmd_octopush_balance(config, args) -> int:
     from relay.mail.render import amount
+    from relay.statuses import SmsType
 
     balance, sms = _run_async(_balance(config))
     unit = "€" if balance.unit == "euros" else balance.unit
     line = f"credit: {amount(balance.amount)} {unit}"
     if sms is not None:
-        kind = "premium" if config.octopush.type == "sms_premium" else "low-cost"
+        kind = "premium" if config.octopush.type == SmsType.PREMIUM else "low-cost"
         line += f" (about {int(sms.amount)} {kind} SMS to {config.smtp_in.region})"
     print(line + (" (emulator)" if config.octopush.mode == "emulator" else ""))
     return 0
@@ -839,6 +840,7 @@ async def _cancel(config, args) -> int:
     from relay.notify import Notifier
     from relay.octopush.connect import connect
     from relay.sending import cancel_campaign
+    from relay.statuses import MailKind
     from relay.storage import queries
     from relay.storage.database import Store
 
@@ -863,13 +865,13 @@ async def _cancel(config, args) -> int:
             contacts(load_groups(config.groups, config.smtp_in.region)),
         )
         await notifier.confirm_pending()
-        ids = await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled"))
+        ids = await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind=MailKind.CANCELLED))
         if ids:
             outbox = Outbox(config.smtp_out, store, only=ids)
             await outbox.start()
             deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
             while asyncio.get_running_loop().time() < deadline:
-                if not await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled")):
+                if not await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind=MailKind.CANCELLED)):
                     break
                 await asyncio.sleep(0.1)
     finally:

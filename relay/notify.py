@@ -310,7 +310,7 @@ class Notifier(Worker):
             else "",
             "first_number": recipients[0]["number"] if recipients else "",
             "send_at": clock.local(campaign.get("send_at"), tz, MAIL_TIME),
-            "scheduled": campaign["status"] == "scheduled",
+            "scheduled": campaign["status"] == CampaignStatus.SCHEDULED,
             "cancelled_by": campaign.get("cancelled_by") or "",
             "tickets": campaign.get("tickets") or [],
             "contacts": campaign.get("contacts") or 0,

@@ -60,6 +60,7 @@ from relay.octopush.client import (
     has_stop_mention,
 )
 from relay.octopush.parts import count_parts
+from relay.statuses import Purpose, SmsType
 
 log = logging.getLogger("relay.octopush.emulator")
 
@@ -91,7 +92,7 @@ CANCEL_BEFORE = 600.0  # seconds: Octopush cancels a scheduled campaign only unt
 CANCEL_MAX_RECIPIENTS = 2  # "fewer than 3 recipients"
 CANCELS_A_MONTH = 1000
 BALANCE_PARAMS = {"with_details", "country_code", "product_name"}
-UNIT_PRICE = {"sms_premium": 0.055, "sms_low_cost": 0.035}
+UNIT_PRICE = {SmsType.PREMIUM: 0.055, SmsType.LOW_COST: 0.035}
 REQUEST_ID_WINDOW = 24 * 3600.0
 RECEIPT_AFTER = 0.1
 CALLBACK_ATTEMPTS = 4
@@ -276,10 +277,10 @@ class Emulator:
         if "sender" in body and not SENDER_RE.fullmatch(body["sender"]):
             raise Refusal(106, "Invalid sender: 3 to 11 characters, letters and digits.")
         send_at = self._send_at(body.get("send_at"))
-        if body["purpose"] == "wholesale" and not has_stop_mention(text, body["type"]):
+        if body["purpose"] == Purpose.WHOLESALE and not has_stop_mention(text, body["type"]):
             raise Refusal(
-                121 if body["type"] == "sms_premium" else 122,
-                CODE_MESSAGES[121 if body["type"] == "sms_premium" else 122],
+                121 if body["type"] == SmsType.PREMIUM else 122,
+                CODE_MESSAGES[121 if body["type"] == SmsType.PREMIUM else 122],
             )
         if not numbers:
             raise Refusal(117, "No valid number in the list.")
@@ -342,8 +343,8 @@ class Emulator:
         countries = request.query.getall("country_codes[]", [])
         return 200, {
             cc.upper(): {
-                "premium_sms": int(self.credit / UNIT_PRICE["sms_premium"] + 1e-9),
-                "low_cost_sms": int(self.credit / UNIT_PRICE["sms_low_cost"] + 1e-9),
+                "premium_sms": int(self.credit / UNIT_PRICE[SmsType.PREMIUM] + 1e-9),
+                "low_cost_sms": int(self.credit / UNIT_PRICE[SmsType.LOW_COST] + 1e-9),
             }
             for cc in countries
         }
@@ -431,7 +432,7 @@ class Emulator:
         wait = max(0.0, (send_at - datetime.now(UTC)).total_seconds()) if send_at else 0.0
         await asyncio.sleep(wait + RECEIPT_AFTER)
         self.scheduled.pop(ticket, None)  # gone out: no longer cancellable
-        if body["type"] == "sms_premium":
+        if body["type"] == SmsType.PREMIUM:
             for number in numbers:
                 receipt = {
                     "channel": "sms",

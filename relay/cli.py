@@ -352,10 +352,11 @@ async def _send(config, args) -> int:
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
     from relay.notify import confirmation_owed
-    from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
-    from relay.octopush.emulator import Emulator
+    from relay.octopush.client import Recipient, with_stop_mention
+    from relay.octopush.connect import connect
     from relay.octopush.errors import ValidationError
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
+    from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
     from relay.storage import campaigns, meta
     from relay.storage.database import Store
 
@@ -385,87 +386,73 @@ async def _send(config, args) -> int:
             raise RelayError(f"--at: {exc}") from None
         if send_at <= clock.now():
             raise RelayError(f"--at: {send_at.astimezone(tz):%Y-%m-%d %H:%M %Z} is in the past; give a future time")
-    purpose = {"alert": "alert", "marketing": "wholesale", None: o.purpose}[args.purpose]
-    sms_type = {"premium": "sms_premium", "low-cost": "sms_low_cost", None: o.type}[args.type]
+    purpose = {"alert": Purpose.ALERT, "marketing": Purpose.WHOLESALE, None: o.purpose}[args.purpose]
+    sms_type = {"premium": SmsType.PREMIUM, "low-cost": SmsType.LOW_COST, None: o.type}[args.type]
     text = args.text
-    if purpose == "wholesale":
+    if purpose == Purpose.WHOLESALE:
         # Without a mention to add, validation refuses it below with Octopush's own reason.
         with contextlib.suppress(ValidationError):
             text = with_stop_mention(text, sms_type, config.smtp_in.stop_mention)
-    request = SendRequest(
+    request = SendRequest.from_config(
+        o,
         text=text,
-        recipients=tuple(dict.fromkeys(recipients)),
+        recipients=dict.fromkeys(recipients),
         type=sms_type,
         purpose=purpose,
-        sender=args.sender if args.sender is not None else o.sender,
+        sender=args.sender,
         send_at=send_at,
-        with_replies=o.with_replies if args.replies is None else args.replies,
-        simulation=args.simulate or o.mode == "simulation",
-        auto_optimize_text=o.auto_optimize_text,
-        origin="cli",
+        with_replies=args.replies,
+        simulate=args.simulate,
+        origin=Origin.CLI,
         label="octorelay send",
     )
     request, delayed = marketing.schedule(request, o, config.smtp_in.region)
     request.validate()
     had_database = config.storage.path.exists()
     store = Store(config.storage.path)
-    components = [store]
     await store.start()
     try:
-        base_url, login, key = o.base_url, o.api_login, o.api_key
-        emulator = None
+        stored, callback_url = None, None
         if o.mode == "emulator":
             # A running daemon's emulator is the stand-in Octopush that holds its campaigns: use it when it
             # answers, so `campaign cancel` finds a scheduled SMS sent from here too.
             stored = await store.read(lambda db: meta.meta_get(db, "emulator_url")) if had_database else None
-            base_url = await _probe_emulator(stored, login or "emulator", key or "emulator", o.timeout)
-            login, key = login or "emulator", key or "emulator"
-        if o.mode == "emulator" and not base_url:
-            # The emulator's receipt and reply go to this database's daemon: one must have run here (it made the
-            # token), else they would go to whatever listens on http.listen.
+            # Else this command's own emulator posts its receipt and reply to this database's daemon: one must
+            # have run here (it made the token), else they would go to whatever listens on http.listen.
             token = config.http.callback_token or (
                 await store.read(partial(meta.meta_get, key="callback_token")) if had_database else None
             )
-            emulator = Emulator(
-                reply_text=o.emulator.reply_text,
-                reply_after=o.emulator.reply_after,
-                credit=o.emulator.credit,
-                callback_url=f"http://{config.http.listen}/octopush/{token}" if token else None,
+            callback_url = f"http://{config.http.listen}/octopush/{token}" if token else None
+        async with connect(o, emulator_url=stored, callback_url=callback_url, replies=True) as (client, emulator):
+            campaign_id, _ = await store.write(
+                partial(queue_campaign, req=request, retry_for=o.retry_for, guards=Guards.from_config(config))
             )
-            await emulator.start()
-            components.append(emulator)
-            base_url, login, key = emulator.base_url, login or "emulator", key or "emulator"
-        client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
-        await client.start()
-        components.append(client)
-        campaign_id, _ = await store.write(
-            partial(queue_campaign, req=request, retry_for=o.retry_for, guards=Guards.from_config(config))
-        )
-        if delayed:
-            when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
-            print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
-        queued = await store.read(partial(campaigns.campaign, campaign_id=campaign_id))
-        if any(s["not_before"] for s in queued["sends"]):
-            # Held in our own queue until its time: the daemon hands it to Octopush then.
-            result = None
-        else:
-            queue = SendQueue(
-                store,
-                client,
-                simulation=o.mode == "simulation",
-                auto_optimize_text=o.auto_optimize_text,
-                only_campaign=campaign_id,
-                confirmation_owed=confirmation_owed,
-            )
-            await queue.start()
-            components.append(queue)
-            result = await queue.wait(campaign_id)
-            if emulator is not None and result["status"] == "sent":
-                # The emulator lives in this process: let its receipt and reply reach a running daemon.
-                await emulator.drain(o.emulator.reply_after + 3)
+            if delayed:
+                when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
+                print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
+            queued = await store.read(partial(campaigns.campaign, campaign_id=campaign_id))
+            if any(s["not_before"] for s in queued["sends"]):
+                # Held in our own queue until its time: the daemon hands it to Octopush then.
+                result = None
+            else:
+                queue = SendQueue(
+                    store,
+                    client,
+                    simulation=o.mode == "simulation",
+                    auto_optimize_text=o.auto_optimize_text,
+                    only_campaign=campaign_id,
+                    confirmation_owed=confirmation_owed,
+                )
+                await queue.start()
+                try:
+                    result = await queue.wait(campaign_id)
+                finally:
+                    await queue.stop()
+                if emulator is not None and result["status"] == CampaignStatus.SENT:
+                    # The emulator lives in this process: let its receipt and reply reach a running daemon.
+                    await emulator.drain(o.emulator.reply_after + 3)
     finally:
-        for component in reversed(components):
-            await component.stop()
+        await store.stop()
     when = clock.local(queued["send_at"], clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
     if result is None:
         print(
@@ -476,9 +463,9 @@ async def _send(config, args) -> int:
         if queued["removed_optouts"]:
             print(f"left out (sent STOP): {', '.join(queued['removed_optouts'])}")
         return 0
-    if result["status"] == "failed":
+    if result["status"] == CampaignStatus.FAILED:
         raise RelayError(f"not sent: {result['error']}")
-    aside = next((s for s in result["sends"] if s["status"] == "set_aside"), None)
+    aside = next((s for s in result["sends"] if s["status"] == SendStatus.SET_ASIDE), None)
     if aside is not None:
         raise RelayError(
             f"not sent: it failed {aside['failures']} times ({aside['last_failure']}); it is set aside until "
@@ -492,7 +479,7 @@ async def _send(config, args) -> int:
         f", credit left {result.get('residual_credit')}, encoding {result['encoding']}"
         + (" (simulation: nothing sent)" if request.simulation else "")
     )
-    if result["status"] == "scheduled":
+    if result["status"] == CampaignStatus.SCHEDULED:
         print(
             f"campaign {campaign_id} scheduled for {when}: Octopush sends it then; cancel it until 10 minutes "
             f"before with `octorelay campaign cancel {campaign_id}`"
@@ -500,24 +487,6 @@ async def _send(config, args) -> int:
     if result["removed_optouts"]:
         print(f"left out (sent STOP): {', '.join(result['removed_optouts'])}")
     return 0
-
-
-async def _probe_emulator(url: str | None, login: str, key: str, timeout: float) -> str:
-    """`url` when a running daemon's emulator answers there, else "" (the daemon stores it in meta at start)."""
-    from relay.octopush.client import OctopushClient
-    from relay.octopush.errors import OctopushError, TemporaryError
-
-    if not url:
-        return ""
-    probe = OctopushClient(url, login, key, timeout=min(timeout, 2.0))
-    await probe.start()
-    try:
-        await probe.check_balance()
-        return url
-    except (OctopushError, TemporaryError):
-        return ""
-    finally:
-        await probe.stop()
 
 
 def cmd_digest(config, args) -> int:
@@ -730,27 +699,10 @@ SECRETS_USED: dict[str, tuple[str, ...]] = {
 @contextlib.asynccontextmanager
 async def octopush_client(config):
     """A client for the configured Octopush; in emulator mode, a stand-in account in this process."""
-    from relay.octopush.client import OctopushClient
-    from relay.octopush.emulator import Emulator
+    from relay.octopush.connect import connect
 
-    o = config.octopush
-    emulator = None
-    base_url, login, key = o.base_url, o.api_login, o.api_key
-    if o.mode == "emulator":
-        login, key = login or "emulator", key or "emulator"
-        base_url = await _probe_emulator(read_meta(config, "emulator_url"), login, key, o.timeout)
-        if not base_url:  # no daemon running: a stand-in account of this command's own
-            emulator = Emulator(reply_text="", credit=o.emulator.credit)
-            await emulator.start()
-            base_url = emulator.base_url
-    client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
-    await client.start()
-    try:
+    async with connect(config.octopush, emulator_url=read_meta(config, "emulator_url")) as (client, _):
         yield client
-    finally:
-        await client.stop()
-        if emulator is not None:
-            await emulator.stop()
 
 
 def is_loopback_url(url: str) -> bool:
@@ -843,12 +795,13 @@ async def _set_callbacks(config, urls: dict[str, str]) -> dict:
 
 def cmd_octopush_balance(config, args) -> int:
     from relay.mail.render import amount
+    from relay.statuses import SmsType
 
     balance, sms = _run_async(_balance(config))
     unit = "€" if balance.unit == "euros" else balance.unit
     line = f"credit: {amount(balance.amount)} {unit}"
     if sms is not None:
-        kind = "premium" if config.octopush.type == "sms_premium" else "low-cost"
+        kind = "premium" if config.octopush.type == SmsType.PREMIUM else "low-cost"
         line += f" (about {int(sms.amount)} {kind} SMS to {config.smtp_in.region})"
     print(line + (" (emulator)" if config.octopush.mode == "emulator" else ""))
     return 0
@@ -878,8 +831,9 @@ async def _cancel(config, args) -> int:
     from relay.mail.outbox import Outbox
     from relay.mail.render import Renderer
     from relay.notify import Notifier
-    from relay.octopush.client import OctopushClient
+    from relay.octopush.connect import connect
     from relay.sending import cancel_campaign
+    from relay.statuses import MailKind
     from relay.storage import meta
     from relay.storage.database import Store
     from relay.storage.outbox import pending_mail_of
@@ -890,17 +844,12 @@ async def _cancel(config, args) -> int:
     store = Store(config.storage.path)
     await store.start()
     outbox = None
-    client = None
     try:
-        base_url, login, key = o.base_url, o.api_login, o.api_key
-        if o.mode == "emulator":
-            # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
-            base_url = await store.read(lambda db: meta.meta_get(db, "emulator_url")) or "http://127.0.0.1:9"
-            login, key = login or "emulator", key or "emulator"
-        client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
-        await client.start()
-        who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "the operator"
-        row = await cancel_campaign(store, client, args.id, by=f"{who} (octorelay campaign cancel)")
+        # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
+        stored = await store.read(lambda db: meta.meta_get(db, "emulator_url")) if o.mode == "emulator" else None
+        async with connect(o, emulator_url=stored, stand_in=False) as (client, _):
+            who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "the operator"
+            row = await cancel_campaign(store, client, args.id, by=f"{who} (octorelay campaign cancel)")
         # Tell the sender now rather than at the daemon's next sweep; the sweep never doubles it.
         notifier = Notifier(
             config,
@@ -910,20 +859,18 @@ async def _cancel(config, args) -> int:
             contacts(load_groups(config.groups, config.smtp_in.region)),
         )
         await notifier.confirm_pending()
-        ids = await store.read(partial(pending_mail_of, campaign_id=args.id, kind="cancelled"))
+        ids = await store.read(partial(pending_mail_of, campaign_id=args.id, kind=MailKind.CANCELLED))
         if ids:
             outbox = Outbox(config.smtp_out, store, only=ids)
             await outbox.start()
             deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
             while asyncio.get_running_loop().time() < deadline:
-                if not await store.read(partial(pending_mail_of, campaign_id=args.id, kind="cancelled")):
+                if not await store.read(partial(pending_mail_of, campaign_id=args.id, kind=MailKind.CANCELLED)):
                     break
                 await asyncio.sleep(0.1)
     finally:
         if outbox is not None:
             await outbox.stop()
-        if client is not None:
-            await client.stop()
         await store.stop()
     when = clock.local(row.get("send_at"), clock.region_timezone(config.smtp_in.region), "%Y-%m-%d %H:%M %Z")
     print(

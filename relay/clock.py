@@ -60,12 +60,9 @@ def to_octopush(moment: datetime) -> str:
 
 def region_timezone(region: str) -> ZoneInfo:
     """The main timezone of an ISO region (FR → Europe/Paris), for national times like [at:2026-12-01 09:00]."""
-    import phonenumbers
-    from phonenumbers import timezone as pn_timezone
+    from relay import numbers
 
-    example = phonenumbers.example_number(region)
-    zones = pn_timezone.time_zones_for_number(example) if example else ()
-    for zone in zones:
+    for zone in numbers.region_time_zones(region):
         try:
             return ZoneInfo(zone)
         except (KeyError, ValueError):

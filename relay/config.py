@@ -19,8 +19,7 @@ from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
-
+from relay import numbers
 from relay.errors import ConfigError
 
 DEFAULT_NAME = "built-in defaults"
@@ -443,7 +442,7 @@ def _validate(
                 "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
                 "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
             )
-    if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
+    if not numbers.is_region(smtp_in.region):
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):
         s.fail("tls_key", "tls_cert and tls_key go together")
@@ -489,7 +488,7 @@ def _validate(
         countries=tuple(x.strip().upper() for x in lm.strings("countries")),
     )
     for code in limits.countries:
-        if code not in phonenumbers.SUPPORTED_REGIONS:
+        if not numbers.is_region(code):
             lm.fail("countries", f"{code!r} is not an ISO country code (e.g. FR, BE)")
 
     st = _section(raw, source, "storage")

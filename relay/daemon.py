@@ -29,6 +29,7 @@ from relay.mail.render import Renderer
 from relay.metrics import Metrics
 from relay.notify import Notifier, confirmation_owed
 from relay.octopush.client import OctopushClient
+from relay.octopush.connect import client_for, emulator_for
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.scheduler import Scheduler
@@ -102,24 +103,12 @@ class Daemon:
         self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
         await self._up(self.outbox)
 
-        base_url = cfg.octopush.base_url
-        login, key = cfg.octopush.api_login, cfg.octopush.api_key
         if cfg.octopush.mode == "emulator":
-            emu = cfg.octopush.emulator
-            self.emulator = Emulator(
-                reply_text=emu.reply_text,
-                reply_after=emu.reply_after,
-                credit=emu.credit,
-                credentials=(login, key) if login and key else None,
-            )
+            self.emulator = emulator_for(cfg.octopush)
             await self._up(self.emulator)
-            base_url = self.emulator.base_url
             # `octorelay campaign cancel` reaches this emulator, which holds the campaigns this daemon sent.
-            await self.store.write(partial(meta.meta_set, key="emulator_url", value=base_url))
-            login, key = login or "emulator", key or "emulator"
-        self.client = OctopushClient(
-            base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for
-        )
+            await self.store.write(partial(meta.meta_set, key="emulator_url", value=self.emulator.base_url))
+        self.client = client_for(cfg.octopush, self.emulator.base_url if self.emulator else None)
         await self._up(self.client)
 
         self.notifier = Notifier(cfg, self.store, self.outbox, self.renderer, contacts(self.groups), self.metrics)

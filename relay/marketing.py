@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from relay import clock
 from relay.config import Octopush
+from relay.statuses import Purpose
 
 SEARCH_DAYS = 400  # every configuration allows at least one day a week; holidays never fill a year
 
@@ -53,7 +54,7 @@ def schedule(req, o: Octopush, region: str, now: datetime | None = None):
 
     Returns (request, moved): `moved` is True when the windows decided the time.
     """
-    if req.purpose != "wholesale":
+    if req.purpose != Purpose.WHOLESALE:
         return req, False
     wanted = req.send_at or now or clock.now()
     later = next_allowed(wanted, o, region, clock.region_timezone(region))

@@ -9,7 +9,6 @@ doubles a mail. One that needs none is stored routed (`needs_mail`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -28,10 +27,12 @@ from relay.octopush.callbacks import Callback, is_e164
 from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
 from relay.octopush.parts import count_parts
+from relay.statuses import CallbackKind, CampaignStatus, Confirm, MailKind, Origin, SmsType
 from relay.storage import callbacks, campaigns, digests, guards, meta, queues
 from relay.storage.callbacks import Stored
 from relay.storage.campaigns import CampaignOutcome
 from relay.storage.database import Connection, Store, StoreError
+from relay.workers import Worker
 
 log = logging.getLogger("relay.notify")
 BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
@@ -45,7 +46,7 @@ DIGEST_PART = 2000  # events per digest e-mail: ~2 MB of mail, tens of MB of mem
 class Mail:
     """One e-mail to queue, with what to remember of it."""
 
-    kind: str
+    kind: MailKind
     to: tuple[str, ...]
     message: object
     number: str = ""
@@ -53,18 +54,21 @@ class Mail:
     data: bytes | None = None  # the serialised message, made off the writer thread
 
 
-class Notifier:
+class Notifier(Worker):
+    """Routes stored callbacks, confirms finished campaigns and asks for approvals, a batch at a time."""
+
+    name = "notifier"
+    log = log
+
     def __init__(
         self, config: Config, store: Store, outbox: Outbox, renderer: Renderer, contacts: dict[str, str], metrics=None
     ):
+        super().__init__(store)
         self.config = config
-        self.store = store
         self.outbox = outbox
         self.renderer = renderer
         self.contacts = contacts
         self.metrics = metrics
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._digest_lock = asyncio.Lock()
         self._retry_soon = 0  # the most failures of a row still waiting: it is tried again after a short pause
         # Octopush's estimate of a held campaign's cost (a simulation_mode call), set by the daemon.
@@ -73,37 +77,16 @@ class Notifier:
     def reconfigure(self, config: Config, renderer: Renderer, contacts: dict[str, str]) -> None:
         self.config, self.renderer, self.contacts = config, renderer, contacts
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="notifier")
-
-    async def stop(self) -> None:
-        if self._task:
-            # Unrouted callbacks stay `routed = 0` in the database: the next start routes them.
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def wake(self) -> None:
-        self._wake.set()
+    # stop(): unrouted callbacks stay `routed = 0` in the database, and the next start routes them.
 
     # ------------------------------------------------------------ instant routing
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            self._retry_soon = 0
-            try:
-                while await self.route_pending() or await self.confirm_pending() or await self.approvals_pending():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a worker logs and goes on
-                log.exception("notifier: routing failed; will retry")
-                await asyncio.sleep(2)
-                continue
-            # A row that failed and is not yet set aside is tried again soon, without waiting for a wake.
-            await backoff.nap(self._wake, backoff.row_pause(self._retry_soon) if self._retry_soon else 30)
+    async def run_once(self) -> float:
+        self._retry_soon = 0
+        while await self.route_pending() or await self.confirm_pending() or await self.approvals_pending():
+            pass
+        # A row that failed and is not yet set aside is tried again soon, without waiting for a wake.
+        return backoff.row_pause(self._retry_soon) if self._retry_soon else self.idle
 
     async def route_pending(self) -> int:
         """Queue the e-mails of up to BATCH unrouted callbacks; returns how many left the queue.
@@ -163,17 +146,9 @@ class Notifier:
             self.outbox.wake()
         aside = 0
         if failed:
-            counts = await self.store.write(partial(queues.note_failures, work=work, failures=failed))
-            for row_id, count in counts.items():
+            for count in (await self.note_failures(work, failed)).values():
                 if count >= queues.MAX_FAILURES:
                     aside += 1
-                    log.error(
-                        "notifier: %s #%d failed %d times and is set aside (retry it from /attention): %s",
-                        work,
-                        row_id,
-                        count,
-                        failed[row_id],
-                    )
                 else:
                     self._retry_soon = max(self._retry_soon, count)
         return len(mails) + aside
@@ -230,7 +205,7 @@ class Notifier:
                 references=thread(row.get("thread_refs"), original),
                 reply_to=event["reply_to"],
             )
-            mails.append(Mail("reply", (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
+            mails.append(Mail(MailKind.REPLY, (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
         notified = {m.to[0].lower() for m in mails}  # the author already has the threaded e-mail
         for sub in self.config.subscriptions:
             if sub.mode != "instant" or not matches(sub, row):
@@ -242,9 +217,9 @@ class Notifier:
             text, html = self.renderer.render("reply", event=event, subscription=sub.name)
             who = intl(row["number"]) + (f" ({event['contact']})" if event["contact"] else "")
             subject = {
-                "reply": f"SMS reply from {who}",
-                "stop": f"STOP from {who}",
-                "delivery": f"SMS {event['status']} to {who}",
+                CallbackKind.REPLY: f"SMS reply from {who}",
+                CallbackKind.STOP: f"STOP from {who}",
+                CallbackKind.DELIVERY: f"SMS {event['status']} to {who}",
             }[row["kind"]]
             msg = build_message(
                 sender=self.config.smtp_out.sender,
@@ -253,9 +228,9 @@ class Notifier:
                 text=text,
                 html=html,
                 message_id=make_msgid(domain),
-                reply_to=event["reply_to"] if row["kind"] != "delivery" else None,
+                reply_to=event["reply_to"] if row["kind"] != CallbackKind.DELIVERY else None,
             )
-            mails.append(Mail("reply", to, msg, row["number"], row.get("campaign_id")))
+            mails.append(Mail(MailKind.REPLY, to, msg, row["number"], row.get("campaign_id")))
         return mails
 
     # ------------------------------------------------------------ confirmations
@@ -285,22 +260,22 @@ class Notifier:
         return await self._commit("confirmation", mails, failed)
 
     def _planned(self, finished: list[dict]) -> list[tuple[str, dict]]:
-        """The e-mails these finished campaigns call for: ("confirmation" | "cancelled" | "alert", campaign).
+        """The e-mails these finished campaigns call for: (CONFIRMATION | CANCELLED | ALERT, campaign).
 
         The send queue marks a campaign that can call for none notified as it settles it (`confirmation_owed`).
         """
         planned = []
         for campaign in finished:
-            wanted = campaign.get("confirm") or "none"
-            failed = campaign["status"] == "failed"
-            if campaign["status"] == "cancelled":
+            wanted = campaign.get("confirm") or Confirm.NONE
+            failed = campaign["status"] == CampaignStatus.FAILED
+            if campaign["status"] == CampaignStatus.CANCELLED:
                 if campaign.get("sender_email"):  # whatever `confirm` says: they asked for an SMS that will not go
-                    planned.append(("cancelled", campaign))
+                    planned.append((MailKind.CANCELLED, campaign))
                 continue
-            if campaign.get("sender_email") and (wanted == "all" or (wanted == "errors" and failed)):
-                planned.append(("confirmation", campaign))
+            if campaign.get("sender_email") and (wanted == Confirm.ALL or (wanted == Confirm.ERRORS and failed)):
+                planned.append((MailKind.CONFIRMATION, campaign))
             if failed and campaign.get("error_code") in ALERT_CODES and self.config.subscriptions:
-                planned.append(("alert", campaign))
+                planned.append((MailKind.ALERT, campaign))
         return planned
 
     def _render(self, planned: list[tuple[str, dict]]) -> dict[int, list[Mail] | str]:
@@ -311,7 +286,9 @@ class Notifier:
                 continue
             try:
                 # A confirmation or a cancellation: _confirmation reads the campaign's status.
-                mail = self._alert(error=campaign.get("error")) if kind == "alert" else self._confirmation(campaign)
+                mail = (
+                    self._alert(error=campaign.get("error")) if kind == MailKind.ALERT else self._confirmation(campaign)
+                )
                 mail.data = serialise(mail.message)
             except Exception as exc:  # noqa: BLE001 - this campaign's failure, counted by _commit
                 log.warning("notifier: campaign #%d: cannot make its %s", campaign["id"], kind, exc_info=True)
@@ -332,7 +309,7 @@ class Notifier:
             else "",
             "first_number": recipients[0]["number"] if recipients else "",
             "send_at": clock.local(campaign.get("send_at"), tz, MAIL_TIME),
-            "scheduled": campaign["status"] == "scheduled",
+            "scheduled": campaign["status"] == CampaignStatus.SCHEDULED,
             "cancelled_by": campaign.get("cancelled_by") or "",
             "tickets": campaign.get("tickets") or [],
             "contacts": campaign.get("contacts") or 0,
@@ -352,18 +329,18 @@ class Notifier:
     def _confirmation(self, campaign: dict) -> Mail:
         context = self._campaign_context(campaign)
         original = campaign.get("message_id") or ""
-        if campaign["status"] == "cancelled":
-            name, extra = "cancelled", {}
+        if campaign["status"] == CampaignStatus.CANCELLED:
+            name, extra = MailKind.CANCELLED, {}
             subject = f"SMS cancelled: {context['label']}"
-        elif campaign["status"] == "failed":
-            name = "failure"
+        elif campaign["status"] == CampaignStatus.FAILED:
+            name = MailKind.FAILURE
             # The stored error already reads "Octopush refused … (code N): message. What to do."
             extra = {
                 "error": {"code": campaign.get("error_code"), "message": campaign.get("error") or "", "advice": ""}
             }
             subject = f"SMS not sent: {context['label']}"
         else:
-            name, extra = "confirmation", {}
+            name, extra = MailKind.CONFIRMATION, {}
             subject = f"SMS {'scheduled' if context['scheduled'] else 'sent'}: {context['label']}"
         text, html = self.renderer.render(name, campaign=context, **extra)
         msg = build_message(
@@ -382,10 +359,10 @@ class Notifier:
     def _alert(self, *, error=None, residual_credit: float | None = None, sms: float | None = None) -> Mail:
         sub = self.config.subscriptions[0]
         text, html = self.renderer.render(
-            "alert",
+            MailKind.ALERT,
             residual_credit=residual_credit,
             sms=int(sms) if sms is not None else None,
-            sms_kind="premium" if self.config.octopush.type == "sms_premium" else "low-cost",
+            sms_kind="premium" if self.config.octopush.type == SmsType.PREMIUM else "low-cost",
             region=self.config.smtp_in.region,
             threshold=self.config.octopush.low_credit,
             error=str(error) if error else "",
@@ -399,7 +376,7 @@ class Notifier:
             html=html,
             message_id=make_msgid(self.config.smtp_in.domain),
         )
-        return Mail("alert", sub.to, msg)
+        return Mail(MailKind.ALERT, sub.to, msg)
 
     async def check_credit(self, credit: float, sms: float | None = None) -> bool:
         """Alert the first subscription once when the credit (euros, from check-balance) is under `low_credit`.
@@ -440,7 +417,7 @@ class Notifier:
             ids = await self.store.read(guards.approval_mail_due)
         for campaign_id in ids:
             campaign = await self.store.read(partial(campaigns.campaign, campaign_id=campaign_id))
-            expired = campaign["status"] == "cancelled"
+            expired = campaign["status"] == CampaignStatus.CANCELLED
             estimate = {"cost": None, "error": ""}
             if not expired:
                 try:
@@ -487,7 +464,7 @@ class Notifier:
             references=[original] if original else [],
             reply_to=None if expired else approval_address(campaign["id"], domain),
         )
-        return Mail("approval", (campaign["sender_email"],), msg, "", campaign["id"], serialise(msg))
+        return Mail(MailKind.APPROVAL, (campaign["sender_email"],), msg, "", campaign["id"], serialise(msg))
 
     # ------------------------------------------------------------ digests
 
@@ -534,7 +511,7 @@ class Notifier:
             return first
 
     async def _queue_digest(self, sub: Subscription, msg, snapshot: dict) -> bool:
-        mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
+        mail = Mail(MailKind.DIGEST, sub.to, msg, data=await asyncio.to_thread(serialise, msg))
 
         def queue(db: Connection) -> bool:
             if not digests.advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["end"]):
@@ -642,9 +619,9 @@ def _queue(db: Connection, *, work: str, mails: dict[int, list[Mail]]) -> None:
 
 
 _KIND_NAMES = {
-    "reply": ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
-    "delivery": ("delivery report", "delivery reports"),
-    "stop": ("STOP", "STOPs"),
+    CallbackKind.REPLY: ("SMS replies", "SMS replies"),  # SPEC §4's subject: "<count> SMS replies — <name>", 1 included
+    CallbackKind.DELIVERY: ("delivery report", "delivery reports"),
+    CallbackKind.STOP: ("STOP", "STOPs"),
 }
 
 
@@ -669,7 +646,11 @@ def approval_address(campaign_id: int, domain: str) -> str:
 
 def _author_gets(row: dict) -> bool:
     """A reply or STOP to an SMS sent by e-mail goes back to that e-mail's author, threaded."""
-    return row["kind"] in ("reply", "stop") and row.get("campaign_origin") == "email" and bool(row.get("sender_email"))
+    return (
+        row["kind"] in (CallbackKind.REPLY, CallbackKind.STOP)
+        and row.get("campaign_origin") == Origin.EMAIL
+        and bool(row.get("sender_email"))
+    )
 
 
 def matches(sub: Subscription, row: dict) -> bool:

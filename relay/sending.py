@@ -13,21 +13,22 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from relay import backoff, clock
-from relay.config import Config, Limits
+from relay import backoff, clock, numbers
+from relay.config import Config, Limits, Octopush
 from relay.errors import CannotCancel, RelayError
-from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
+from relay.statuses import CampaignStatus, Confirm, Origin, Purpose, SendStatus
 from relay.storage import callbacks, campaigns, guards, meta, queues
 from relay.storage.database import Connection, Store, StoreError
+from relay.workers import Worker
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
@@ -80,7 +81,7 @@ class Guards:
         since = clock.iso(start)
         resets = reset.strftime("%Y-%m-%d %H:%M %Z")
         rules = [("daily_sms", self.limits.daily_sms, None)]
-        if req.origin == "email" and req.sender_email:
+        if req.origin == Origin.EMAIL and req.sender_email:
             rules.append(("sender_daily_sms", self.limits.sender_daily_sms, req.sender_email))
         for name, limit, sender in rules:
             if not limit:
@@ -95,7 +96,7 @@ class Guards:
 
     def holds(self, req: SendRequest, numbers: int) -> bool:
         """An e-mail to more than `approve_over` numbers waits for its sender's approval."""
-        return bool(self.limits.approve_over) and req.origin == "email" and numbers > self.limits.approve_over
+        return bool(self.limits.approve_over) and req.origin == Origin.EMAIL and numbers > self.limits.approve_over
 
 
 @dataclass(frozen=True)
@@ -111,15 +112,45 @@ class SendRequest:
     with_replies: bool = True
     simulation: bool = False
     auto_optimize_text: bool = True
-    origin: str = "cli"
+    origin: Origin = Origin.CLI
     sender_email: str = ""
     login: str = ""  # the SMTP AUTH login that sent it, if any
     message_id: str = ""
     thread_refs: tuple[str, ...] = ()  # the asking e-mail's References (else its In-Reply-To), oldest first
     label: str = ""
-    confirm: str = "none"
+    confirm: Confirm = Confirm.NONE
     trimmed: bool = False  # the e-mail held more than its new words: the confirmation says what was sent
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def from_config(
+        cls,
+        octopush: Octopush,
+        *,
+        text: str,
+        recipients: Iterable[Recipient],
+        origin: Origin,
+        type: str | None = None,
+        purpose: str | None = None,
+        sender: str | None = None,
+        with_replies: bool | None = None,
+        simulate: bool = False,
+        **fields,
+    ) -> SendRequest:
+        """A request with `[octopush]`'s defaults for what its asker left unsaid (None): the one place an
+        e-mail, `octorelay send` and the web form get them. In simulation mode every request is a simulation."""
+        return cls(
+            text=text,
+            recipients=tuple(recipients),
+            type=type or octopush.type,
+            purpose=purpose or octopush.purpose,
+            sender=octopush.sender if sender is None else sender,
+            with_replies=octopush.with_replies if with_replies is None else with_replies,
+            simulation=simulate or octopush.mode == "simulation",
+            auto_optimize_text=octopush.auto_optimize_text,
+            origin=origin,
+            **fields,
+        )
 
     def campaign(self, recipients: Sequence[Recipient] | None = None, request_id: str | None = None) -> Campaign:
         return Campaign(
@@ -162,7 +193,7 @@ def queue_campaign(
         return existing.id, False
     recipients = list(req.recipients)
     removed: list[str] = []
-    if req.purpose == "wholesale":
+    if req.purpose == Purpose.WHOLESALE:
         removed = [r.phone_number for r in recipients if callbacks.is_opted_out(db, r.phone_number)]
         recipients = [r for r in recipients if r.phone_number not in removed]
         if not recipients:
@@ -192,7 +223,7 @@ def queue_campaign(
             "send_at": clock.iso(req.send_at) if req.send_at else None,
             "with_replies": int(req.with_replies),
             "simulation": int(req.simulation),
-            "status": "held" if held else "queued",
+            "status": CampaignStatus.HELD if held else CampaignStatus.QUEUED,
             "sms_budget": budget,
             "approve_by": clock.iso(clock.now() + timedelta(seconds=guards.limits.approve_within)) if held else None,
             "approval_mailed": 0 if held else 2,
@@ -220,7 +251,7 @@ def queue_campaign(
                 "campaign_id": campaign_id,
                 "chunk": index,
                 "request_id": call.request_id,
-                "status": "held" if held else "pending",
+                "status": SendStatus.HELD if held else SendStatus.PENDING,
                 "deadline": deadline,
                 "not_before": not_before,
                 "created_at": now,
@@ -248,11 +279,15 @@ def queue_campaign(
 
 
 def _country(number: str) -> str:
-    return normalise_number(number)[1]
+    return numbers.normalise(number)[1]
 
 
-class SendQueue:
-    """Works through pending `sends` rows; safe to restart at any point."""
+class SendQueue(Worker):
+    """Works through pending `sends` rows, WORKERS calls at a time; safe to restart at any point."""
+
+    name = "send queue"
+    stop_grace = 5.0  # within the daemon's 10 s
+    log = log
 
     def __init__(
         self,
@@ -266,7 +301,7 @@ class SendQueue:
         only_campaign: int | None = None,
         confirmation_owed: Callable[[campaigns.CampaignOutcome], bool] | None = None,
     ):
-        self.store = store
+        super().__init__(store)
         self.client = client
         self.simulation = simulation
         self.auto_optimize_text = auto_optimize_text
@@ -275,9 +310,6 @@ class SendQueue:
         # `octorelay send` works its own campaign only, and leaves the daemon's rows alone.
         self.only_campaign = only_campaign
         self.metrics = metrics
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._inflight: dict[int, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(WORKERS)
         self._finished: dict[int, asyncio.Future] = {}
 
@@ -285,34 +317,17 @@ class SendQueue:
         if self.only_campaign is None:
             # A send left "sending" by a crash goes again: its request_id makes that safe.
             await self.store.write(campaigns.requeue_interrupted_sends)
-        self._task = asyncio.create_task(self._run(), name="send-queue")
+        await super().start()
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Lets calls in flight finish for up to `timeout`, then cancels them (within the daemon's 10 s).
-
-        A cancelled send stays `sending` and goes again at the next start, under the same request_id.
-        """
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    def wake(self) -> None:
-        self._wake.set()
+    # stop(): a cancelled send stays `sending` and goes again at the next start, under the same request_id.
 
     async def wait(self, campaign_id: int) -> dict:
         """Wait until Octopush has a campaign or refused it, or one of its calls is set aside; returns its row."""
         while True:
             row = await self.store.read(partial(campaigns.campaign, campaign_id=campaign_id))
             if row and (
-                row["stored_status"] in ("sent", "failed", "cancelled")
-                or any(s["status"] == "set_aside" for s in row["sends"])
+                row["stored_status"] in (CampaignStatus.SENT, CampaignStatus.FAILED, CampaignStatus.CANCELLED)
+                or any(s["status"] == SendStatus.SET_ASIDE for s in row["sends"])
             ):
                 return row
             future = self._finished.setdefault(campaign_id, asyncio.get_running_loop().create_future())
@@ -320,34 +335,18 @@ class SendQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(future), 1.0)
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            room = WORKERS * 2 - len(self._inflight)
-            rows = []
-            idle = 30.0
-            try:
-                if room > 0:
-                    rows = await self.store.read(
-                        partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
-                    )
-                # A campaign held until its time is handed over then, not at the next 30 s look.
-                due = await self.store.read(campaigns.next_scheduled_send)
-                if due:
-                    idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
-            except Exception:  # noqa: BLE001 - a worker logs and goes on
-                log.exception("send queue: cannot read pending sends")
+    async def run_once(self) -> float:
+        room = WORKERS * 2 - len(self._inflight)
+        idle = self.idle
+        if room > 0:
+            rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:
-                if row["id"] not in self._inflight:
-                    task = asyncio.create_task(self._send(row["id"]), name=f"send-{row['id']}")
-                    self._inflight[row["id"]] = task
-                    task.add_done_callback(partial(self._done, row["id"]))
-            await backoff.nap(self._wake, idle)
-
-    def _done(self, send_id: int, task: asyncio.Task) -> None:
-        # Only now may the next read pick the row again (one given back after an error, say).
-        self._inflight.pop(send_id, None)
-        self._wake.set()
+                self.spawn(row["id"], self._send(row["id"]))
+        # A campaign held until its time is handed over then, not at the next 30 s look.
+        due = await self.store.read(campaigns.next_scheduled_send)
+        if due:
+            idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
+        return idle
 
     async def _send(self, send_id: int) -> None:
         try:
@@ -367,15 +366,9 @@ class SendQueue:
         """
         failures = 0
         if not isinstance(exc, StoreError):
-            counts = await self._keep_trying(
-                partial(queues.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
-                f"send #{send_id}: counting its failure",
-            )
+            counts = await self.note_failures("send", {send_id: f"{type(exc).__name__}: {exc}"}, insist=True)
             failures = counts.get(send_id, 0)
             if failures >= queues.MAX_FAILURES:
-                log.error(
-                    "send #%d failed %d times and is set aside (retry it from /attention): %s", send_id, failures, exc
-                )
                 self._wake_waiters()
                 return
         await asyncio.sleep(backoff.row_pause(failures))
@@ -398,15 +391,7 @@ class SendQueue:
         instead of going again. Stopped meanwhile, the row stays `sending` and the next start re-queues it:
         the same request_id then gets code 120 and nothing is sent twice.
         """
-        attempt = 0
-        while True:
-            try:
-                return await self.store.write(write, small=True)
-            except StoreError as exc:
-                attempt += 1
-                wait = backoff.delay(attempt)
-                log.error("%s failed (%s); retrying in %.0f s", what, exc, wait)
-                await asyncio.sleep(wait)
+        return await self.write_until_committed(write, what, small=True)
 
     async def _send_one(self, send_id: int) -> None:
         claimed = await self.store.write(partial(_claim, send_id=send_id), small=True)
@@ -541,14 +526,14 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
     row = await store.read(partial(campaigns.campaign, campaign_id=campaign_id))
     if row is None:
         raise CannotCancel(f"there is no campaign {campaign_id}")
-    if row["status"] == "held":  # still in our queue, its share of the day's budget given back
+    if row["status"] == CampaignStatus.HELD:  # still in our queue, its share of the day's budget given back
         await store.write(partial(cancel_held, campaign_id=campaign_id, by=by))
         return row
-    if row["status"] != "scheduled":
+    if row["status"] != CampaignStatus.SCHEDULED:
         raise CannotCancel(
             f"campaign {campaign_id} is {row['status']}, not held or scheduled: only those can be cancelled"
         )
-    handed_over = [s for s in row["sends"] if s["status"] == "sent"]
+    handed_over = [s for s in row["sends"] if s["status"] == SendStatus.SENT]
     cancelled_there = []
     for send in handed_over:
         if not send["ticket"]:
@@ -589,9 +574,9 @@ def approve_campaign(db: Connection, campaign_id: int, *, config: Config, by: st
     from relay import marketing
 
     row = _held(db, campaign_id)
-    guards.release(db, campaign_id, status="queued")
+    guards.release(db, campaign_id, status=CampaignStatus.QUEUED)
     guards.set_deadline(db, campaign_id, clock.iso(clock.now() + timedelta(seconds=config.octopush.retry_for)))
-    if row["purpose"] == "wholesale":
+    if row["purpose"] == Purpose.WHOLESALE:
         wanted = clock.parse_iso(row["send_at"]) if row["send_at"] else clock.now()
         region = config.smtp_in.region
         later = marketing.next_allowed(wanted, config.octopush, region, clock.region_timezone(region))
@@ -605,7 +590,7 @@ def approve_campaign(db: Connection, campaign_id: int, *, config: Config, by: st
 def cancel_held(db: Connection, campaign_id: int, *, by: str) -> dict:
     """Cancel a held campaign for good: nothing is sent, and its share of the day's budget is given back."""
     row = _held(db, campaign_id)
-    guards.release(db, campaign_id, status="cancelled")
+    guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
     guards.cancelled_by(db, campaign_id, by=by)
     log.info("campaign #%d cancelled by %s", campaign_id, by)
     return row
@@ -615,7 +600,7 @@ def expire_held(db: Connection) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
     expired = guards.expired_held(db, clock.iso())
     for campaign_id in expired:
-        guards.release(db, campaign_id, status="cancelled")
+        guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
         guards.mark_expired(db, campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
@@ -626,7 +611,7 @@ def _held(db: Connection, campaign_id: int) -> dict:
     row = guards.held_facts(db, campaign_id)
     if row is None:
         raise NotHeld(f"there is no campaign {campaign_id}")
-    if row["status"] != "held":
+    if row["status"] != CampaignStatus.HELD:
         raise NotHeld(f"campaign {campaign_id} is {row['status']}, not held for approval: nothing to do")
     return row
 

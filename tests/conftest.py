@@ -1,4 +1,4 @@
-"""Shared fixtures: a real SMTP sink, and the whole daemon on loopback port 0 from a real config file."""
+"""Shared fixtures: a real SMTP sink, the whole daemon on loopback port 0 from a real config file, a store, a CA."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+import trustme
 from aiosmtpd.smtp import SMTP
 
+from relay import backoff
 from relay import config as config_mod
 from relay.daemon import Daemon
 from relay.octopush.emulator import Emulator
+from relay.storage.database import Store
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
@@ -31,6 +34,28 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """Retries in tens of milliseconds: the tests check what is retried, not how long the wait is (backoff's own
+    delays are tested in test_storage). A module asks for it with `pytest.mark.usefixtures("fast_backoff")`."""
+    monkeypatch.setattr(backoff, "delay", lambda attempt: 0.02)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    """A started Store on a real SQLite file, `tmp_path / "octorelay.db"`, migrated; stopped after the test."""
+    s = Store(tmp_path / "octorelay.db")
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """One test certificate authority for the session: tests issue their certificates from it and trust it."""
+    return trustme.CA()
 
 
 class Sink:

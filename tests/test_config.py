@@ -112,3 +112,32 @@ def test_check_config_exit_codes_and_no_secret(tmp_path, capsys):
 def test_usage_error_is_exit_2():
     result = subprocess.run([sys.executable, "-m", "relay", "nosuchcommand"], capture_output=True, text=True)
     assert result.returncode == 2
+
+
+def test_a_send_request_takes_the_octopush_defaults_for_what_its_asker_left_unsaid(tmp_path):
+    from relay.octopush.client import Recipient
+    from relay.sending import SendRequest
+    from relay.statuses import Origin
+
+    o = load_text(
+        tmp_path,
+        '[octopush]\nmode = "simulation"\napi_login = "a@example.org"\napi_key = "k"\ntype = "sms_low_cost"\n'
+        'sender = "ACME"\nwith_replies = false\nauto_optimize_text = false\n',
+    ).octopush
+    plain = SendRequest.from_config(o, text="hi", recipients=[Recipient("+33612345678")], origin=Origin.WEB)
+    assert (plain.type, plain.purpose, plain.sender, plain.with_replies) == ("sms_low_cost", "alert", "ACME", False)
+    assert plain.simulation and not plain.auto_optimize_text  # simulation mode: every request is a simulation
+    assert plain.recipients == (Recipient("+33612345678"),) and plain.origin == "web" and plain.confirm == "none"
+    asked = SendRequest.from_config(
+        o,
+        text="hi",
+        recipients=iter([Recipient("+33612345678")]),
+        origin=Origin.CLI,
+        type="sms_premium",
+        purpose="wholesale",
+        sender="",
+        with_replies=True,
+        label="octorelay send",
+    )
+    assert (asked.type, asked.purpose, asked.sender, asked.with_replies) == ("sms_premium", "wholesale", "", True)
+    assert asked.label == "octorelay send" and asked.recipients == (Recipient("+33612345678"),)

@@ -88,10 +88,7 @@ async def campaigns(daemon) -> list[dict]:
 
 
 @pytest.fixture
-def tls_files(tmp_path):
-    import trustme
-
-    ca = trustme.CA()
+def tls_files(tmp_path, ca):
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(cert_path)

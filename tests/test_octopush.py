@@ -1,6 +1,7 @@
 """Octopush client against the in-process emulator: answers, refusals, faults and callbacks."""
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -10,7 +11,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay import backoff
 from relay.octopush.client import (
     Campaign,
     OctopushClient,
@@ -22,19 +22,14 @@ from relay.octopush.client import (
 )
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import ALERT_CODES, OctopushError, TemporaryError, ValidationError
+from tests.conftest import wait_for
 
-pytestmark = pytest.mark.timeout(15)
+pytestmark = [pytest.mark.timeout(15), pytest.mark.usefixtures("fast_backoff")]
 
 LOGIN, KEY = "ops@example.org", "secret-key-123"
 FR = "+33612345678"
 FR2 = "+33698765432"
 TICKET = re.compile(r"sms_[0-9a-f]{13}")
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    """Retries in milliseconds, so fault tests stay fast; the real delays are tested in backoff's own tests."""
-    monkeypatch.setattr(backoff, "delay", lambda attempt: 0.02)
 
 
 @pytest.fixture
@@ -84,14 +79,6 @@ async def receiver():
     port = runner.addresses[0][1]
     yield {"url": f"http://127.0.0.1:{port}/octopush/token", "received": received, "statuses": statuses}
     await runner.cleanup()
-
-
-async def wait_for(predicate, within=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def campaign(**kw) -> Campaign:
@@ -500,3 +487,31 @@ async def test_unreachable_callback_url_does_not_break_the_emulator(client, emul
     await client.send(campaign(with_replies=False))
     await wait_for(lambda: emulator.callbacks)
     assert (await client.send(campaign())).ticket  # still answering
+
+
+async def test_one_wiring_gives_the_daemon_and_the_commands_their_octopush(tmp_path):
+    """relay/octopush/connect.py: live mode calls the API; emulator mode a running daemon's emulator, else a
+    stand-in of this process (or, for a campaign cancel, nothing that answers: only the daemon's holds campaigns)."""
+    from relay import config as config_mod
+    from relay.octopush import connect
+
+    live = config_mod.load(env={"OCTOPUSH_API_KEY": "k"}).octopush
+    live = dataclasses.replace(live, mode="live", api_login="a@example.org", base_url="https://api.example.org/v1")
+    async with connect.connect(live, emulator_url="http://127.0.0.1:1") as (client, emulator):
+        assert client.base_url == "https://api.example.org/v1" and emulator is None
+        assert (client.api_login, client._api_key) == ("a@example.org", "k")
+    demo = config_mod.load(env={}).octopush
+    daemons = connect.emulator_for(demo)
+    await daemons.start()
+    try:
+        async with connect.connect(demo, emulator_url=daemons.base_url) as (client, emulator):
+            assert client.base_url == daemons.base_url and emulator is None  # the running daemon's answers
+            assert (client.api_login, client._api_key) == ("emulator", "emulator")
+    finally:
+        await daemons.stop()
+    async with connect.connect(demo, emulator_url=daemons.base_url) as (client, emulator):
+        assert emulator is not None and client.base_url == emulator.base_url  # it is gone: a stand-in
+        assert emulator.reply_text == ""  # a stand-in account answers no SMS unless asked to
+        assert (await client.check_balance()).amount == demo.emulator.credit
+    async with connect.connect(demo, emulator_url=None, stand_in=False) as (client, emulator):
+        assert emulator is None and client.base_url == connect.UNREACHABLE

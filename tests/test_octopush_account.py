@@ -11,23 +11,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay import backoff
 from relay.octopush.client import Campaign, OctopushClient, Recipient, check_placeholders, personalise
 from relay.octopush.emulator import Emulator
 from relay.octopush.errors import ADVICE, OctopushError, TemporaryError, ValidationError
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("fast_backoff")]
 
 LOGIN, KEY = "ops@example.org", "secret-key-123"
 FR, FR2, FR3 = "+33612345678", "+33698765432", "+33611223344"
 SHARED = Path("/work/shared/octopush-api.md")
 COPY = Path(__file__).parent / "data" / "octopush-api.md"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(backoff, "delay", lambda attempt: 0.02)
 
 
 @pytest.fixture

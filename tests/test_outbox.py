@@ -11,10 +11,9 @@ import ssl
 from pathlib import Path
 
 import pytest
-import trustme
 from aiosmtpd.smtp import SMTP
 
-from relay import backoff, clock
+from relay import clock
 from relay.config import SmtpOut
 from relay.mail import outbox as outbox_mod
 from relay.mail.outbox import Outbox, queue_message
@@ -23,23 +22,9 @@ from relay.metrics import Metrics
 from relay.storage.database import Store
 from tests.conftest import Sink, wait_for
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("fast_backoff")]
 
 DOMAIN = "sms.example.org"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    """Retries in tens of milliseconds: the tests check what is retried, not how long the wait is."""
-    monkeypatch.setattr(backoff, "delay", lambda attempt: 0.05)
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "octorelay.db")
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def smtp_out(tmp_path: Path, port: int = 25, **over) -> SmtpOut:
@@ -368,8 +353,7 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def tls():
-    ca = trustme.CA()
+def tls(ca):
     cert = ca.issue_cert("127.0.0.1", "localhost")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server)

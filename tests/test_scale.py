@@ -7,13 +7,17 @@ import io
 import json
 import sqlite3
 
+import pytest
+
 from relay import clock
 from relay.cli import main
 from relay.storage import callbacks, retention
 from relay.storage.database import connect, migrate
 from tests.conftest import wait_for, write_config
-from tests.test_outbox import fast_backoff, make_outbox, queue, reply_message, smtp_out, status_is, store  # noqa: F401
+from tests.test_outbox import make_outbox, queue, reply_message, smtp_out, status_is  # noqa: F401 - a fixture
 from tests.test_ui import make_client, make_relay  # noqa: F401, F811 - fixtures
+
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # as in test_outbox, whose helpers these tests use
 
 OLD = "2020-01-01T00:00:00.000000+00:00"
 NEW = "2099-01-01T00:00:00.000000+00:00"

@@ -254,10 +254,7 @@ async def test_group_sends_with_contact_fields(make_daemon, sink, tmp_path):
     assert all(set(r) == {"phone_number"} for r in sent(daemon)[1]["recipients"])
 
 
-async def test_auth_only_after_starttls(make_daemon, sink, tmp_path):
-    import trustme
-
-    ca = trustme.CA()
+async def test_auth_only_after_starttls(make_daemon, sink, tmp_path, ca):
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(cert_path)

@@ -13,16 +13,8 @@ from relay import clock
 from relay.notify import RoutingFacts, store_callback
 from relay.octopush.callbacks import classify
 from relay.storage import callbacks, database
-from relay.storage.database import Store, StoreError, connect, migrate
+from relay.storage.database import StoreError, connect, migrate
 from relay.storage.schema import migrations
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "t.db")
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_group_commit_resumes_callers_after_their_commit(store):

@@ -6,7 +6,9 @@ stored deadline is unreadable, the Attention page and its CSRF-protected Retry b
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from relay.mail.render import packaged_templates
 from relay.octopush.client import Recipient
 from relay.sending import SendRequest, queue_campaign
 from relay.storage import campaigns, queues
+from relay.storage.database import Store
+from relay.workers import Worker
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -184,3 +188,56 @@ async def test_a_confirmation_that_always_fails_is_set_aside_and_retried_by_hand
             assert resp.status == 200
     await wait_for(lambda: len(sink.messages) == 1)
     assert sink.messages[0][1] == ["alice@example.org"] and sink.messages[0][2]["Subject"].startswith("SMS sent")
+
+
+# ------------------------------------------------------------------ the Worker base alone (relay/workers.py)
+
+
+class Sleepy(Worker):
+    """Starts each id once, each row's work waiting on its own event; counts its looks at the table."""
+
+    name = "sleepy"
+    idle = 60.0
+    stop_grace = 0.2
+
+    def __init__(self, store: Store):
+        super().__init__(store)
+        self.due: list[int] = []
+        self.started: list[int] = []
+        self.looks = 0
+        self.release = asyncio.Event()
+
+    async def run_once(self) -> float:
+        self.looks += 1
+        for row_id in [i for i in self.due if i not in self.busy]:
+            self.spawn(row_id, self.one(row_id))
+        return self.idle
+
+    async def one(self, row_id: int) -> None:
+        self.started.append(row_id)
+        await self.release.wait()
+        self.due.remove(row_id)
+
+
+async def test_the_worker_base_wakes_tracks_rows_in_flight_and_stops_within_its_grace(store):
+    worker = Sleepy(store)
+    await worker.start()
+    try:
+        await wait_for(lambda: worker.looks == 1)
+        worker.due += [1, 2]
+        worker.wake()  # a wake cuts the 60 s nap short
+        await wait_for(lambda: worker.started == [1, 2])
+        worker.wake()
+        await wait_for(lambda: worker.looks >= 3)
+        assert worker.started == [1, 2] and sorted(worker.busy) == [1, 2]  # in flight: never started twice
+        worker.release.set()
+        await wait_for(lambda: not worker.busy and not worker.due)  # a row's end frees its slot and wakes the loop
+        worker.release.clear()
+        worker.due.append(3)
+        worker.wake()
+        await wait_for(lambda: worker.started == [1, 2, 3])
+    finally:
+        started = time.monotonic()
+        await worker.stop()  # row 3 never ends by itself: cancelled after stop_grace
+        assert time.monotonic() - started < 2.0
+        assert not worker.busy and worker.due == [3]

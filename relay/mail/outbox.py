@@ -33,8 +33,10 @@ from relay import backoff, clock
 from relay.config import SmtpOut
 from relay.mail.render import POLICY
 from relay.metrics import Metrics
+from relay.statuses import Delivery
 from relay.storage import outbox as outbox_table
 from relay.storage.database import Connection, Store
+from relay.workers import Worker
 
 log = logging.getLogger("relay.outbox")
 
@@ -77,7 +79,7 @@ def queue_message(
 class Outcome:
     """What one delivery attempt decided about its row."""
 
-    status: str  # "sent" | "retry" | "failed"
+    status: Delivery
     error: str | None = None
     retry_recipients: list[str] | None = None  # on partial acceptance: only those still to try
 
@@ -96,17 +98,22 @@ def _classify_refusals(refused: dict[str, tuple[int, str]], recipients: Sequence
     detail = "; ".join(f"{r}: {_response_error(*refused[r])}" for r in recipients if r in refused)
     accepted = [r for r in recipients if r not in refused]
     if temporary:
-        return Outcome("retry", detail, temporary)
+        return Outcome(Delivery.RETRY, detail, temporary)
     if accepted:
-        return Outcome("sent", f"refused: {detail}")
-    return Outcome("failed", detail)
+        return Outcome(Delivery.SENT, f"refused: {detail}")
+    return Outcome(Delivery.FAILED, detail)
 
 
 # ------------------------------------------------------------------ the worker
 
 
-class Outbox:
-    """Delivers queued e-mails through SMTP or into a Maildir, with retries, from one worker task."""
+class Outbox(Worker):
+    """Delivers queued e-mails through SMTP or into a Maildir, with retries, CONCURRENCY at a time."""
+
+    name = "outbox"
+    idle = IDLE_WAIT
+    stop_grace = STOP_GRACE
+    log = log
 
     def __init__(
         self,
@@ -117,47 +124,17 @@ class Outbox:
         tls_context: ssl.SSLContext | None = None,
         only: Sequence[int] | None = None,
     ):
+        super().__init__(store)
         self.config = config
         # A command (`octorelay digest`) delivers only its own rows: the daemon's are the daemon's.
         self.only = list(only) if only is not None else None
-        self.store = store
         self.metrics = metrics
         self.tls_context = tls_context
         self.sent = 0
         self.failed = 0
         self.retried = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._inflight: dict[int, asyncio.Task] = {}
+        self._released = False
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
-
-    # ------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = asyncio.create_task(self._run(), name="outbox")
-
-    async def stop(self) -> None:
-        """Stop taking new work; let deliveries in flight finish for a bounded time."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight.values()), timeout=STOP_GRACE)
-            for task in pending:
-                task.cancel()
-            if pending:
-                # Their rows stay pending and are picked up at the next start.
-                await asyncio.wait(pending)
-        self._inflight.clear()
-
-    def wake(self) -> None:
-        """Look at the table now: after a commit that queued mail, or from the scheduler's sweep."""
-        self._wake.set()
 
     async def depth(self) -> dict:
         """{"pending": n, "failed": n, "oldest_pending_at": iso | None}, for /healthz and metrics."""
@@ -165,46 +142,30 @@ class Outbox:
 
     # ------------------------------------------------------------ the loop
 
-    async def _run(self) -> None:
-        released = False
-        while True:
-            self._wake.clear()
-            try:
-                if not released and self.only is None:
-                    count = await self.store.write(_release)
-                    released = True
-                    if count:
-                        log.info("outbox: %d e-mails pending at start; delivering them now", count)
-                free = CONCURRENCY - len(self._inflight)
-                rows = []
-                if free > 0:
-                    rows = await self.store.write(
-                        partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=list(self._inflight))
-                    )
-                for row in rows:
-                    task = asyncio.create_task(self._deliver(row), name=f"outbox-{row['id']}")
-                    self._inflight[row["id"]] = task
-                    task.add_done_callback(partial(self._done, row["id"]))
-                if rows and len(self._inflight) < CONCURRENCY:
-                    continue  # there may be more due right now
-                wait = IDLE_WAIT
-                if len(self._inflight) < CONCURRENCY:
-                    state = await self.store.read(_next_due)
-                    if self.metrics is not None:
-                        self.metrics.outbox_depth.set(state["pending"])
-                    if state["next"] is not None:
-                        wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the worker must outlive a bad moment (disk full, locked database)
-                log.exception("outbox: cannot read the queue; trying again shortly")
-                wait = backoff.FIRST
-            if wait > 0:
-                await backoff.nap(self._wake, wait)
-
-    def _done(self, row_id: int, task: asyncio.Task) -> None:
-        self._inflight.pop(row_id, None)
-        self._wake.set()  # a slot is free
+    async def run_once(self) -> float:
+        if not self._released and self.only is None:
+            count = await self.store.write(_release)
+            self._released = True
+            if count:
+                log.info("outbox: %d e-mails pending at start; delivering them now", count)
+        free = CONCURRENCY - len(self._inflight)
+        rows = []
+        if free > 0:
+            rows = await self.store.write(
+                partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=self.busy)
+            )
+        for row in rows:
+            self.spawn(row["id"], self._deliver(row))
+        if rows and len(self._inflight) < CONCURRENCY:
+            return 0  # there may be more due right now
+        wait = self.idle
+        if len(self._inflight) < CONCURRENCY:
+            state = await self.store.read(_next_due)
+            if self.metrics is not None:
+                self.metrics.outbox_depth.set(state["pending"])
+            if state["next"] is not None:
+                wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
+        return wait
 
     def _lease(self) -> float:
         """Seconds a claimed row is hidden from other claims while it is being delivered."""
@@ -221,7 +182,7 @@ class Outbox:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or an odd error must not lose the message
             log.exception("outbox: e-mail %s: unexpected error; will retry", row["id"])
-            outcome = Outcome("retry", f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
         try:
             final = await self.store.write(
                 partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age)
@@ -238,8 +199,8 @@ class Outbox:
             try:
                 await asyncio.to_thread(deliver_maildir, Path(self.config.maildir), row["message"])
             except OSError as exc:  # disk full, permissions: the operator can fix it, so keep the message
-                return Outcome("retry", f"{type(exc).__name__}: {exc}")
-            return Outcome("sent")
+                return Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
+            return Outcome(Delivery.SENT)
         return await self._send_smtp(row["message"], recipients)
 
     async def _send_smtp(self, message: bytes, recipients: list[str]) -> Outcome:
@@ -269,25 +230,25 @@ class Outbox:
             return _classify_refusals({e.recipient: (e.code, e.message) for e in exc.recipients}, recipients)
         except aiosmtplib.SMTPAuthenticationError as exc:
             # A configuration problem, not this message's: keep it until the operator fixes the credentials.
-            return Outcome("retry", f"authentication refused: {_response_error(exc.code, exc.message)}")
+            return Outcome(Delivery.RETRY, f"authentication refused: {_response_error(exc.code, exc.message)}")
         except aiosmtplib.SMTPResponseException as exc:
             if 500 <= exc.code < 600:
-                return Outcome("failed", _response_error(exc.code, exc.message))
-            return Outcome("retry", _response_error(exc.code, exc.message))
+                return Outcome(Delivery.FAILED, _response_error(exc.code, exc.message))
+            return Outcome(Delivery.RETRY, _response_error(exc.code, exc.message))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # Connection refused or lost, timeouts, TLS failures, STARTTLS not offered.
-            return Outcome("retry", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if refused:
             return _classify_refusals({r: (resp.code, resp.message) for r, resp in refused.items()}, recipients)
-        return Outcome("sent")
+        return Outcome(Delivery.SENT)
 
     def _count(self, row: dict, final: dict, outcome: Outcome, seconds: float) -> None:
         kind = row["kind"] or "other"
         where = "maildir" if self.config.transport == "maildir" else f"{self.config.host}:{self.config.port}"
         status = final["status"]
-        if status == "gone":
+        if status == Delivery.GONE:
             return  # deleted meanwhile (db purge): nothing to count
-        if status == "sent":
+        if status == Delivery.SENT:
             self.sent += 1
             log.info(
                 "e-mail %s (%s) sent to %s via %s in %.2fs%s",
@@ -298,7 +259,7 @@ class Outbox:
                 seconds,
                 f" ({outcome.error})" if outcome.error else "",
             )
-        elif status == "failed":
+        elif status == Delivery.FAILED:
             self.failed += 1
             log.warning(
                 "e-mail %s (%s) failed after %d attempts: %s", row["id"], kind, final["attempts"], final["last_error"]
@@ -315,9 +276,9 @@ class Outbox:
             )
         if self.metrics is None:
             return
-        if status == "sent":
+        if status == Delivery.SENT:
             self.metrics.emails_sent.labels(kind=kind).inc()
-        elif status == "failed":
+        elif status == Delivery.FAILED:
             self.metrics.emails_failed.labels(kind=kind).inc()
         else:
             self.metrics.emails_retried.inc()

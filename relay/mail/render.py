@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
-import functools
 import importlib.resources
 import re
 import secrets
@@ -22,11 +21,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import jinja2
-import phonenumbers
-import pycountry
 from markupsafe import Markup, escape
 
 import relay
+from relay import numbers
 
 # Text parts are encoded quoted-printable or base64 (whichever is shorter), never
 # raw 8bit: the relay may hand mail to servers without 8BITMIME. refold_source
@@ -49,37 +47,14 @@ def packaged_templates() -> Path:
 # ------------------------------------------------------------------ filters
 
 
-@functools.lru_cache(maxsize=65536)  # a whole digest's numbers, formatted once for both parts (~100 B each)
-def intl(number: str | None) -> str:
-    """+33612345678 → '+33 6 12 34 56 78'; anything phonenumbers cannot read is shown as given."""
-    if not number:
-        return ""
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return number
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+intl = numbers.international  # +33612345678 → '+33 6 12 34 56 78'
+country_name_iso = numbers.country_name  # FR → France
 
 
 def country_name(number: str | None) -> str:
     """The English name of an E.164 number's country ('' when unknown)."""
-    try:
-        region = phonenumbers.region_code_for_number(phonenumbers.parse(number or "", None))
-    except phonenumbers.NumberParseException:
-        return ""
+    region = numbers.country_of(number)
     return country_name_iso(region) if region else ""
-
-
-@functools.cache
-def country_name_iso(code: str | None) -> str:
-    """The English name of an ISO code (FR → France) from pycountry; the code itself when unknown.
-
-    pycountry rather than phonenumbers' geocoder: the geocoder loads ~100 MB of data to name a country.
-    """
-    country = pycountry.countries.get(alpha_2=(code or "").upper()) if code else None
-    if country is None:
-        return code or ""
-    return getattr(country, "common_name", None) or country.name
 
 
 def country_label(code: str | None) -> str:

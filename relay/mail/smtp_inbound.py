@@ -55,6 +55,7 @@ from relay.sending import (
     queue_campaign,
     request_key,
 )
+from relay.statuses import Origin, Purpose
 from relay.storage import campaigns, guards
 from relay.storage.database import private_dir
 
@@ -358,7 +359,7 @@ class Handler:
         text = body.text
         purpose = tags.purpose or o.purpose
         sms_type = tags.type or o.type
-        if purpose == "wholesale":
+        if purpose == Purpose.WHOLESALE:
             try:
                 text = with_stop_mention(text, sms_type, cfg.stop_mention)
             except ValidationError as exc:
@@ -370,17 +371,17 @@ class Handler:
             key = request_key(message_id, numbers)
         else:  # SPEC §5: a repeat without Message-ID is known by its sender, recipients and text
             key = request_key(f"{sender_email.lower()}\n{text}", numbers, salt="no-message-id")
-        request = SendRequest(
+        request = SendRequest.from_config(
+            o,
             text=text,
-            recipients=tuple(pending.recipients.values()),
+            recipients=pending.recipients.values(),
             type=sms_type,
             purpose=purpose,
-            sender=tags.sender if tags.sender is not None else o.sender,
+            sender=tags.sender,
             send_at=tags.send_at,
-            with_replies=o.with_replies if tags.with_replies is None else tags.with_replies,
-            simulation=tags.simulate or o.mode == "simulation",
-            auto_optimize_text=o.auto_optimize_text,
-            origin="email",
+            with_replies=tags.with_replies,
+            simulate=tags.simulate,
+            origin=Origin.EMAIL,
             sender_email=sender_email,
             login=pending.login,
             message_id=message_id,

@@ -7,19 +7,17 @@ classify is kept raw rather than lost.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
 
-import phonenumbers
-
-from relay import clock
+from relay import clock, numbers
+from relay.statuses import CallbackKind
 
 
 @dataclass(frozen=True)
 class Callback:
-    kind: str  # "reply" | "delivery" | "stop" | "unrecognised"
+    kind: CallbackKind
     ticket: str = ""
     number: str = ""
     country: str = ""
@@ -33,7 +31,7 @@ class Callback:
 
     @property
     def dedup_key(self) -> str:
-        if self.kind == "unrecognised":
+        if self.kind == CallbackKind.UNRECOGNISED:
             parts = [self.kind, self.raw]
         else:
             parts = [self.kind, self.ticket, self.number, self.text, self.status, self.date_raw]
@@ -55,20 +53,6 @@ class Callback:
             "content_type": self.content_type,
             "raw": self.raw,
         }
-
-
-@functools.lru_cache(maxsize=8192)
-def normalise_number(value: str) -> tuple[str, str]:
-    """(E.164, ISO country) when phonenumbers can read it, else the text as given and no country."""
-    text = value.strip()
-    if text and not text.startswith("+") and text.isdigit():
-        text = "+" + text.removeprefix("00")
-    try:
-        parsed = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        return value.strip(), ""
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return e164, phonenumbers.region_code_for_number(parsed) or ""
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -93,7 +77,7 @@ def is_e164(text: str | None) -> bool:
 
 def phone_number(value: str) -> tuple[str, str] | None:
     """(E.164, ISO country) when `value` is a phone number, else None: the only numbers a callback is routed by."""
-    e164, country = normalise_number(value)
+    e164, country = numbers.normalise(value)
     return (e164, country) if is_e164(e164) else None
 
 
@@ -102,17 +86,17 @@ def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
     date_key = next((k for k in ("reception_date", "answer_date", "delivery_date", "stop_date") if fields.get(k)), "")
     number = _text(fields, "number")
     if date_key == "stop_date" and number:
-        kind = "stop"
+        kind = CallbackKind.STOP
     elif date_key in ("reception_date", "answer_date") and number and "text" in fields:
-        kind = "reply"
+        kind = CallbackKind.REPLY
     elif date_key == "delivery_date" and number and fields.get("status"):
-        kind = "delivery"
+        kind = CallbackKind.DELIVERY
     else:
-        return Callback(kind="unrecognised", raw=raw, content_type=content_type)
+        return Callback(kind=CallbackKind.UNRECOGNISED, raw=raw, content_type=content_type)
     phone = phone_number(number)
     if phone is None:
         # Not a phone number ("spy@evil.example,x"): kept raw, never routed, never part of an address.
-        return Callback(kind="unrecognised", raw=raw, content_type=content_type)
+        return Callback(kind=CallbackKind.UNRECOGNISED, raw=raw, content_type=content_type)
     e164, country = phone
     date_raw = _text(fields, date_key)
     moment = clock.from_octopush(date_raw)
@@ -121,8 +105,8 @@ def classify(fields: dict, *, raw: str, content_type: str) -> Callback:
         ticket=_text(fields, "message_id"),
         number=e164,
         country=country,
-        text=_text(fields, "text") if kind != "delivery" else "",
-        status=_text(fields, "status") if kind == "delivery" else "",
+        text=_text(fields, "text") if kind != CallbackKind.DELIVERY else "",
+        status=_text(fields, "status") if kind == CallbackKind.DELIVERY else "",
         sim_card_number=_text(fields, "sim_card_number"),
         date_raw=date_raw,
         occurred_at=clock.iso(moment) if moment else None,

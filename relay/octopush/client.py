@@ -8,7 +8,6 @@ client turns that refusal into a success (`SendResult.already_sent`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
@@ -18,18 +17,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import phonenumbers
 
 from relay import backoff
+from relay.numbers import is_valid_e164
 from relay.octopush.errors import TEMPORARY_CODES, OctopushError, TemporaryError, ValidationError
 from relay.octopush.parts import count_parts
+from relay.statuses import Purpose, SmsType
 
 log = logging.getLogger("relay.octopush")
 
 MAX_TEXT = 1224
 MAX_RECIPIENTS = 500
-TYPES = ("sms_premium", "sms_low_cost")
-PURPOSES = ("alert", "wholesale")
+TYPES = tuple(SmsType)
+PURPOSES = tuple(Purpose)
 # Letters and digits only: Octopush's pages disagree on spaces (code 106 says "no accent, space or punctuation"),
 # and only this reading is safe under both.
 SENDER_RE = re.compile(r"[a-zA-Z0-9]{3,11}")
@@ -37,10 +37,10 @@ SENDER_RULE = "3 to 11 letters or digits, without space, accent or punctuation (
 # The mentions exactly as Octopush checks them, case included (octopush-api.md): premium marketing needs
 # "STOP au " and the short number, or the literal "XXXXX" that Octopush fills in; low-cost needs "no PUB=STOP".
 STOP_MENTIONS = {
-    "sms_premium": re.compile(r"STOP au (?:[0-9]++|XXXXX)"),
-    "sms_low_cost": re.compile(r"no PUB=STOP"),
+    SmsType.PREMIUM: re.compile(r"STOP au (?:[0-9]++|XXXXX)"),
+    SmsType.LOW_COST: re.compile(r"no PUB=STOP"),
 }
-STOP_EXAMPLES = {"sms_premium": "STOP au 30101", "sms_low_cost": "no PUB=STOP"}
+STOP_EXAMPLES = {SmsType.PREMIUM: "STOP au 30101", SmsType.LOW_COST: "no PUB=STOP"}
 # The account settings that say where Octopush POSTs each kind of callback (PATCH campaign-parameters/edit).
 CALLBACK_URL_FIELDS = {
     "reply": "callback_url_for_inbounds",
@@ -88,8 +88,8 @@ class Recipient:
 class Campaign:
     text: str
     recipients: tuple[Recipient, ...]
-    type: str = "sms_premium"  # or "sms_low_cost"
-    purpose: str = "alert"  # or "wholesale"
+    type: str = SmsType.PREMIUM
+    purpose: str = Purpose.ALERT
     sender: str = ""  # "" = omit the field
     send_at: datetime | None = None  # aware datetime; sent as ISO 8601 with offset
     with_replies: bool = True
@@ -197,8 +197,8 @@ def with_stop_mention(text: str, type: str, configured: str) -> str:
         return text
     if configured and has_stop_mention(configured, type):
         return f"{text}\n{configured}"
-    if configured and type == "sms_low_cost":
-        return f"{text}\n{STOP_EXAMPLES['sms_low_cost']}"
+    if configured and type == SmsType.LOW_COST:
+        return f"{text}\n{STOP_EXAMPLES[SmsType.LOW_COST]}"
     if configured:
         raise ValidationError(
             f"a premium marketing SMS must carry 'STOP au <short number>' (or 'STOP au XXXXX'), exactly so, and "
@@ -211,7 +211,7 @@ def with_stop_mention(text: str, type: str, configured: str) -> str:
 
 def stop_mention_missing(type: str) -> str:
     """The reason given for a marketing text without its mention: what to write, case included."""
-    if type == "sms_low_cost":
+    if type == SmsType.LOW_COST:
         return "a low-cost marketing SMS must carry the mention 'no PUB=STOP', written exactly so: add it to the text"
     return (
         "a premium marketing SMS must carry the mention 'STOP au ' and your short number (e.g. 'STOP au 30101', "
@@ -252,22 +252,8 @@ def validate(c: Campaign, now: datetime | None = None) -> None:
         if len(r.params) > 5:
             raise ValidationError(f"{r.phone_number}: at most 5 params (param1 to param5)", "recipients")
     check_placeholders(c.text, c.recipients)
-    if c.purpose == "wholesale" and not has_stop_mention(c.text, c.type):
+    if c.purpose == Purpose.WHOLESALE and not has_stop_mention(c.text, c.type):
         raise ValidationError(stop_mention_missing(c.type), "text")
-
-
-@functools.lru_cache(maxsize=8192)  # a number is checked at intake and again at each send
-def is_valid_e164(number: str) -> bool:
-    """A `+` number that phonenumbers knows as valid and that is already written in E.164."""
-    if not number.startswith("+"):
-        return False
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(parsed) and (
-        phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) == number
-    )
 
 
 def split(c: Campaign, size: int = MAX_RECIPIENTS) -> list[Campaign]:
@@ -488,7 +474,6 @@ __all__ = [
     "personalise",
     "placeholders",
     "with_stop_mention",
-    "is_valid_e164",
     "split",
     "validate",
 ]

@@ -47,6 +47,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.clock import to_octopush
+from relay.numbers import is_valid_e164
 from relay.octopush.client import (
     CALLBACK_URL_FIELDS,
     MAX_PLACEHOLDER_VALUE,
@@ -57,9 +58,9 @@ from relay.octopush.client import (
     SENDER_RE,
     TYPES,
     has_stop_mention,
-    is_valid_e164,
 )
 from relay.octopush.parts import count_parts
+from relay.statuses import Purpose, SmsType
 
 log = logging.getLogger("relay.octopush.emulator")
 
@@ -91,7 +92,7 @@ CANCEL_BEFORE = 600.0  # seconds: Octopush cancels a scheduled campaign only unt
 CANCEL_MAX_RECIPIENTS = 2  # "fewer than 3 recipients"
 CANCELS_A_MONTH = 1000
 BALANCE_PARAMS = {"with_details", "country_code", "product_name"}
-UNIT_PRICE = {"sms_premium": 0.055, "sms_low_cost": 0.035}
+UNIT_PRICE = {SmsType.PREMIUM: 0.055, SmsType.LOW_COST: 0.035}
 REQUEST_ID_WINDOW = 24 * 3600.0
 RECEIPT_AFTER = 0.1
 CALLBACK_ATTEMPTS = 4
@@ -253,11 +254,7 @@ class Emulator:
     def _process(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Validate like Octopush, then accept: (201, answer); raises Refusal."""
         body = _json_object(request, raw)
-        for name, value in body.items():
-            if name not in FIELDS:
-                raise Refusal(1, f"Unknown field '{name}'.")
-            if not isinstance(value, FIELDS[name]) or (FIELDS[name] is not bool and isinstance(value, bool)):
-                raise Refusal(1, f"Field '{name}' must be of type {FIELDS[name].__name__}.")
+        _check_fields(body, FIELDS)
         text = body.get("text", "")
         if not text.strip():
             raise Refusal(107, "Text is missing.")
@@ -280,10 +277,10 @@ class Emulator:
         if "sender" in body and not SENDER_RE.fullmatch(body["sender"]):
             raise Refusal(106, "Invalid sender: 3 to 11 characters, letters and digits.")
         send_at = self._send_at(body.get("send_at"))
-        if body["purpose"] == "wholesale" and not has_stop_mention(text, body["type"]):
+        if body["purpose"] == Purpose.WHOLESALE and not has_stop_mention(text, body["type"]):
             raise Refusal(
-                121 if body["type"] == "sms_premium" else 122,
-                CODE_MESSAGES[121 if body["type"] == "sms_premium" else 122],
+                121 if body["type"] == SmsType.PREMIUM else 122,
+                CODE_MESSAGES[121 if body["type"] == SmsType.PREMIUM else 122],
             )
         if not numbers:
             raise Refusal(117, "No valid number in the list.")
@@ -346,8 +343,8 @@ class Emulator:
         countries = request.query.getall("country_codes[]", [])
         return 200, {
             cc.upper(): {
-                "premium_sms": int(self.credit / UNIT_PRICE["sms_premium"] + 1e-9),
-                "low_cost_sms": int(self.credit / UNIT_PRICE["sms_low_cost"] + 1e-9),
+                "premium_sms": int(self.credit / UNIT_PRICE[SmsType.PREMIUM] + 1e-9),
+                "low_cost_sms": int(self.credit / UNIT_PRICE[SmsType.LOW_COST] + 1e-9),
             }
             for cc in countries
         }
@@ -357,16 +354,10 @@ class Emulator:
 
     def _edit_parameters(self, request: web.Request, raw: bytes) -> tuple[int, dict[str, Any]]:
         body = _json_object(request, raw)
-        for name, value in body.items():
-            if name != "callbacks":
-                raise Refusal(1, f"Unknown field '{name}'.")
-            if not isinstance(value, dict):
-                raise Refusal(1, "Field 'callbacks' must be an object.")
+        _check_fields(body, {"callbacks": dict})
+        for value in body.values():
+            _check_fields(value, dict.fromkeys(CALLBACK_SETTINGS, str), "callbacks.")
             for key, url in value.items():
-                if key not in CALLBACK_SETTINGS:
-                    raise Refusal(1, f"Unknown field 'callbacks.{key}'.")
-                if not isinstance(url, str):
-                    raise Refusal(1, f"Field 'callbacks.{key}' must be of type str.")
                 if url and key != "email_for_inbounds" and not url.startswith(("http://", "https://")):
                     raise Refusal(1, f"Field 'callbacks.{key}' must be an http(s) URL.")
         self.settings["callbacks"].update(body.get("callbacks", {}))
@@ -374,11 +365,7 @@ class Emulator:
 
     def _cancel(self, request: web.Request, raw: bytes) -> tuple[int, None]:
         body = _json_object(request, raw)
-        for name, value in body.items():
-            if name != "ticket_number":
-                raise Refusal(1, f"Unknown field '{name}'.")
-            if not isinstance(value, str):
-                raise Refusal(1, "Field 'ticket_number' must be of type str.")
+        _check_fields(body, {"ticket_number": str})
         ticket = body.get("ticket_number")
         if not ticket:
             raise Refusal(1, "Field 'ticket_number' is required.")
@@ -407,11 +394,7 @@ class Emulator:
         for i, recipient in enumerate(recipients):
             if not isinstance(recipient, dict):
                 raise Refusal(1, f"recipients[{i}] must be an object.")
-            for name, value in recipient.items():
-                if name not in RECIPIENT_FIELDS:
-                    raise Refusal(1, f"Unknown field 'recipients[{i}].{name}'.")
-                if not isinstance(value, str):
-                    raise Refusal(1, f"Field 'recipients[{i}].{name}' must be of type str.")
+            _check_fields(recipient, dict.fromkeys(RECIPIENT_FIELDS, str), f"recipients[{i}].")
             number = recipient.get("phone_number")
             if number is None:
                 raise Refusal(1, f"Field 'recipients[{i}].phone_number' is required.")
@@ -449,7 +432,7 @@ class Emulator:
         wait = max(0.0, (send_at - datetime.now(UTC)).total_seconds()) if send_at else 0.0
         await asyncio.sleep(wait + RECEIPT_AFTER)
         self.scheduled.pop(ticket, None)  # gone out: no longer cancellable
-        if body["type"] == "sms_premium":
+        if body["type"] == SmsType.PREMIUM:
             for number in numbers:
                 receipt = {
                     "channel": "sms",
@@ -526,6 +509,17 @@ def _authorised(request: web.Request, credentials: tuple[str, str] | None) -> No
     login, key = request.headers.get("api-login", ""), request.headers.get("api-key", "")
     if not login or not key or (credentials is not None and (login, key) != tuple(credentials)):
         raise Refusal(101, "Incorrect login details.", 401)
+
+
+def _check_fields(body: dict[str, Any], fields: dict[str, type], prefix: str = "") -> None:
+    """Stricter than Octopush, on purpose: an unknown field, or one of another type, is refused (code 1)."""
+    for name, value in body.items():
+        if name not in fields:
+            raise Refusal(1, f"Unknown field '{prefix}{name}'.")
+        kind = fields[name]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            expected = "an object" if kind is dict else f"of type {kind.__name__}"
+            raise Refusal(1, f"Field '{prefix}{name}' must be {expected}.")
 
 
 def _json_object(request: web.Request, raw: bytes) -> dict[str, Any]:

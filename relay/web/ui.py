@@ -48,6 +48,7 @@ from relay.sending import (
     cancel_campaign,
     queue_campaign,
 )
+from relay.statuses import Origin
 from relay.storage import callbacks, campaigns, outbox, queues
 from relay.storage.database import Connection
 from relay.web import chart, exports
@@ -471,18 +472,12 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
     form_key = str(form.get("key", ""))
     if not _FORM_KEY.fullmatch(form_key):
         form_key = secrets.token_urlsafe(18)
-    req = SendRequest(
+    req = SendRequest.from_config(
+        config.octopush,
         text=text,
         recipients=(Recipient(number),),
-        type=config.octopush.type,
-        purpose=config.octopush.purpose,
-        sender=config.octopush.sender,
-        with_replies=config.octopush.with_replies,
-        auto_optimize_text=config.octopush.auto_optimize_text,
-        origin="web",
+        origin=Origin.WEB,
         label=f"web answer to {number}",
-        sender_email="",
-        confirm="none",
         # One key per rendered form: a double click or a resubmitted POST queues the answer once.
         request_key=hashlib.sha256(f"web\x1f{number}\x1f{form_key}".encode()).hexdigest()[:32],
     )

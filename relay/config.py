@@ -13,6 +13,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import time
 from importlib import resources
@@ -201,6 +202,10 @@ class Config:
                 return sub
         known = ", ".join(s.name for s in self.subscriptions) or "none"
         raise ConfigError(f"{self.source}: no subscription named {name!r} (known: {known})")
+
+
+# The running configuration, asked for at each use: a reload swaps it, and components built once see the new one.
+ConfigSource = Callable[[], Config]
 
 
 # ---------------------------------------------------------------- loading

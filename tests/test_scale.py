@@ -248,7 +248,7 @@ async def test_the_daemons_purge_runs_batch_after_batch_to_the_end(make_daemon):
     daemon = await make_daemon()
     expected = await daemon.store.write(lambda db: _fill(db.conn, 450))
     assert len(expected) > 2 * queries.PURGE_BATCH  # several batches
-    counts = await daemon.purge(30)
+    counts = await daemon.housekeeping.purge(30)
     assert counts["callbacks"] == len(expected)
     left = await daemon.store.read(
         lambda db: db.execute("SELECT count(*) FROM callbacks WHERE received_at = ? AND routed = 1", [OLD]).fetchone()

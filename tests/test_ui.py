@@ -1,8 +1,8 @@
 """The web interface over real HTTP: access rules, replies views, CSV export, conversations and the answer form.
 
-The app is the daemon's own (`create_app`) around a small object carrying what
-handlers use: a real config, a real Store in tmp_path and a real SendQueue
-talking to the Octopush emulator, so an answer sent from the form really goes.
+The app is the daemon's own (`create_app`), built from the real narrow parts its handlers use: a real
+config, a real Store in tmp_path and a real SendQueue talking to the Octopush emulator, so an answer sent
+from the form really goes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from aiohttp import web
 from relay import clock, passwords
 from relay import config as config_mod
 from relay.guard import LoginGuard
+from relay.housekeeping import Housekeeping
+from relay.mail.outbox import Outbox
+from relay.mail.render import Renderer
+from relay.metrics import Metrics
+from relay.notify import Notifier
 from relay.octopush.callbacks import classify
 from relay.octopush.client import OctopushClient, Recipient
 from relay.octopush.emulator import Emulator
@@ -37,13 +42,15 @@ pytestmark = pytest.mark.timeout(30)
 
 @dataclasses.dataclass
 class Relay:
-    """The part of the daemon the web handlers use."""
+    """The real parts the app is built from (each handed to `create_app` under its own key)."""
 
     config: config_mod.Config
     store: Store
     sender: SendQueue
     emulator: Emulator
-    metrics: object = None
+    client: OctopushClient
+    notifier: Notifier
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
     logins: LoginGuard = dataclasses.field(default_factory=LoginGuard)
 
 
@@ -77,7 +84,10 @@ async def make_relay(tmp_path):
         sender = SendQueue(store, client)
         await sender.start()
         stops.append(sender.stop)
-        return Relay(cfg, store, sender, emulator)
+        smtp_out = dataclasses.replace(cfg.smtp_out, maildir=str(tmp_path / "mail"))
+        # Not started: the pages only wake it; routing is tested in test_notify.py.
+        notifier = Notifier(cfg, store, Outbox(smtp_out, store), Renderer(cfg.templates_dir), {})
+        return Relay(cfg, store, sender, emulator, client, notifier)
 
     yield factory
     for stop in reversed(stops):
@@ -90,7 +100,20 @@ async def make_client(make_relay, aiohttp_client):
 
     async def factory(*, remote: str | None = None, **config_changes):
         relay = await make_relay(**config_changes)
-        app = create_app(relay)
+        app = create_app(
+            config=lambda: relay.config,
+            store=relay.store,
+            metrics=relay.metrics,
+            logins=relay.logins,
+            callback_token="token-for-tests",
+            sender=relay.sender,
+            notifier=relay.notifier,
+            octopush=relay.client,
+            ready=lambda: True,
+            gauges=Housekeeping(
+                lambda: relay.config, relay.store, relay.metrics, relay.client, relay.notifier
+            ).refresh_gauges,
+        )
         if remote:
 
             @web.middleware

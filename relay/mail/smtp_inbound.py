@@ -14,6 +14,7 @@ import os
 import re
 import ssl
 import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
@@ -23,9 +24,9 @@ from pathlib import Path
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay import clock, marketing, passwords
-from relay.config import Config
+from relay.config import Config, ConfigSource
 from relay.errors import RelayError
-from relay.guard import ConnectionCap, printable
+from relay.guard import ConnectionCap, LoginGuard, printable
 from relay.mail import proof
 from relay.mail.offload import ChildParser
 from relay.mail.parsing import (
@@ -42,6 +43,7 @@ from relay.mail.parsing import (
     sender_glob_allows,
 )
 from relay.mail.proof import NotProven
+from relay.metrics import Metrics
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
 from relay.sending import (
@@ -56,7 +58,7 @@ from relay.sending import (
     request_key,
 )
 from relay.storage import guards, queries
-from relay.storage.database import private_dir
+from relay.storage.database import Store, private_dir
 
 log = logging.getLogger("relay.smtp")
 
@@ -166,7 +168,7 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         if self._session_timer is None:  # not again for the TLS transport after STARTTLS
-            limit = self.listener.daemon.config.smtp_in.session_limit
+            limit = self.listener.config().smtp_in.session_limit
             self._session_timer = self.loop.call_later(limit, self._session_over, limit)
 
     def connection_lost(self, error) -> None:
@@ -187,7 +189,7 @@ class RelaySMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):  # AUTH challenges come as bytes
             if status.startswith("552 Error"):
-                status = too_big(self.listener.daemon.config.smtp_in.max_size)
+                status = too_big(self.listener.config().smtp_in.max_size)
             if status[:1] in ("4", "5"):
                 sender = (self.envelope.mail_from if self.envelope else None) or self.answer_sender
                 log.info("SMTP refused %s (sender %s): %s", self.peer_host, sender or "-", status)
@@ -206,7 +208,7 @@ class RelaySMTP(SMTP):
         if not checked.success:
             mechanism, auth_data = captured
             login = getattr(auth_data, "login", b"") or b""
-            self.listener.daemon.logins.failed(
+            self.listener.logins.failed(
                 self.peer_host, f"SMTP AUTH {mechanism} as {printable(login.decode('utf-8', 'replace'))}"
             )
         return checked
@@ -226,7 +228,7 @@ class Handler:
 
     @property
     def config(self) -> Config:
-        return self.listener.daemon.config
+        return self.listener.config()
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
         """Advertise `max_size` as SIZE: aiosmtpd's own limit is larger, to allow for dot-stuffing."""
@@ -236,7 +238,7 @@ class Handler:
 
     async def handle_AUTH(self, server: RelaySMTP, session: Session, envelope: Envelope, args):
         """An address with too many failed logins gets 454 before any password is checked."""
-        left = self.listener.daemon.logins.refused(server.peer_host, "SMTP AUTH")
+        left = self.listener.logins.refused(server.peer_host, "SMTP AUTH")
         return auth_blocked(left) if left else MISSING
 
     async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options) -> str:
@@ -278,7 +280,7 @@ class Handler:
             pending.approval = approval
             envelope.rcpt_tos.append(address)
             return OK
-        groups = self.listener.daemon.groups
+        groups = self.listener.groups()
         try:
             target = parse_recipient(address, domain=cfg.domain, region=cfg.region, groups=groups)
         except NotOurDomain:
@@ -313,7 +315,7 @@ class Handler:
             return TRY_LATER
 
     async def _data(self, envelope: Envelope) -> str:
-        daemon = self.listener.daemon
+        listener = self.listener
         cfg = self.config.smtp_in
         pending: Pending = getattr(envelope, "pending", None) or Pending()
         if not pending.recipients and pending.approval is None:
@@ -398,7 +400,7 @@ class Handler:
             self.listener.count("refused")
             return refused(str(exc))
         try:
-            campaign_id, new = await daemon.store.write(
+            campaign_id, new = await listener.store.write(
                 partial(_queue_once, req=request, retry_for=o.retry_for, guards=guards_now),
                 small=len(request.recipients) <= SMALL_WRITE_RECIPIENTS,
             )
@@ -418,13 +420,13 @@ class Handler:
             self.listener.count("duplicate")
             log.info("repeat of campaign #%d from %s: not sent again", campaign_id, sender_email)
             return f"250 2.0.0 Already queued as campaign {campaign_id}"
-        daemon.sender.wake()
+        listener.wake_sender()
         self.listener.count("queued")
         who = f"{sender_email} (login {pending.login})" if pending.login else sender_email
         log.info("campaign #%d queued from %s to %d number(s)", campaign_id, who, len(numbers))
         answer = f"250 2.0.0 Queued as campaign {campaign_id}"
         if guards_now.holds(request, len(numbers)):
-            daemon.notifier.wake()  # it e-mails the sender the question
+            listener.wake_notifier()  # it e-mails the sender the question
             answer += f", held for approval: see the e-mail sent to {ascii_line(sender_email)}"
         elif delayed:
             when = request.send_at.astimezone(clock.region_timezone(cfg.region)).strftime("%Y-%m-%d %H:%M %Z")
@@ -433,7 +435,7 @@ class Handler:
 
     async def _approval_answer(self, envelope: Envelope, pending: Pending, data: bytes) -> str:
         """ "yes" / "oui" / "ok" sends a held campaign, "no" / "non" cancels it; only its own sender may answer."""
-        daemon, cfg = self.listener.daemon, self.config.smtp_in
+        listener, cfg = self.listener, self.config.smtp_in
         campaign_id = pending.approval
         sender = envelope.mail_from.strip("<> ")
         if not pending.login and cfg.sender_check == "dkim":
@@ -442,7 +444,7 @@ class Handler:
             except NotProven as exc:
                 self.listener.count("sender_refused")
                 return not_allowed(str(exc))
-        owner = await daemon.store.read(partial(guards.campaign_sender, campaign_id=campaign_id))
+        owner = await listener.store.read(partial(guards.campaign_sender, campaign_id=campaign_id))
         if owner is None:
             return bad_recipient(f"there is no campaign {campaign_id} to approve")
         if owner.lower() != sender.lower():
@@ -461,10 +463,10 @@ class Handler:
         else:
             return refused(f'answer "yes" to send campaign {campaign_id} or "no" to cancel it, as the first word')
         try:
-            await daemon.store.write(change)
+            await listener.store.write(change)
         except NotHeld as exc:
             return f"250 2.0.0 Nothing done: {ascii_line(str(exc))}"
-        daemon.sender.wake()
+        listener.wake_sender()
         self.listener.count("approved" if word in APPROVE_WORDS else "cancelled")
         return f"250 2.0.0 Campaign {campaign_id} {'approved: it goes now' if word in APPROVE_WORDS else 'cancelled'}"
 
@@ -489,7 +491,7 @@ class Handler:
                     return row[0]
             return ""
 
-        return await self.listener.daemon.store.read(lookup)
+        return await self.listener.store.read(lookup)
 
 
 MAX_THREAD = 50  # Message-IDs of References kept: the chain's newest; a header can be as long as a message
@@ -637,16 +639,32 @@ def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None
 
 
 class SmtpListener:
-    """Binds the SMTP port on the daemon's loop; STARTTLS always offered, AUTH only after it."""
+    """Binds the SMTP port on the daemon's loop; STARTTLS always offered, AUTH only after it.
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    It gets only what the handler uses: the running configuration and groups (asked for at each command, so
+    a reload applies at once), the store, the login limiter, the metrics and the two workers' `wake`.
+    """
+
+    def __init__(
+        self,
+        config: ConfigSource,
+        store: Store,
+        *,
+        groups: Callable[[], Mapping[str, Sequence[Recipient]]],
+        logins: LoginGuard,
+        metrics: Metrics,
+        wake_sender: Callable[[], None],
+        wake_notifier: Callable[[], None],
+    ):
+        self.config, self.store, self.groups = config, store, groups
+        self.logins, self.metrics = logins, metrics
+        self.wake_sender, self.wake_notifier = wake_sender, wake_notifier
         self.handler = Handler(self)
         self.child = ChildParser()
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self.address: tuple[str, int] | None = None
-        cfg = daemon.config.smtp_in
+        cfg = config().smtp_in
         self.cap = ConnectionCap("SMTP", "smtp_in.max_connections", cfg.max_connections, TOO_MANY_SESSIONS)
 
     @property
@@ -655,13 +673,12 @@ class SmtpListener:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def count(self, outcome: str) -> None:
-        self.daemon.metrics.smtp_in.labels(outcome).inc()
+        self.metrics.smtp_in.labels(outcome).inc()
 
     async def start(self) -> None:
-        cfg = self.daemon.config.smtp_in
-        self._tls = await asyncio.to_thread(
-            tls_context, cfg.tls_cert, cfg.tls_key, self.daemon.config.storage.state_dir
-        )
+        config = self.config()
+        cfg = config.smtp_in
+        self._tls = await asyncio.to_thread(tls_context, cfg.tls_cert, cfg.tls_key, config.storage.state_dir)
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(self._protocol, host=cfg.listen.host, port=cfg.listen.port)
@@ -670,9 +687,10 @@ class SmtpListener:
         self.address = self._server.sockets[0].getsockname()[:2]
 
     def _protocol(self) -> asyncio.Protocol:
+        cfg = self.config().smtp_in
+        self.cap.limit = cfg.max_connections  # a reload may change it
         if self.cap.full:
             return self.cap.refuse()
-        cfg = self.daemon.config.smtp_in
         return RelaySMTP(
             self.handler,
             listener=self,
@@ -692,7 +710,7 @@ class SmtpListener:
         )
 
     def _authenticate(self, server, session, envelope, mechanism: str, auth_data) -> AuthResult:
-        users = self.daemon.config.smtp_in.users
+        users = self.config().smtp_in.users
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
@@ -701,11 +719,6 @@ class SmtpListener:
         # A failure is logged and counted by RelaySMTP._checked. The login rides on the session
         # (session.auth_data) to MAIL FROM, which binds it to its addresses.
         return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
-
-    def reconfigure(self, config: Config) -> None:
-        """Allowed senders, users, groups and the timeouts come from daemon.config at each command or session;
-        only the cap is held here."""
-        self.cap.limit = config.smtp_in.max_connections
 
     async def stop(self) -> None:
         if self._server is not None:

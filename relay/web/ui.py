@@ -52,7 +52,7 @@ from relay.sending import (
 from relay.storage import queries
 from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
-from relay.web.keys import RELAY
+from relay.web.keys import CONFIG, LOGINS, NOTIFIER, OCTOPUSH, SENDER, STORE
 
 log = logging.getLogger("relay.web")
 PAGE_SIZE = 50
@@ -141,11 +141,11 @@ def ui(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        relay_ = request.app[RELAY]
-        users = relay_.config.http.ui_users
+        users = request.app[CONFIG]().http.ui_users
+        logins = request.app[LOGINS]
         if users:
             peer = request.remote or "unknown"
-            left = relay_.logins.refused(peer, "web interface")
+            left = logins.refused(peer, "web interface")
             if left:
                 raise web.HTTPTooManyRequests(
                     text=f"429: too many failed logins from your address; try again in {math.ceil(left)} s\n",
@@ -155,7 +155,7 @@ def ui(handler: Handler) -> Handler:
             user = await asyncio.to_thread(ui_user, request, users)
             login = basic_login(request)
             if user is None and login is not None:
-                relay_.logins.failed(peer, f"web interface as {printable(login)}")
+                logins.failed(peer, f"web interface as {printable(login)}")
         else:
             user = ui_user(request, users)
         if user is None:
@@ -170,9 +170,9 @@ def ui(handler: Handler) -> Handler:
 
 
 def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
-    relay_ = request.app[RELAY]
-    tz = ui_timezone(relay_.config)
-    template = request.app[UI].env(relay_.config).get_template(f"web/{name}")
+    config = request.app[CONFIG]()
+    tz = ui_timezone(config)
+    template = request.app[UI].env(config).get_template(f"web/{name}")
     body = template.render(
         user=request.get("ui_user", ""),
         path=request.path,
@@ -340,10 +340,10 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 @ui
 async def replies_page(request: web.Request) -> web.StreamResponse:
-    relay_ = request.app[RELAY]
-    f = ReplyFilter.from_query(request.query, _region(relay_.config))
-    tz = ui_timezone(relay_.config)
-    data = await relay_.store.read(partial(load_replies, f=f, tz=tz))
+    config = request.app[CONFIG]()
+    f = ReplyFilter.from_query(request.query, _region(config))
+    tz = ui_timezone(config)
+    data = await request.app[STORE].read(partial(load_replies, f=f, tz=tz))
     pages = max(1, -(-data["total"] // PAGE_SIZE))
     return render(
         request,
@@ -382,9 +382,9 @@ async def replies_csv(request: web.Request) -> web.StreamResponse:
     constant, the writer never waits for an export, and the event loop only hands bytes to the socket. The
     chunks are small and paced, so callbacks wait a few milliseconds for the GIL at most.
     """
-    relay_ = request.app[RELAY]
-    f = ReplyFilter.from_query(request.query, _region(relay_.config))
-    tz = ui_timezone(relay_.config)
+    config, store = request.app[CONFIG](), request.app[STORE]
+    f = ReplyFilter.from_query(request.query, _region(config))
+    tz = ui_timezone(config)
     name = f"octorelay-replies-{clock.now().astimezone(tz):%Y%m%d-%H%M}.csv"
     response = web.StreamResponse(
         headers={
@@ -395,7 +395,7 @@ async def replies_csv(request: web.Request) -> web.StreamResponse:
     )
     before, first = None, True
     while first or before is not None:
-        body, before = await relay_.store.read(partial(csv_chunk, filters=f.filters(), tz=tz, before=before))
+        body, before = await store.read(partial(csv_chunk, filters=f.filters(), tz=tz, before=before))
         if first:
             await response.prepare(request)  # after the first read: a database error still gets its 500
             first = False
@@ -479,7 +479,7 @@ def check_csrf(request: web.Request, form: Any, advice: str) -> None:
 def _canonical(request: web.Request) -> numbers.Number:
     """The conversation's number from the URL, in any form SPEC §5 accepts; what is not a phone number is a 404."""
     given = request.match_info["number"]
-    number = numbers.parse(given[:64], _region(request.app[RELAY].config))
+    number = numbers.parse(given[:64], _region(request.app[CONFIG]()))
     if number is None:
         raise web.HTTPNotFound(text=f"404: {given[:64]!r} is not a phone number\n")
     return number
@@ -488,22 +488,22 @@ def _canonical(request: web.Request) -> numbers.Number:
 async def _show_conversation(
     request: web.Request, number: str, *, text: str = "", error: str = "", form_key: str = "", status: int = 200
 ) -> web.Response:
-    relay_ = request.app[RELAY]
-    data = await relay_.store.read(partial(load_conversation, number=number))
+    config = request.app[CONFIG]()
+    data = await request.app[STORE].read(partial(load_conversation, number=number))
     nonce, new = _session(request)
     queued = request.query.get("queued", "")
     response = render(
         request,
         "conversation.html",
         number=number,
-        country=numbers.parse(number, _region(relay_.config)).country,
+        country=numbers.parse(number, _region(config)).country,
         csrf=request.app[UI].csrf_token(nonce, request.get("ui_user", "")),
         form_key=form_key or secrets.token_urlsafe(18),
         text=text,
         error=error,
         queued=queued if queued.isdigit() else "",
         again=request.query.get("again") == "1",
-        octopush=relay_.config.octopush,
+        octopush=config.octopush,
         **data,
         status=status,
     )
@@ -522,8 +522,7 @@ async def conversation_page(request: web.Request) -> web.StreamResponse:
 
 @ui
 async def conversation_answer(request: web.Request) -> web.StreamResponse:
-    relay_ = request.app[RELAY]
-    config = relay_.config
+    config = request.app[CONFIG]()
     number = _canonical(request).e164
     form = await request.post()
     check_csrf(request, form, "reload the conversation and send again")
@@ -549,12 +548,12 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
     req, _ = marketing.schedule(req, config.octopush, config.smtp_in.region)
     try:
         req.validate()
-        campaign_id, new = await relay_.store.write(
+        campaign_id, new = await request.app[STORE].write(
             partial(queue_campaign, req=req, retry_for=config.octopush.retry_for, guards=Guards.from_config(config))
         )
     except (ValidationError, NothingToSend, LimitExceeded) as exc:
         return await _show_conversation(request, number, text=text, error=str(exc), form_key=form_key, status=400)
-    relay_.sender.wake()
+    request.app[SENDER].wake()
     location = f"{conversation_url(number)}?queued={campaign_id}" + ("" if new else "&again=1")
     raise web.HTTPSeeOther(location + "#answer")
 
@@ -595,7 +594,7 @@ async def campaigns_page(request: web.Request) -> web.StreamResponse:
         page = min(MAX_PAGE, max(1, int(request.query.get("page", "1"))))
     except ValueError:
         page = 1
-    data = await request.app[RELAY].store.read(partial(load_campaigns, page=page))
+    data = await request.app[STORE].read(partial(load_campaigns, page=page))
     pages = max(1, -(-data["total"] // PAGE_SIZE))
     return render(
         request,
@@ -614,7 +613,7 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
 
 
 async def _show_campaign(request: web.Request, campaign_id: int, *, error: str = "", status: int = 200):
-    row = await request.app[RELAY].store.read(partial(queries.campaign, campaign_id=campaign_id))
+    row = await request.app[STORE].read(partial(queries.campaign, campaign_id=campaign_id))
     if row is None:
         return render(
             request, "error.html", status=404, title="No such campaign", message=f"There is no campaign #{campaign_id}."
@@ -644,30 +643,30 @@ async def _show_campaign(request: web.Request, campaign_id: int, *, error: str =
 @ui
 async def campaign_cancel(request: web.Request) -> web.StreamResponse:
     """The campaign page's Cancel button: a scheduled (or held) campaign, in our queue or at Octopush."""
-    relay_ = request.app[RELAY]
     campaign_id = int(request.match_info["id"])
     check_csrf(request, await request.post(), "reload the page and try again")
     user = request.get("ui_user", "")
     by = f"{user} (web interface)" if user else "the web interface (on loopback)"
     try:
-        await cancel_campaign(relay_.store, relay_.client, campaign_id, by=by)
+        await cancel_campaign(request.app[STORE], request.app[OCTOPUSH], campaign_id, by=by)
     except CannotCancel as exc:
         return await _show_campaign(request, campaign_id, error=str(exc), status=409)
-    relay_.notifier.wake()  # tells the sender
+    request.app[NOTIFIER].wake()  # tells the sender
     raise web.HTTPSeeOther(f"/campaigns/{campaign_id}?cancelled=1")
 
 
 async def campaign_approve(request: web.Request) -> web.StreamResponse:
     """Approve a held campaign: a UI user may, as its sender may by e-mail (SPEC §5)."""
-    relay_ = request.app[RELAY]
     campaign_id = int(request.match_info["id"])
     check_csrf(request, await request.post(), "reload the page and try again")
     who = f"web user {request.get('ui_user') or '(loopback)'}"
     try:
-        await relay_.store.write(partial(approve_campaign, campaign_id=campaign_id, config=relay_.config, by=who))
+        await request.app[STORE].write(
+            partial(approve_campaign, campaign_id=campaign_id, config=request.app[CONFIG](), by=who)
+        )
     except NotHeld as exc:
         return render(request, "error.html", status=409, title="Nothing done", message=str(exc))
-    relay_.sender.wake()
+    request.app[SENDER].wake()
     raise web.HTTPSeeOther(f"/campaigns/{campaign_id}?done=approve")
 
 
@@ -715,7 +714,7 @@ def _json_list(text: str | None) -> list[str]:
 
 @ui
 async def attention_page(request: web.Request) -> web.StreamResponse:
-    data = await request.app[RELAY].store.read(load_attention)
+    data = await request.app[STORE].read(load_attention)
     nonce, new = _session(request)
     retried = request.query.get("retried", "")
     response = render(
@@ -736,20 +735,20 @@ SET_ASIDE_WORK = ("routing", "confirmation", "send")
 @ui
 async def attention_retry(request: web.Request) -> web.StreamResponse:
     """Put a row set aside after repeated failures back in its worker's queue (a button of the Attention page)."""
-    relay_ = request.app[RELAY]
     form = await request.post()
     check_csrf(request, form, "reload the Attention page and try again")
     work, row_id = str(form.get("work", "")), str(form.get("id", ""))
     if work not in SET_ASIDE_WORK or not row_id.isdigit() or len(row_id) > 18:
         raise web.HTTPBadRequest(text="400: expected work=routing|confirmation|send and a row id\n")
     # A send's retries get a new deadline, as a new request would (within Octopush's 24 h request_id window).
-    deadline = clock.iso(clock.now() + timedelta(seconds=relay_.config.octopush.retry_for)) if work == "send" else None
-    retried = await relay_.store.write(
+    retry_for = request.app[CONFIG]().octopush.retry_for
+    deadline = clock.iso(clock.now() + timedelta(seconds=retry_for)) if work == "send" else None
+    retried = await request.app[STORE].write(
         partial(queries.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
     )
     if retried:
         log.info("attention: %s #%s retried by %s", work, row_id, request.get("ui_user") or "a loopback user")
-        (relay_.sender.wake if work == "send" else relay_.notifier.wake)()
+        (request.app[SENDER] if work == "send" else request.app[NOTIFIER]).wake()
     raise web.HTTPSeeOther(f"/attention?retried={work}" if retried else "/attention")
 
 
@@ -758,7 +757,6 @@ async def attention_retry(request: web.Request) -> web.StreamResponse:
 
 @ui
 async def stylesheet(request: web.Request) -> web.StreamResponse:
-    relay_ = request.app[RELAY]
-    env = request.app[UI].env(relay_.config)
+    env = request.app[UI].env(request.app[CONFIG]())
     source, _, _ = env.loader.get_source(env, "web/style.css")
     return web.Response(text=source, content_type="text/css", headers={"Cache-Control": "no-cache"})

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from relay.errors import ConfigError
+from relay.octopush.rules import TYPES, has_stop_mention
 
 DEFAULT_NAME = "built-in defaults"
 ENV_CONFIG = "OCTORELAY_CONFIG"
@@ -439,15 +440,12 @@ def _validate(
         confirm=s.choice("confirm", ("all", "errors", "none")),
         stop_mention=s.get("stop_mention", str),
     )
-    if smtp_in.stop_mention:
-        from relay.octopush.client import TYPES, has_stop_mention
-
-        if not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
-            s.fail(
-                "stop_mention",
-                "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
-                "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
-            )
+    if smtp_in.stop_mention and not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
+        s.fail(
+            "stop_mention",
+            "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
+            "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
+        )
     if smtp_in.region not in phonenumbers.SUPPORTED_REGIONS:
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):

@@ -43,3 +43,52 @@ def test_the_check_sees_an_import_of_the_daemon(tmp_path):
     )
     found = imports_of(sample)
     assert ("relay.daemon", "Daemon") in found and ("relay.daemon", "") in found and ("relay", "daemon") in found
+
+
+def test_every_module_of_relay_sits_in_a_layer_of_the_import_contract():
+    """A new module outside every layer would escape `lint-imports`: name it in pyproject.toml's contract."""
+    import tomllib
+
+    contract = tomllib.loads((RELAY.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    layers = next(c for c in contract["contracts"] if c["type"] == "layers")["layers"]
+    named = {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+    missing = []
+    for path in sorted(RELAY.rglob("*.py")):
+        parts = ["relay", *path.relative_to(RELAY).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            continue
+        if not any(".".join(parts[:i]) in named for i in range(2, len(parts) + 1)):
+            missing.append(".".join(parts))
+    assert not missing, f"not in any layer of [tool.importlinter]: {missing}"
+
+
+def test_mail_and_web_templates_come_from_one_factory_whose_filters_mean_one_thing():
+    from relay import templating
+    from relay.mail.render import Renderer
+    from relay.web import ui
+
+    mail, web = Renderer().env, ui.make_env()
+    for name, helper in templating.FILTERS.items():
+        assert mail.filters[name] is helper and web.filters[name] is helper, name
+    assert templating.country_name("+33612345678") == "France"  # a number
+    assert templating.country_name_iso("FR") == templating.country_label("FR") == "France"  # an ISO code
+    assert templating.country_label("") == "Unknown country"
+    # HTML is escaped in web pages and in the HTML part of e-mails, not in the text part.
+    assert web.from_string("{{ x }}").render(x="<b>") == "&lt;b&gt;"
+    assert mail.get_template("mail/_macros.html").environment.autoescape("x.html")
+    assert not mail.autoescape("x.txt")
+
+
+def test_the_import_contract_holds():
+    """The same check as .ci/run's `lint-imports`, so a cycle or an upward import also fails the tests."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    command = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if command is None:
+        pytest.skip("import-linter is not installed (pip install '.[test]')")
+    result = subprocess.run([command], cwd=RELAY.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 from relay import clock
-from relay.mail.render import country_label, sent_by
+from relay.templating import country_label, sent_by
 
 COLUMNS = (
     "time",

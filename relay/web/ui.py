@@ -32,11 +32,10 @@ import jinja2
 from aiohttp import web
 from sqlite_utils import Database
 
-from relay import clock, marketing, numbers
+from relay import clock, marketing, numbers, templating
 from relay.config import Config
 from relay.errors import CannotCancel
 from relay.guard import printable
-from relay.mail.render import amount, country_label, intl, packaged_templates, sent_by
 from relay.octopush.client import Recipient
 from relay.octopush.errors import ValidationError
 from relay.sending import (
@@ -50,6 +49,7 @@ from relay.sending import (
     queue_campaign,
 )
 from relay.storage import queries
+from relay.templating import country_label
 from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
 from relay.web.keys import CONFIG, LOGINS, NOTIFIER, OCTOPUSH, SENDER, STORE
@@ -109,18 +109,9 @@ def setup(app: web.Application) -> None:
 
 
 def make_env(override: Path | None = None) -> jinja2.Environment:
-    """Templates are looked up as `web/<name>`: first in the override directory, then the packaged ones."""
-    dirs = [str(d) for d in (override, packaged_templates()) if d]
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(dirs),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(
-        intl=intl, country_name=country_label, conversation_url=conversation_url, amount=amount, sent_by=sent_by
-    )
+    """The web pages' environment (relay/templating.py), with the one filter that needs the web's URLs."""
+    env = templating.make_env(override, kind="web")
+    env.filters["conversation_url"] = conversation_url
     return env
 
 

@@ -8,12 +8,15 @@ the SPEC §5 table.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
 import re
 import ssl
 import unicodedata
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +24,7 @@ from email.utils import getaddresses
 from functools import partial
 from pathlib import Path
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay import clock, marketing, passwords
 from relay.config import Config, ConfigSource
@@ -110,6 +113,15 @@ def transparency_bound(max_size: int) -> int:
     return max_size + (max_size + 2) // 3
 
 
+async def _base64_argument(server: SMTP, text: str) -> bytes | None:
+    """An AUTH command's initial response, decoded; None (and 501 answered) when it is not base64."""
+    try:
+        return base64.b64decode(text.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        await server.push("501 5.5.2 Can't decode base64")
+        return None
+
+
 def bad_recipient(reason: str) -> str:
     return f"550 5.1.1 {ascii_line(reason)}"
 
@@ -140,17 +152,14 @@ class Pending:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with the SPEC's refusals, bounds and logging.
 
-    - The size refusal in the SPEC's words (552 5.3.4), and every 4xx/5xx answer logged with the peer and
-      the envelope sender (SPEC §3), including aiosmtpd's own (syntax, command limits).
-    - Password checks in a thread: aiosmtpd calls the authenticator synchronously; a hash check costs ~40 ms
-      of CPU, which repeated AUTH attempts would take from the event loop. So the mechanisms' own parsing
-      runs as usual, `_authenticate` only captures the credentials, and the check runs in a worker thread.
-      A failure counts towards the peer's failed logins (relay.guard).
+    - Every 4xx/5xx answer logged with the peer and the envelope sender (SPEC §3), including aiosmtpd's own
+      (syntax, command limits); a size refusal in the SPEC's words (552 5.3.4) whoever made it: aiosmtpd
+      refuses a message beyond its own bound (`transparency_bound`) with 552 and text of its own, and has no
+      option for that text, so a 552 is worded here by its code.
     - A whole-session bound: `command_timeout` cuts a silent or dripping client, `command_call_limit` a
       loop of one command, and `session_limit` a session that keeps busy with harmless commands.
     """
 
-    _captured: tuple[str, LoginPassword] | None = None
     answer_sender: str | None = None  # the envelope sender of the DATA answer about to be pushed
 
     def __init__(self, handler: Handler, *, listener: SmtpListener, **kwargs):
@@ -188,7 +197,7 @@ class RelaySMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):  # AUTH challenges come as bytes
-            if status.startswith("552 Error"):
+            if status[:4] == "552 ":  # every 552 is a size refusal: aiosmtpd's and the handler's alike
                 status = too_big(self.listener.config().smtp_in.max_size)
             if status[:1] in ("4", "5"):
                 sender = (self.envelope.mail_from if self.envelope else None) or self.answer_sender
@@ -196,35 +205,17 @@ class RelaySMTP(SMTP):
             self.answer_sender = None
         await super().push(status)
 
-    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
-        self._captured = (mechanism, auth_data)
-        return AuthResult(success=False, handled=False)  # replaced by the real answer in _checked
-
-    async def _checked(self, result: AuthResult) -> AuthResult:
-        captured, self._captured = self._captured, None
-        if captured is None:  # the mechanism answered by itself (bad base64, cancelled)
-            return result
-        checked = await asyncio.to_thread(self._authenticator, self, self.session, self.envelope, *captured)
-        if not checked.success:
-            mechanism, auth_data = captured
-            login = getattr(auth_data, "login", b"") or b""
-            self.listener.logins.failed(
-                self.peer_host, f"SMTP AUTH {mechanism} as {printable(login.decode('utf-8', 'replace'))}"
-            )
-        return checked
-
-    async def auth_PLAIN(self, server, args) -> AuthResult:
-        return await self._checked(await super().auth_PLAIN(server, args))
-
-    async def auth_LOGIN(self, server, args) -> AuthResult:
-        return await self._checked(await super().auth_LOGIN(server, args))
-
 
 class Handler:
-    """Only the hooks it needs: MAIL, RCPT, DATA."""
+    """Only the hooks it needs: EHLO (SIZE), AUTH (the limiter and two mechanisms), MAIL, RCPT, DATA.
+
+    What MAIL and RCPT collect for an envelope is kept here, by envelope (aiosmtpd makes a new one at RSET and
+    after DATA), not as an attribute added to aiosmtpd's `Envelope`.
+    """
 
     def __init__(self, listener: SmtpListener):
         self.listener = listener
+        self._pending: weakref.WeakKeyDictionary[Envelope, Pending] = weakref.WeakKeyDictionary()
 
     @property
     def config(self) -> Config:
@@ -240,6 +231,56 @@ class Handler:
         """An address with too many failed logins gets 454 before any password is checked."""
         left = self.listener.logins.refused(server.peer_host, "SMTP AUTH")
         return auth_blocked(left) if left else MISSING
+
+    # The two mechanisms, as aiosmtpd takes them from a handler (`auth_<NAME>(server, args)`): the same
+    # exchange as aiosmtpd's own, with the password checked in a worker thread, since a hash check costs
+    # ~40 ms of CPU that repeated AUTH attempts would take from the event loop. aiosmtpd offers them only
+    # over TLS (`auth_require_tls`).
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:  # cancelled or not base64: challenge_auth has answered
+                return AuthResult(success=False)
+        else:
+            blob = await _base64_argument(server, args[1])
+            if blob is None:
+                return AuthResult(success=False, handled=True)
+        try:
+            # "{authz_id}\x00{login}\x00{password}"; the authorisation identity is ignored (RFC 4616)
+            _, login, password = blob.split(b"\x00")
+        except ValueError:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(server, "PLAIN", login, password)
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False)
+        else:
+            login = await _base64_argument(server, args[1])
+            if login is None:
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        return await self._check_login(server, "LOGIN", login, password)
+
+    async def _check_login(self, server: RelaySMTP, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        """The password against `smtp_in.users`, off the loop; a failure counts towards the peer's failed logins.
+
+        On success the login rides on the session (`session.auth_data`) to MAIL FROM, which binds it to its
+        addresses.
+        """
+        name = login.decode("utf-8", "replace")
+        user = self.config.smtp_in.users.get(name)
+        secret = password.decode("utf-8", "replace")
+        ok = user is not None and await asyncio.to_thread(passwords.verify, secret, user.hash)
+        if not ok:
+            self.listener.logins.failed(server.peer_host, f"SMTP AUTH {mechanism} as {printable(name)}")
+        return AuthResult(success=ok, handled=False, auth_data=name if ok else None)
 
     async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options) -> str:
         cfg = self.config.smtp_in
@@ -264,15 +305,14 @@ class Handler:
                 return NOT_YOUR_ADDRESS.format(login=ascii_line(login), address=ascii_line(address))
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.pending = Pending(login=login)  # type: ignore[attr-defined]
+        self._pending[envelope] = Pending(login=login)
         return OK
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options) -> str:
         cfg = self.config.smtp_in
         if cfg.require_auth and not session.authenticated:
             return AUTH_NEEDED
-        pending: Pending = getattr(envelope, "pending", None) or Pending()
-        envelope.pending = pending  # type: ignore[attr-defined]
+        pending = self._pending.setdefault(envelope, Pending())
         approval = approval_campaign(address, cfg.domain)
         if approval is not None or pending.approval is not None:
             if pending.recipients or pending.approval is not None:
@@ -317,7 +357,7 @@ class Handler:
     async def _data(self, envelope: Envelope) -> str:
         listener = self.listener
         cfg = self.config.smtp_in
-        pending: Pending = getattr(envelope, "pending", None) or Pending()
+        pending = self._pending.get(envelope) or Pending()
         if not pending.recipients and pending.approval is None:
             return NO_RECIPIENT
         data = envelope.original_content or envelope.content
@@ -702,23 +742,11 @@ class SmtpListener:
             require_starttls=False,
             auth_required=False,
             auth_require_tls=True,
-            authenticator=self._authenticate,
             # Per command; RCPT may come once per recipient, so its own bound follows max_recipients.
             command_call_limit={"*": cfg.max_commands, "RCPT": max(cfg.max_commands, cfg.max_recipients + 50)},
             # Reset by each valid command only: a silent or dripping client is cut after this long.
             timeout=cfg.command_timeout,
         )
-
-    def _authenticate(self, server, session, envelope, mechanism: str, auth_data) -> AuthResult:
-        users = self.config().smtp_in.users
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        login = auth_data.login.decode("utf-8", "replace")
-        user = users.get(login)
-        ok = user is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), user.hash)
-        # A failure is logged and counted by RelaySMTP._checked. The login rides on the session
-        # (session.auth_data) to MAIL FROM, which binds it to its addresses.
-        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -87,10 +87,6 @@ class Outcome:
     retry_recipients: list[str] | None = None  # on partial acceptance: only those still to try
 
 
-class PermanentError(Exception):
-    """The server refused the message for good (5xx)."""
-
-
 def _response_error(code: int, message: str) -> str:
     return f"{code} {' '.join(str(message).split())}"
 
@@ -163,10 +159,6 @@ class Outbox:
     def wake(self) -> None:
         """Look at the table now: after a commit that queued mail, or from the scheduler's sweep."""
         self._wake.set()
-
-    async def depth(self) -> dict:
-        """{"pending": n, "failed": n, "oldest_pending_at": iso | None}, for /healthz and metrics."""
-        return await self.store.read(_depth)
 
     # ------------------------------------------------------------ the loop
 
@@ -412,15 +404,6 @@ def _settle(db: Database, *, row_id: int, outcome: Outcome, max_age: float) -> d
 def _next_due(db: Database) -> dict:
     pending, first = db.execute("SELECT count(*), min(next_attempt_at) FROM outbox WHERE status = 'pending'").fetchone()
     return {"pending": pending, "next": first}
-
-
-def _depth(db: Database) -> dict:
-    # IN, not != 'sent': an index range over the few unsent rows instead of a scan of every sent one.
-    counts = dict(
-        db.execute("SELECT status, count(*) FROM outbox WHERE status IN ('pending', 'failed') GROUP BY status")
-    )
-    oldest = db.execute("SELECT min(created_at) FROM outbox WHERE status = 'pending'").fetchone()[0]
-    return {"pending": counts.get("pending", 0), "failed": counts.get("failed", 0), "oldest_pending_at": oldest}
 
 
 # ------------------------------------------------------------------ Maildir

@@ -2,7 +2,7 @@
 
 The daemon runs in this process (asyncio loop, Maildir transport, emulator, no instant subscription).
 10,000 reply callbacks from a dozen countries over a week are stored through the real path
-(`classify` + `queries.store_callback`, in batches through the store's writer) and marked routed.
+(`classify` + `callbacks.store_callback`, in batches through the store's writer) and marked routed.
 Each timed run resets the digest's watermark first, so every run gathers the same 10,000 events.
 
 Measured per run: wall time of `await daemon.notifier.run_digest(name)` (read, group, render both
@@ -48,7 +48,7 @@ PREFIXES = ["+336", "+337", "+4479", "+4915", "+3493", "+3933", "+3247", "+4176"
 
 def seed_batch(db, *, start: int, n: int) -> int:
     from relay.octopush.callbacks import classify
-    from relay.storage import queries
+    from relay.storage import callbacks
 
     for i in range(start, start + n):
         prefix = PREFIXES[i % len(PREFIXES)]
@@ -62,7 +62,7 @@ def seed_batch(db, *, start: int, n: int) -> int:
             "reception_date": f"2026-11-0{day} {i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d}",
         }
         cb = classify(fields, raw=str(fields), content_type="application/json")
-        queries.store_callback(db, cb)
+        callbacks.store_callback(db, cb)
     db.execute("UPDATE callbacks SET routed = 1 WHERE routed = 0")
     return n
 

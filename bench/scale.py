@@ -4,7 +4,7 @@ The database is built in this process through octorelay's own storage layer, wit
 forward two years over the build (`relay.clock.now` patched): 20,000 campaigns per million callbacks
 sent by e-mail (`sending.queue_campaign`, then the send queue's own `_claim` / `_record` with a
 ticket), and for each campaign replies, delivery receipts and now and then a STOP from its
-recipients in 15 countries (`classify` + `queries.store_callback`); every reply to an e-mail gets
+recipients in 15 countries (`classify` + `callbacks.store_callback`); every reply to an e-mail gets
 its instant e-mail through the outbox (`queue_message`, then `outbox._settle` as delivered) and its
 Message-ID remembered. One number is a busy conversation (every 50th campaign).
 
@@ -95,7 +95,8 @@ def build(path: Path, total: int) -> dict:
     from relay.octopush.callbacks import classify
     from relay.octopush.client import Recipient, SendResult
     from relay.sending import SendRequest, _claim, _record, queue_campaign
-    from relay.storage import queries
+    from relay.storage import callbacks
+    from relay.storage.campaigns import remember_message
     from relay.storage.database import connect, migrate
 
     rng = random.Random(21)
@@ -146,7 +147,7 @@ def build(path: Path, total: int) -> dict:
                 label=f"Appointments {k}",
             )
             campaign_id, _ = queue_campaign(db, req=req, retry_for=3600)
-            queries.remember_message(db, req.message_id, number=numbers[0], campaign_id=campaign_id, direction="in")
+            remember_message(db, req.message_id, number=numbers[0], campaign_id=campaign_id, direction="in")
             send_id = db.execute("SELECT id FROM sends WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
             ticket = f"sms_{k:08x}"
             _claim(db, send_id=send_id)
@@ -165,14 +166,14 @@ def build(path: Path, total: int) -> dict:
                 else:
                     fields = {"number": num, "stop_date": when}
                 cb = classify(fields, raw=json.dumps(fields), content_type="application/json")
-                queries.store_callback(db, cb, needs_mail=lambda facts: False)
+                callbacks.store_callback(db, cb, routed=True)
                 counts[cb.kind] += 1
                 i += 1
                 if cb.kind == "reply":  # the author's instant e-mail, delivered
                     mid = make_msgid("sms.example.org")
                     stub = {"Message-ID": mid, "Subject": f"Re: Appointments {k}"}
                     row_id = outbox.queue_message(db, stub, kind="reply", recipients=[sender], data=body)
-                    queries.remember_message(db, mid, number=num, campaign_id=campaign_id, direction="out")
+                    remember_message(db, mid, number=num, campaign_id=campaign_id, direction="out")
                     outbox._settle(db, row_id=row_id, outcome=outbox.Outcome("sent"), max_age=3600)
                     counts["outbox"] += 1
         db.execute("COMMIT")
@@ -199,18 +200,16 @@ def db_bytes(path: Path) -> int:
 
 def rewind_digest(path: Path, name: str, events: int) -> int:
     """Move digest `name`'s watermark back so that its next run holds `events` replies and STOPs."""
-    from relay.notify import _advance
-    from relay.storage import queries
-    from relay.storage.database import connect
+    from relay.storage import callbacks, digests
+    from relay.storage.database import connect, immediate_transaction
 
     db = connect(path)
     try:
-        ids = [r["id"] for r in queries.replies(db, kinds=("reply", "stop"), limit=events)]
-        db.execute("BEGIN IMMEDIATE")  # the daemon writes meanwhile: take the write lock first
-        queries.init_digests(db, [name])
-        current = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [name]).fetchone()[0]
-        _advance(db, sub=name, expected=current, to=min(ids) - 1)
-        db.execute("COMMIT")
+        ids = [r["id"] for r in callbacks.replies(db, kinds=("reply", "stop"), limit=events)]
+        with immediate_transaction(db):  # the daemon writes meanwhile: take the write lock first
+            digests.init_digests(db, [name])
+            current = digests.watermark(db, name).last_callback_id
+            digests.advance(db, sub=name, expected=current, to=min(ids) - 1)
     finally:
         db.close()
     return len(ids)

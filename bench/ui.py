@@ -1,7 +1,7 @@
 """First page of /replies with 10,000 stored replies: server render time.
 
 10,000 reply callbacks (a dozen countries over a week, the same data as bench/digest.py) are stored
-through `classify` + `queries.store_callback` with the real Store, then the daemon runs as
+through `classify` + `callbacks.store_callback` with the real Store, then the daemon runs as
 `python -m relay run -c cfg` (its own process) on that database and this process GETs each page
 ~30 times, one request at a time, over a keep-alive connection (loopback, no UI users). The time is
 from the request to the last byte of the body.

@@ -240,13 +240,13 @@ def _unread(config, section: str) -> bool:
 
 
 def cmd_callback_url(config, args) -> int:
-    from relay.storage import queries
+    from relay.storage import meta
 
     token = config.http.callback_token
     if not token:
         db = _existing_db(config)
         try:
-            token = queries.meta_get(db, "callback_token") if db is not None else None
+            token = meta.meta_get(db, "callback_token") if db is not None else None
         finally:
             if db is not None:
                 db.close()
@@ -261,7 +261,7 @@ def cmd_callback_url(config, args) -> int:
 
 def cmd_replies(config, args) -> int:
     from relay import numbers
-    from relay.storage import queries
+    from relay.storage import callbacks
 
     tz = config.display_tz
     try:
@@ -281,7 +281,7 @@ def cmd_replies(config, args) -> int:
     try:
         # Read a thousand at a time and printed as they come: a full export runs in constant memory.
         filters = {"since": since, "country": country, "number": number, "limit": args.limit or None}
-        rows = iter(()) if db is None else queries.iter_replies(db, **filters)
+        rows = iter(()) if db is None else callbacks.iter_replies(db, **filters)
         if args.format == "json":
             _print_json(rows)
         elif args.format == "csv":
@@ -351,11 +351,12 @@ async def _send(config, args) -> int:
     from relay import marketing
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
+    from relay.notify import confirmation_owed
     from relay.octopush.client import OctopushClient, Recipient, with_stop_mention
     from relay.octopush.emulator import Emulator
     from relay.octopush.errors import ValidationError
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
-    from relay.storage import queries
+    from relay.storage import campaigns, meta
     from relay.storage.database import Store
 
     o = config.octopush
@@ -416,14 +417,14 @@ async def _send(config, args) -> int:
         if o.mode == "emulator":
             # A running daemon's emulator is the stand-in Octopush that holds its campaigns: use it when it
             # answers, so `campaign cancel` finds a scheduled SMS sent from here too.
-            stored = await store.read(lambda db: queries.meta_get(db, "emulator_url")) if had_database else None
+            stored = await store.read(lambda db: meta.meta_get(db, "emulator_url")) if had_database else None
             base_url = await _probe_emulator(stored, login or "emulator", key or "emulator", o.timeout)
             login, key = login or "emulator", key or "emulator"
         if o.mode == "emulator" and not base_url:
             # The emulator's receipt and reply go to this database's daemon: one must have run here (it made the
             # token), else they would go to whatever listens on http.listen.
             token = config.http.callback_token or (
-                await store.read(partial(queries.meta_get, key="callback_token")) if had_database else None
+                await store.read(partial(meta.meta_get, key="callback_token")) if had_database else None
             )
             emulator = Emulator(
                 reply_text=o.emulator.reply_text,
@@ -443,7 +444,7 @@ async def _send(config, args) -> int:
         if delayed:
             when = request.send_at.astimezone(clock.region_timezone(config.smtp_in.region))
             print(f"campaign {campaign_id}: outside marketing hours, it goes at {when:%Y-%m-%d %H:%M %Z}")
-        queued = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+        queued = await store.read(partial(campaigns.campaign, campaign_id=campaign_id))
         if any(s["not_before"] for s in queued["sends"]):
             # Held in our own queue until its time: the daemon hands it to Octopush then.
             result = None
@@ -454,6 +455,7 @@ async def _send(config, args) -> int:
                 simulation=o.mode == "simulation",
                 auto_optimize_text=o.auto_optimize_text,
                 only_campaign=campaign_id,
+                confirmation_owed=confirmation_owed,
             )
             await queue.start()
             components.append(queue)
@@ -528,6 +530,7 @@ async def _digest(config, args) -> int:
     from relay.mail.render import Renderer
     from relay.notify import Notifier
     from relay.storage.database import Store
+    from relay.storage.outbox import mail_state
 
     sub = config.subscription(args.name)  # a clear error before anything starts
     if sub.mode != "digest":
@@ -552,25 +555,19 @@ async def _digest(config, args) -> int:
         if msg is None:
             print(f"digest {args.name}: nothing new since the last run; nothing sent")
             return 0
-        row_id = await store.read(
-            lambda db: db.execute("SELECT id FROM outbox WHERE message_id = ?", [msg["Message-ID"]]).fetchone()[0]
-        )
+        row_id = (await store.read(partial(mail_state, message_id=msg["Message-ID"]))).id
         # Deliver this digest only; whatever else is pending belongs to the daemon.
         outbox = Outbox(config.smtp_out, store, only=[row_id])
         await outbox.start()
         deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
         while asyncio.get_running_loop().time() < deadline:
-            state = await store.read(
-                lambda db: db.execute(
-                    "SELECT status, last_error FROM outbox WHERE message_id = ?", [msg["Message-ID"]]
-                ).fetchone()
-            )
-            if state and state[0] != "pending":
+            state = await store.read(partial(mail_state, message_id=msg["Message-ID"]))
+            if state and state.status != "pending":
                 break
             await asyncio.sleep(0.1)
         print(
-            f"digest {args.name}: {msg['Subject']}: {state[0] if state else 'queued'}"
-            + (f" ({state[1]})" if state and state[1] else "")
+            f"digest {args.name}: {msg['Subject']}: {state.status if state else 'queued'}"
+            + (f" ({state.last_error})" if state and state.last_error else "")
         )
         return 0
     finally:
@@ -606,14 +603,14 @@ def _digest_preview(config, sub) -> int:
 
 
 def cmd_db_backup(config, args) -> int:
-    from relay.storage import queries
+    from relay.storage import database
     from relay.storage.database import connect
 
     if not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path)")
     db = connect(config.storage.path, readonly=True)
     try:
-        queries.backup(db, args.file)
+        database.backup(db, args.file)
     except (sqlite3.Error, OSError) as exc:
         raise RelayError(f"cannot write the backup to {args.file}: {exc}") from None
     finally:
@@ -655,21 +652,17 @@ def _purge_in_batches(db, *, cutoff: str, digests: list[str]) -> dict:
     The daemon waits for a lock in growing sleeps (SQLite's busy handler): each pause is at least twice the
     batch it follows, so the daemon's next try finds the lock free.
     """
-    from relay.storage import queries
+    from relay.storage import retention
+    from relay.storage.database import immediate_transaction
 
     totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
     while True:
         started = time.monotonic()
-        db.execute("BEGIN IMMEDIATE")  # the write lock first: a deferred BEGIN could not upgrade past a commit
-        try:
-            counts = queries.purge_batch(db, cutoff=cutoff, digests=digests)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with immediate_transaction(db):
+            counts = retention.purge_batch(db, cutoff=cutoff, digests=digests)
         for key, n in counts.items():
             totals[key] += n
-        if queries.purge_done(counts):
+        if retention.purge_done(counts):
             return totals
         time.sleep(max(PURGE_PAUSE, 2 * (time.monotonic() - started)))
 
@@ -776,7 +769,7 @@ def is_loopback_url(url: str) -> bool:
 
 def stored_token(config, *, create: bool) -> str | None:
     """The callback token: configured, else stored in the database (made there when `create`)."""
-    from relay.storage import queries
+    from relay.storage import meta
     from relay.storage.database import connect, migrate
 
     if config.http.callback_token:
@@ -787,21 +780,21 @@ def stored_token(config, *, create: bool) -> str | None:
     db = connect(config.storage.path)
     try:
         with db.atomic():
-            return queries.ensure_callback_token(db)
+            return meta.ensure_callback_token(db)
     finally:
         db.close()
 
 
 def read_meta(config, key: str) -> str | None:
     """A value the daemon stored, read without creating anything (None without a database)."""
-    from relay.storage import queries
+    from relay.storage import meta
     from relay.storage.database import connect
 
     if not config.storage.path.exists():
         return None
     db = connect(config.storage.path, readonly=True)
     try:
-        return queries.meta_get(db, key)
+        return meta.meta_get(db, key)
     except sqlite3.Error:  # a database from before the meta table
         return None
     finally:
@@ -887,8 +880,9 @@ async def _cancel(config, args) -> int:
     from relay.notify import Notifier
     from relay.octopush.client import OctopushClient
     from relay.sending import cancel_campaign
-    from relay.storage import queries
+    from relay.storage import meta
     from relay.storage.database import Store
+    from relay.storage.outbox import pending_mail_of
 
     if not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
@@ -901,7 +895,7 @@ async def _cancel(config, args) -> int:
         base_url, login, key = o.base_url, o.api_login, o.api_key
         if o.mode == "emulator":
             # The emulator lives in the daemon's process: that is the "Octopush" holding its campaigns.
-            base_url = await store.read(lambda db: queries.meta_get(db, "emulator_url")) or "http://127.0.0.1:9"
+            base_url = await store.read(lambda db: meta.meta_get(db, "emulator_url")) or "http://127.0.0.1:9"
             login, key = login or "emulator", key or "emulator"
         client = OctopushClient(base_url, login, key, timeout=o.timeout, retry_for=o.retry_for)
         await client.start()
@@ -916,13 +910,13 @@ async def _cancel(config, args) -> int:
             contacts(load_groups(config.groups, config.smtp_in.region)),
         )
         await notifier.confirm_pending()
-        ids = await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled"))
+        ids = await store.read(partial(pending_mail_of, campaign_id=args.id, kind="cancelled"))
         if ids:
             outbox = Outbox(config.smtp_out, store, only=ids)
             await outbox.start()
             deadline = asyncio.get_running_loop().time() + config.smtp_out.timeout + 5
             while asyncio.get_running_loop().time() < deadline:
-                if not await store.read(partial(queries.pending_mail_of, campaign_id=args.id, kind="cancelled")):
+                if not await store.read(partial(pending_mail_of, campaign_id=args.id, kind="cancelled")):
                     break
                 await asyncio.sleep(0.1)
     finally:

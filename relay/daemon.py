@@ -28,12 +28,12 @@ from relay.mail.outbox import Outbox
 from relay.mail.render import Renderer
 from relay.mail.smtp_inbound import SmtpListener
 from relay.metrics import Metrics
-from relay.notify import Notifier
+from relay.notify import Notifier, confirmation_owed
 from relay.octopush.client import OctopushClient
 from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue, estimate_cost
-from relay.storage import queries
+from relay.storage import digests, meta
 from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
@@ -99,10 +99,10 @@ class Daemon:
             await self._up(self.store)
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
-        self.callback_token = cfg.http.callback_token or await self.store.write(queries.ensure_callback_token)
+        self.callback_token = cfg.http.callback_token or await self.store.write(meta.ensure_callback_token)
         # A new digest starts here, before any listener accepts: every callback acknowledged from now on is
         # in one of its runs.
-        await self.store.write(partial(queries.init_digests, names=[sub.name for sub in cfg.digests]))
+        await self.store.write(partial(digests.init_digests, names=[sub.name for sub in cfg.digests]))
         self.outbox = Outbox(cfg.smtp_out, self.store, self.metrics)
         await self._up(self.outbox)
 
@@ -119,7 +119,7 @@ class Daemon:
             await self._up(self.emulator)
             base_url = self.emulator.base_url
             # `octorelay campaign cancel` reaches this emulator, which holds the campaigns this daemon sent.
-            await self.store.write(partial(queries.meta_set, key="emulator_url", value=base_url))
+            await self.store.write(partial(meta.meta_set, key="emulator_url", value=base_url))
             login, key = login or "emulator", key or "emulator"
         self.client = OctopushClient(
             base_url, login, key, timeout=cfg.octopush.timeout, retry_for=cfg.octopush.retry_for
@@ -134,6 +134,7 @@ class Daemon:
             auto_optimize_text=cfg.octopush.auto_optimize_text,
             on_finished=self.notifier.wake,
             metrics=self.metrics,
+            confirmation_owed=confirmation_owed,
         )
         self.notifier.estimate = partial(estimate_cost, self.client, timeout=3 * cfg.octopush.timeout)
         await self._up(self.sender)

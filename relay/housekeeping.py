@@ -18,7 +18,7 @@ from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.sending import Guards
-from relay.storage import guards, queries
+from relay.storage import guards, queues, retention
 from relay.storage.database import Store
 
 log = logging.getLogger("relay.daemon")
@@ -59,7 +59,7 @@ class Housekeeping:
         return balance.amount
 
     async def refresh_gauges(self) -> None:
-        depth = await self.store.read(queries.depths)
+        depth = await self.store.read(queues.depths)
         self.metrics.outbox_depth.set(depth["outbox_pending"])
         self.metrics.send_queue_depth.set(depth["send_queue_pending"])
         for work, count in depth["set_aside"].items():
@@ -79,14 +79,14 @@ class Housekeeping:
         """The retention purge in short batches, each its own commit: callbacks wait milliseconds, not seconds."""
         config = self.config()
         days = config.storage.retention_days if days is None else days
-        batch = partial(queries.purge_batch, cutoff=clock.ago(days=days), digests=[s.name for s in config.digests])
+        batch = partial(retention.purge_batch, cutoff=clock.ago(days=days), digests=[s.name for s in config.digests])
         totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
         while True:
             started = time.monotonic()
             counts = await self.store.write(batch)
             for key, n in counts.items():
                 totals[key] += n
-            if queries.purge_done(counts):
+            if retention.purge_done(counts):
                 break
             # The writes that queued meanwhile commit before the next batch: the purge takes a third of the time.
             await asyncio.sleep(max(PURGE_PAUSE, 2 * (time.monotonic() - started)))

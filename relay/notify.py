@@ -16,21 +16,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import TypedDict
 from zoneinfo import ZoneInfo
-
-from sqlite_utils import Database
 
 from relay import backoff, clock, sending
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
 from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
-from relay.octopush.callbacks import is_e164
+from relay.octopush.callbacks import Callback, is_e164
 from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
 from relay.octopush.parts import count_parts
-from relay.storage import guards, queries
-from relay.storage.database import Store, StoreError
+from relay.storage import callbacks, campaigns, digests, guards, meta, queues
+from relay.storage.callbacks import Stored
+from relay.storage.campaigns import CampaignOutcome
+from relay.storage.database import Connection, Store, StoreError
 
 log = logging.getLogger("relay.notify")
 BATCH = 50  # callbacks routed per transaction; small, so rendering never holds the loop long
@@ -162,9 +163,9 @@ class Notifier:
             self.outbox.wake()
         aside = 0
         if failed:
-            counts = await self.store.write(partial(queries.note_failures, work=work, failures=failed))
+            counts = await self.store.write(partial(queues.note_failures, work=work, failures=failed))
             for row_id, count in counts.items():
-                if count >= queries.MAX_FAILURES:
+                if count >= queues.MAX_FAILURES:
                     aside += 1
                     log.error(
                         "notifier: %s #%d failed %d times and is set aside (retry it from /attention): %s",
@@ -195,11 +196,15 @@ class Notifier:
             "reply_to": f"{row['number']}@{domain}" if is_e164(row["number"]) else "",
         }
 
-    def needs_mail(self, row: dict) -> bool:
+    def store_callback(self, db: Connection, cb: Callback) -> Stored:
+        """Store a callback and whether it gets an e-mail at once (run inside `Store.write`): see `store_callback`."""
+        return store_callback(db, cb, needs_mail=self.needs_mail)
+
+    def needs_mail(self, row: RoutingFacts) -> bool:
         """Whether a callback gets an e-mail at once: its SMS's author, or an instant subscription.
 
-        Asked when a callback is stored (`row` has kind, country, campaign_origin and sender_email): one that
-        needs none is stored already routed, and only the digests show it. The config of that moment decides.
+        Asked when a callback is stored: one that needs none is stored already routed, and only the digests
+        show it. The config of that moment decides.
         """
         return _author_gets(row) or any(
             sub.mode == "instant" and matches(sub, row) for sub in self.config.subscriptions
@@ -262,20 +267,11 @@ class Notifier:
         and only for a campaign still unmarked then, so a command (`campaign cancel`) sweeping at the same time
         as the daemon never doubles an e-mail; a campaign whose e-mail keeps failing is set aside like a callback.
         """
-        ids = await self.store.read(
-            lambda db: [
-                r[0]
-                for r in db.execute(
-                    """SELECT id FROM campaigns WHERE notified = 0 AND status IN ('sent', 'failed', 'cancelled')
-                       ORDER BY id LIMIT ?""",
-                    [BATCH],
-                )
-            ]
-        )
+        ids = await self.store.read(partial(campaigns.unconfirmed, limit=BATCH))
         if not ids:
             return 0
-        campaigns = await self.store.read(lambda db: [queries.campaign(db, campaign_id=i) for i in ids])
-        planned = self._planned(campaigns)
+        finished = await self.store.read(lambda db: [campaigns.campaign(db, campaign_id=i) for i in ids])
+        planned = self._planned(finished)
         mails: dict[int, list[Mail]] = {i: [] for i in ids}
         failed: dict[int, str] = {}
         if planned:
@@ -288,10 +284,13 @@ class Notifier:
                     mails[campaign_id] += result
         return await self._commit("confirmation", mails, failed)
 
-    def _planned(self, campaigns: list[dict]) -> list[tuple[str, dict]]:
-        """The e-mails these finished campaigns call for: ("confirmation" | "cancelled" | "alert", campaign)."""
+    def _planned(self, finished: list[dict]) -> list[tuple[str, dict]]:
+        """The e-mails these finished campaigns call for: ("confirmation" | "cancelled" | "alert", campaign).
+
+        The send queue marks a campaign that can call for none notified as it settles it (`confirmation_owed`).
+        """
         planned = []
-        for campaign in campaigns:
+        for campaign in finished:
             wanted = campaign.get("confirm") or "none"
             failed = campaign["status"] == "failed"
             if campaign["status"] == "cancelled":
@@ -410,19 +409,19 @@ class Notifier:
         """
         threshold = self.config.octopush.low_credit
         level = repr(float(credit))
-        alerted = await self.store.read(lambda db: queries.meta_get(db, "low_credit_alerted"))
+        alerted = await self.store.read(lambda db: meta.meta_get(db, "low_credit_alerted"))
         if threshold <= 0 or credit >= threshold or not self.config.subscriptions:
             if alerted:
-                await self.store.write(lambda db: db.execute("DELETE FROM meta WHERE key = 'low_credit_alerted'"))
+                await self.store.write(partial(meta.meta_delete, key="low_credit_alerted"))
             return False
         if alerted == level:
             return False  # already said for this credit
         mail = self._alert(residual_credit=float(credit), sms=sms)
         mail.data = serialise(mail.message)
 
-        def queue(db: Database) -> None:
+        def queue(db: Connection) -> None:
             remember(db, mail)
-            queries.meta_set(db, "low_credit_alerted", level)
+            meta.meta_set(db, "low_credit_alerted", level)
 
         await self.store.write(queue)
         self.outbox.wake()
@@ -440,7 +439,7 @@ class Notifier:
             await self.store.write(sending.expire_held)
             ids = await self.store.read(guards.approval_mail_due)
         for campaign_id in ids:
-            campaign = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            campaign = await self.store.read(partial(campaigns.campaign, campaign_id=campaign_id))
             expired = campaign["status"] == "cancelled"
             estimate = {"cost": None, "error": ""}
             if not expired:
@@ -454,7 +453,7 @@ class Notifier:
                     estimate["error"] = str(exc)
             mail = await asyncio.to_thread(self._approval, campaign, estimate, expired)
 
-            def queue(db: Database, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
+            def queue(db: Connection, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
                 remember(db, mail)
                 guards.mark_mailed(db, campaign_id, done=expired)
 
@@ -504,13 +503,13 @@ class Notifier:
         sub = self.config.subscription(name)
         async with self._digest_lock:
             # A subscription the daemon has not seen yet (added, not yet reloaded) starts from now here too.
-            await self.store.write(partial(queries.init_digests, names=[sub.name]))
+            await self.store.write(partial(digests.init_digests, names=[sub.name]))
             snapshot = await self.store.read(partial(_digest_events, sub=sub))
             until = now or clock.now()
             if not snapshot["rows"] and not sub.send_empty:
                 if not dry_run:
                     await self.store.write(
-                        partial(_advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"])
+                        partial(digests.advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"])
                     )
                 return None
             parts = max(1, -(-snapshot["total"] // DIGEST_PART))
@@ -537,8 +536,8 @@ class Notifier:
     async def _queue_digest(self, sub: Subscription, msg, snapshot: dict) -> bool:
         mail = Mail("digest", sub.to, msg, data=await asyncio.to_thread(serialise, msg))
 
-        def queue(db: Database) -> bool:
-            if not _advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["end"]):
+        def queue(db: Connection) -> bool:
+            if not digests.advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["end"]):
                 return False
             remember(db, mail)
             return True
@@ -589,15 +588,53 @@ class Notifier:
         )
 
 
+class RoutingFacts(TypedDict):
+    """What deciding a callback's e-mails needs, known before it is stored (a stored row has these fields too)."""
+
+    kind: str
+    country: str | None
+    campaign_origin: str | None
+    sender_email: str | None
+
+
+def store_callback(db: Connection, cb: Callback, *, needs_mail: Callable[[RoutingFacts], bool]) -> Stored:
+    """Store a callback once, linked to the campaign it answers, and route it in the same transaction.
+
+    `needs_mail` (the notifier's) says whether it gets an e-mail at once; when it does not, the callback is
+    stored already routed and the notifier never reads it again. Committed before its 200 (SPEC §3), so a
+    callback is stored once and routed once, whichever process routes it.
+    """
+    if cb.kind == "unrecognised":  # nothing to route: an operator reads these in the UI
+        return callbacks.store_callback(db, cb, link=None)
+    link = callbacks.campaign_answered(db, cb.ticket, cb.number) if cb.kind in ("reply", "stop") else None
+    facts = RoutingFacts(
+        kind=cb.kind,
+        country=cb.country,
+        campaign_origin=link.origin if link else None,
+        sender_email=link.sender_email if link else None,
+    )
+    return callbacks.store_callback(db, cb, link=link, routed=not needs_mail(facts))
+
+
+def confirmation_owed(outcome: CampaignOutcome) -> bool:
+    """Whether a campaign Octopush has just answered may call for an e-mail (SPEC §5, `confirm`).
+
+    A failure may (its sender's failure e-mail, an account alert), and so may a success whose sender asked
+    for "all"; `Notifier._planned` decides which e-mails exactly. The send queue (`sending._record`) marks any
+    other campaign notified as it settles it, so the notifier's sweep never reads it.
+    """
+    return outcome.failed or outcome.confirm == "all"
+
+
 def describe(exc: BaseException) -> str:
     """An error as the Attention page shows it."""
     return f"{type(exc).__name__}: {exc}"
 
 
-def _queue(db: Database, *, work: str, mails: dict[int, list[Mail]]) -> None:
+def _queue(db: Connection, *, work: str, mails: dict[int, list[Mail]]) -> None:
     """Queue rows' e-mails and mark the rows done (routed callbacks, or notified campaigns), together; a row that
     another process (a command sweeping beside the daemon) marked first gets no second e-mail."""
-    marked = queries.mark_done(db, work=work, ids=list(mails))
+    marked = queues.mark_done(db, work=work, ids=list(mails))
     for row_id, row_mails in mails.items():
         if row_id in marked:
             for mail in row_mails:
@@ -639,76 +676,37 @@ def matches(sub: Subscription, row: dict) -> bool:
     return row["kind"] in sub.events and (not sub.countries or (row["country"] or "") in sub.countries)
 
 
-def remember(db: Database, mail: Mail) -> None:
+def remember(db: Connection, mail: Mail) -> None:
     """Queue the e-mail and remember its Message-ID with its conversation."""
     msg = mail.message
     queue_message(db, msg, kind=mail.kind, recipients=list(mail.to), data=mail.data)
-    queries.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
+    campaigns.remember_message(db, msg["Message-ID"], number=mail.number, campaign_id=mail.campaign_id, direction="out")
 
 
-_EVENT_COLUMNS = """cb.id, cb.kind, cb.ticket, cb.number, cb.country, cb.text, cb.status, cb.occurred_at,
-                    cb.received_at, cb.campaign_id, c.text AS answered, c.origin AS campaign_origin, c.sender_email,
-                    c.message_id, c.thread_refs, c.label"""
+def _unrouted(db: Connection) -> list[callbacks.Event]:
+    return callbacks.unrouted(db, limit=BATCH)
 
 
-def _unrouted(db: Database) -> list[dict]:
-    return [
-        dict(r)
-        for r in db.query(
-            f"""SELECT {_EVENT_COLUMNS} FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id
-                WHERE cb.routed = 0 ORDER BY cb.id LIMIT ?""",
-            [BATCH],
-        )
-    ]
-
-
-def pending_digest(db: Database, *, sub: Subscription) -> dict | None:
+def pending_digest(db: Connection, *, sub: Subscription) -> dict | None:
     """What the next run of `sub` holds, read only (`digest --dry-run`: its first part); None when it has never
     run: it starts then."""
-    if db.execute("SELECT 1 FROM digests WHERE name = ?", [sub.name]).fetchone() is None:
+    if digests.watermark(db, sub.name) is None:
         return None
     return _digest_events(db, sub=sub)
 
 
-def _digest_events(db: Database, *, sub: Subscription, top: int | None = None, total: int | None = None) -> dict:
+def _digest_events(db: Connection, *, sub: Subscription, top: int | None = None, total: int | None = None) -> dict:
     """The next `DIGEST_PART` events after the watermark (up to `top`, the newest id when the run began).
 
     `end` is where the watermark goes once they are sent: the last one's id, or `top` with the last part.
     """
-    row = db.execute("SELECT last_callback_id, last_run_at FROM digests WHERE name = ?", [sub.name]).fetchone()
-    watermark, since = (row[0], row[1]) if row else (0, None)
+    mark = digests.watermark(db, sub.name)
+    watermark, since = (mark.last_callback_id, mark.last_run_at) if mark else (0, None)
     if top is None:
-        top = db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
-    kinds = [k for k in sub.events]
-    where = f"cb.id > ? AND cb.id <= ? AND cb.kind IN ({', '.join('?' * len(kinds))})"
-    params: list = [watermark, top, *kinds]
-    if sub.countries:
-        where += f" AND cb.country IN ({', '.join('?' * len(sub.countries))})"
-        params += list(sub.countries)
+        top = callbacks.newest_id(db)
+    which = {"after": watermark, "upto": top, "kinds": list(sub.events), "countries": list(sub.countries)}
     if total is None:
-        total = db.execute(f"SELECT count(*) FROM callbacks cb WHERE {where}", params).fetchone()[0]
-    rows = [
-        dict(r)
-        for r in db.query(
-            f"SELECT {_EVENT_COLUMNS} FROM callbacks cb LEFT JOIN campaigns c ON c.id = cb.campaign_id "
-            f"WHERE {where} ORDER BY cb.id LIMIT ?",
-            [*params, DIGEST_PART],
-        )
-    ]
+        total = digests.count_events(db, **which)
+    rows = digests.events(db, **which, limit=DIGEST_PART)
     end = rows[-1]["id"] if len(rows) == DIGEST_PART else top
     return {"rows": rows, "watermark": watermark, "top": top, "end": end, "total": total, "since": since}
-
-
-def _advance(db: Database, *, sub: str, expected: int, to: int) -> bool:
-    """Move a digest's watermark from `expected` to `to`; False when someone else moved it."""
-    row = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [sub]).fetchone()
-    current = row[0] if row else 0
-    if current != expected:
-        return False
-    db.execute(
-        "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET last_callback_id = excluded.last_callback_id, "
-        "last_run_at = excluded.last_run_at",
-        [sub, to, clock.iso()],
-    )
-    return True

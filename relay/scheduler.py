@@ -14,8 +14,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relay import clock
 from relay.config import Config, ConfigSource, Subscription
-from relay.storage import queries
 from relay.storage.database import Store
+from relay.storage.digests import init_digests
 
 log = logging.getLogger("relay.scheduler")
 
@@ -90,7 +90,7 @@ class Scheduler:
         if config.storage.retention_days > 0:
             s.add_job(self.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
         digests = config.digests
-        state = await self.store.write(partial(queries.init_digests, names=[sub.name for sub in digests]))
+        state = await self.store.write(partial(init_digests, names=[sub.name for sub in digests]))
         now = clock.now()
         for sub in digests:
             s.add_job(

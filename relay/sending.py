@@ -19,8 +19,6 @@ from datetime import datetime, time, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from sqlite_utils import Database
-
 from relay import backoff, clock
 from relay.config import Config, Limits
 from relay.errors import CannotCancel, RelayError
@@ -28,8 +26,8 @@ from relay.octopush.callbacks import normalise_number
 from relay.octopush.client import Campaign, OctopushClient, Recipient, SendResult, split, validate
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.octopush.parts import count_parts
-from relay.storage import guards, queries
-from relay.storage.database import Store, StoreError
+from relay.storage import callbacks, campaigns, guards, meta, queues
+from relay.storage.database import Connection, Store, StoreError
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
@@ -76,7 +74,7 @@ class Guards:
                     f"({', '.join(allowed)})"
                 )
 
-    def check_spend(self, db: Database, req: SendRequest, needed: int) -> None:
+    def check_spend(self, db: Connection, req: SendRequest, needed: int) -> None:
         """`daily_sms` and `sender_daily_sms`, read in the same transaction as the insert that follows."""
         start, reset = self.day()
         since = clock.iso(start)
@@ -150,7 +148,7 @@ def request_key(message_id: str, numbers: Sequence[str], *, salt: str = "") -> s
 
 
 def queue_campaign(
-    db: Database, req: SendRequest, *, retry_for: float, guards: Guards | None = None
+    db: Connection, req: SendRequest, *, retry_for: float, guards: Guards | None = None
 ) -> tuple[int, bool]:
     """Store a campaign and its Octopush calls (inside `Store.write`); returns (id, newly queued).
 
@@ -159,13 +157,13 @@ def queue_campaign(
     checked here, in the transaction that stores the campaign (LimitExceeded),
     and a campaign over `approve_over` numbers is stored `held`.
     """
-    existing = db.execute("SELECT id FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
+    existing = campaigns.campaign_for_request(db, req.request_key)
     if existing:
-        return existing[0], False
+        return existing.id, False
     recipients = list(req.recipients)
     removed: list[str] = []
     if req.purpose == "wholesale":
-        removed = [r.phone_number for r in recipients if queries.is_opted_out(db, r.phone_number)]
+        removed = [r.phone_number for r in recipients if callbacks.is_opted_out(db, r.phone_number)]
         recipients = [r for r in recipients if r.phone_number not in removed]
         if not recipients:
             raise NothingToSend(f"every recipient opted out with STOP ({', '.join(removed)}); nothing was sent")
@@ -177,9 +175,8 @@ def queue_campaign(
         guards.check_spend(db, req, budget)
         held = guards.holds(req, len(recipients))
     now = clock.iso()
-    campaign_id = queries.insert(
+    campaign_id = campaigns.add_campaign(
         db,
-        "campaigns",
         {
             "request_key": req.request_key,
             "origin": req.origin,
@@ -217,9 +214,8 @@ def queue_campaign(
     # have reached Octopush late, within its own 24 h). "-1", "-2"… are added when there are several calls.
     request_id = f"{req.request_key}-{campaign_id}"
     for index, call in enumerate(split(req.campaign(recipients, request_id=request_id)), start=1):
-        send_id = queries.insert(
+        send_id = campaigns.add_send(
             db,
-            "sends",
             {
                 "campaign_id": campaign_id,
                 "chunk": index,
@@ -230,9 +226,8 @@ def queue_campaign(
                 "created_at": now,
             },
         )
-        queries.insert_many(
+        campaigns.add_recipients(
             db,
-            "recipients",
             [
                 {
                     "campaign_id": campaign_id,
@@ -248,7 +243,7 @@ def queue_campaign(
         )
     if req.message_id:
         number = recipients[0].phone_number if len(recipients) == 1 else ""
-        queries.remember_message(db, req.message_id, number=number, campaign_id=campaign_id, direction="in")
+        campaigns.remember_message(db, req.message_id, number=number, campaign_id=campaign_id, direction="in")
     return campaign_id, True
 
 
@@ -269,12 +264,14 @@ class SendQueue:
         on_finished: Callable[[], object] | None = None,
         metrics=None,
         only_campaign: int | None = None,
+        confirmation_owed: Callable[[campaigns.CampaignOutcome], bool] | None = None,
     ):
         self.store = store
         self.client = client
         self.simulation = simulation
         self.auto_optimize_text = auto_optimize_text
         self.on_finished = on_finished
+        self.confirmation_owed = confirmation_owed  # the notifier's policy, see `_record`
         # `octorelay send` works its own campaign only, and leaves the daemon's rows alone.
         self.only_campaign = only_campaign
         self.metrics = metrics
@@ -287,9 +284,7 @@ class SendQueue:
     async def start(self) -> None:
         if self.only_campaign is None:
             # A send left "sending" by a crash goes again: its request_id makes that safe.
-            await self.store.write(
-                lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'")
-            )
+            await self.store.write(campaigns.requeue_interrupted_sends)
         self._task = asyncio.create_task(self._run(), name="send-queue")
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -314,7 +309,7 @@ class SendQueue:
     async def wait(self, campaign_id: int) -> dict:
         """Wait until Octopush has a campaign or refused it, or one of its calls is set aside; returns its row."""
         while True:
-            row = await self.store.read(partial(queries.campaign, campaign_id=campaign_id))
+            row = await self.store.read(partial(campaigns.campaign, campaign_id=campaign_id))
             if row and (
                 row["stored_status"] in ("sent", "failed", "cancelled")
                 or any(s["status"] == "set_aside" for s in row["sends"])
@@ -337,7 +332,7 @@ class SendQueue:
                         partial(_pending, exclude=list(self._inflight), limit=room, campaign=self.only_campaign)
                     )
                 # A campaign held until its time is handed over then, not at the next 30 s look.
-                due = await self.store.read(queries.next_scheduled_send)
+                due = await self.store.read(campaigns.next_scheduled_send)
                 if due:
                     idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
             except Exception:  # noqa: BLE001 - a worker logs and goes on
@@ -373,11 +368,11 @@ class SendQueue:
         failures = 0
         if not isinstance(exc, StoreError):
             counts = await self._keep_trying(
-                partial(queries.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
+                partial(queues.note_failures, work="send", failures={send_id: f"{type(exc).__name__}: {exc}"}),
                 f"send #{send_id}: counting its failure",
             )
             failures = counts.get(send_id, 0)
-            if failures >= queries.MAX_FAILURES:
+            if failures >= queues.MAX_FAILURES:
                 log.error(
                     "send #%d failed %d times and is set aside (retry it from /attention): %s", send_id, failures, exc
                 )
@@ -385,7 +380,7 @@ class SendQueue:
                 return
         await asyncio.sleep(backoff.row_pause(failures))
         await self._keep_trying(
-            lambda db: db.execute("UPDATE sends SET status = 'pending' WHERE id = ? AND status = 'sending'", [send_id]),
+            partial(campaigns.requeue_send, send_id=send_id),
             f"send #{send_id}: putting it back in the queue",
         )
 
@@ -445,7 +440,8 @@ class SendQueue:
         except RelayError as exc:  # a local validation error: this request can never go
             error = exc
         finished = await self._keep_trying(
-            partial(_record, send_id=send_id, result=result, error=error), f"send #{send_id}: recording the answer"
+            partial(_record, send_id=send_id, result=result, error=error, confirmation_owed=self.confirmation_owed),
+            f"send #{send_id}: recording the answer",
         )
         if self.metrics:
             if error is None:
@@ -482,106 +478,56 @@ def _still_ahead(send_at: str | None) -> datetime | None:
     return moment if moment > clock.now() + timedelta(seconds=30) else None
 
 
-def _pending(db: Database, *, exclude: list[int], limit: int, campaign: int | None = None) -> list[dict]:
+def _pending(db: Connection, *, exclude: list[int], limit: int, campaign: int | None = None) -> list[dict]:
     """The next pending calls, skipping those already waiting for a worker."""
-    skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
-    mine = "AND campaign_id = ?" if campaign is not None else ""
-    sql = f"""SELECT id FROM sends WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?) {skip} {mine}
-              ORDER BY id LIMIT ?"""
-    params = [clock.iso(), *exclude, *([campaign] if campaign is not None else []), limit]
-    return [dict(r) for r in db.query(sql, params)]
-
-
-def _claim(db: Database, *, send_id: int) -> dict | None:
-    cur = db.execute(
-        """UPDATE sends SET status = 'sending', attempts = attempts + 1
-           WHERE id = ? AND status = 'pending' AND (not_before IS NULL OR not_before <= ?)""",
-        [send_id, clock.iso()],
-    )
-    if not cur.rowcount:
-        return None
-    row = dict(
-        next(
-            db.query(
-                """SELECT s.request_id, s.deadline, c.text, c.type, c.purpose, c.sender, c.send_at,
-                          c.with_replies, c.simulation
-                   FROM sends s JOIN campaigns c ON c.id = s.campaign_id WHERE s.id = ?""",
-                [send_id],
-            )
-        )
-    )
-    row["recipients"] = [
-        dict(r)
-        for r in db.query(
-            "SELECT number, first_name, last_name, params FROM recipients WHERE send_id = ? ORDER BY id", [send_id]
-        )
+    return [
+        {"id": i} for i in campaigns.due_sends(db, now=clock.iso(), exclude=exclude, limit=limit, campaign=campaign)
     ]
-    return row
 
 
-def _record(db: Database, *, send_id: int, result: SendResult | None, error) -> tuple[int, bool] | None:
+def _claim(db: Connection, *, send_id: int) -> campaigns.ClaimedSend | None:
+    return campaigns.claim_send(db, send_id=send_id, now=clock.iso())
+
+
+def _record(
+    db: Connection,
+    *,
+    send_id: int,
+    result: SendResult | None,
+    error,
+    confirmation_owed: Callable[[campaigns.CampaignOutcome], bool] | None = None,
+) -> tuple[int, bool] | None:
     """Store one call's answer; when it was the campaign's last, settle the campaign.
 
     Returns None while the campaign has calls left, else (campaign id, whether the notifier has an e-mail
-    to consider). A campaign sent with `confirm` "none" or "errors" calls for no e-mail and is marked
-    notified here, sparing the notifier a sweep per campaign.
+    to consider). `confirmation_owed` is the notifier's policy (notify.confirmation_owed): a campaign that
+    calls for no e-mail is marked notified here, sparing the notifier a sweep per campaign. Without it, the
+    notifier's sweep looks at every finished campaign.
     """
     now = clock.iso()
     if result is not None:
-        db.execute(
-            """UPDATE sends SET status = 'sent', ticket = ?, already_sent = ?, sms_needed = ?, cost = ?,
-                                residual_credit = ?, sent_at = ? WHERE id = ?""",
-            [
-                result.ticket,
-                int(result.already_sent),
-                result.sms_needed,
-                result.total_cost,
-                result.residual_credit,
-                now,
-                send_id,
-            ],
+        campaigns.record_send_sent(
+            db,
+            send_id,
+            ticket=result.ticket,
+            already_sent=result.already_sent,
+            sms_needed=result.sms_needed,
+            cost=result.total_cost,
+            residual_credit=result.residual_credit,
+            at=now,
         )
         if result.ticket:
-            queries.apply_receipts(db, ticket=result.ticket)
+            callbacks.apply_receipts(db, ticket=result.ticket)
         if result.residual_credit is not None:
-            queries.meta_set(db, "residual_credit", str(result.residual_credit))
+            meta.meta_set(db, "residual_credit", str(result.residual_credit))
     else:
-        db.execute(
-            "UPDATE sends SET status = 'failed', error_code = ?, error = ? WHERE id = ?",
-            [getattr(error, "code", None), str(error), send_id],
-        )
-    campaign_id, confirm = db.execute(
-        "SELECT s.campaign_id, c.confirm FROM sends s JOIN campaigns c ON c.id = s.campaign_id WHERE s.id = ?",
-        [send_id],
-    ).fetchone()
-    states = [r[0] for r in db.execute("SELECT status FROM sends WHERE campaign_id = ?", [campaign_id])]
-    if any(s in ("pending", "sending", "set_aside") for s in states):
+        campaigns.record_send_failed(db, send_id, code=getattr(error, "code", None), error=str(error))
+    outcome = campaigns.campaign_outcome(db, send_id)
+    if outcome is None:
         return None
-    totals = db.execute(
-        "SELECT sum(sms_needed), sum(cost), min(residual_credit) FROM sends WHERE campaign_id = ? AND status = 'sent'",
-        [campaign_id],
-    ).fetchone()
-    failed = db.execute(
-        "SELECT error_code, error FROM sends WHERE campaign_id = ? AND status = 'failed' ORDER BY id LIMIT 1",
-        [campaign_id],
-    ).fetchone()
-    quiet = not failed and confirm != "all"
-    db.execute(
-        """UPDATE campaigns SET status = ?, sms_needed = ?, cost = ?, residual_credit = ?, error_code = ?,
-                                error = ?, finished_at = ?, notified = ? WHERE id = ?""",
-        [
-            "failed" if failed else "sent",
-            totals[0],
-            totals[1],
-            totals[2],
-            failed[0] if failed else None,
-            failed[1] if failed else None,
-            now,
-            int(quiet),
-            campaign_id,
-        ],
-    )
-    return campaign_id, not quiet
+    owed = confirmation_owed is None or confirmation_owed(outcome)
+    campaigns.finish_campaign(db, outcome, at=now, notified=not owed)
+    return outcome.campaign_id, owed
 
 
 async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_id: int, *, by: str) -> dict:
@@ -592,7 +538,7 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
     cancelled there first (DELETE /sms-campaign/cancel: until 10 minutes before), then here. Either way its
     status becomes "cancelled" and its sender is told by the notifier's sweep (`notified = 0`).
     """
-    row = await store.read(partial(queries.campaign, campaign_id=campaign_id))
+    row = await store.read(partial(campaigns.campaign, campaign_id=campaign_id))
     if row is None:
         raise CannotCancel(f"there is no campaign {campaign_id}")
     if row["status"] == "held":  # still in our queue, its share of the day's budget given back
@@ -622,7 +568,7 @@ async def cancel_campaign(store: Store, client: OctopushClient | None, campaign_
         except TemporaryError as exc:
             raise CannotCancel(f"campaign {campaign_id} was not cancelled: {exc}; try again") from None
         cancelled_there.append(send["id"])
-    await store.write(partial(queries.cancel_campaign, campaign_id=campaign_id, by=by, at_octopush=cancelled_there))
+    await store.write(partial(campaigns.cancel_campaign, campaign_id=campaign_id, by=by, at_octopush=cancelled_there))
     log.info("campaign #%d cancelled by %s", campaign_id, by)
     return row
 
@@ -634,7 +580,7 @@ class NotHeld(RelayError):
     """The campaign is not (or no longer) waiting for approval; the message says what it is."""
 
 
-def approve_campaign(db: Database, campaign_id: int, *, config: Config, by: str) -> dict:
+def approve_campaign(db: Connection, campaign_id: int, *, config: Config, by: str) -> dict:
     """Send a held campaign: its calls join the queue, retried from now for `retry_for` (inside `Store.write`).
 
     A marketing campaign approved outside the marketing windows waits for the next one, as it would have
@@ -656,7 +602,7 @@ def approve_campaign(db: Database, campaign_id: int, *, config: Config, by: str)
     return row
 
 
-def cancel_held(db: Database, campaign_id: int, *, by: str) -> dict:
+def cancel_held(db: Connection, campaign_id: int, *, by: str) -> dict:
     """Cancel a held campaign for good: nothing is sent, and its share of the day's budget is given back."""
     row = _held(db, campaign_id)
     guards.release(db, campaign_id, status="cancelled")
@@ -665,7 +611,7 @@ def cancel_held(db: Database, campaign_id: int, *, by: str) -> dict:
     return row
 
 
-def expire_held(db: Database) -> list[int]:
+def expire_held(db: Connection) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
     expired = guards.expired_held(db, clock.iso())
     for campaign_id in expired:
@@ -676,7 +622,7 @@ def expire_held(db: Database) -> list[int]:
     return expired
 
 
-def _held(db: Database, campaign_id: int) -> dict:
+def _held(db: Connection, campaign_id: int) -> dict:
     row = guards.held_facts(db, campaign_id)
     if row is None:
         raise NotHeld(f"there is no campaign {campaign_id}")

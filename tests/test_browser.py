@@ -22,7 +22,7 @@ import pytest
 from relay.octopush.callbacks import classify
 from relay.octopush.client import Recipient
 from relay.sending import SendRequest, queue_campaign
-from relay.storage import queries
+from relay.storage import callbacks
 from tests.conftest import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -68,7 +68,7 @@ async def browser():
 async def add_reply(daemon, number: str, text: str, date: str) -> None:
     fields = {"number": number, "text": text, "reception_date": date}
     cb = classify(fields, raw=json.dumps(fields), content_type="application/json")
-    await daemon.store.write(lambda db: queries.store_callback(db, cb))
+    await daemon.store.write(lambda db: callbacks.store_callback(db, cb))
 
 
 async def seed(daemon) -> None:
@@ -93,7 +93,7 @@ async def seed(daemon) -> None:
 
 
 async def _count(daemon, n: int) -> bool:
-    return await daemon.store.read(partial(queries.count_replies)) >= n
+    return await daemon.store.read(partial(callbacks.count_replies)) >= n
 
 
 async def test_browse_filter_export_and_answer(daemon, browser, shots):

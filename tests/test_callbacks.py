@@ -7,7 +7,7 @@ import logging
 
 import aiohttp
 
-from relay.storage import queries
+from relay.storage import callbacks
 from tests.conftest import wait_for
 
 REPLY = {
@@ -34,7 +34,7 @@ async def test_reply_json_is_stored_before_an_empty_200(daemon):
     async with aiohttp.ClientSession() as http, http.post(url(daemon), json=REPLY) as resp:
         assert resp.status == 200
         assert await resp.read() == b""
-    rows = await daemon.store.read(lambda db: queries.replies(db))
+    rows = await daemon.store.read(lambda db: callbacks.replies(db))
     assert len(rows) == 1
     row = rows[0]
     assert row["number"] == "+33600000001" and row["country"] == "FR" and row["text"] == "some reply"
@@ -75,7 +75,7 @@ async def test_kinds_are_told_apart(daemon):
             async with http.post(url(daemon), json=body) as resp:
                 assert resp.status == 200
     assert [await count(daemon, k) for k in ("reply", "delivery", "stop", "unrecognised")] == [1, 1, 1, 1]
-    assert await daemon.store.read(lambda db: queries.is_opted_out(db, "+33600000002"))
+    assert await daemon.store.read(lambda db: callbacks.is_opted_out(db, "+33600000002"))
 
 
 async def test_repeated_callback_is_stored_once(daemon):
@@ -164,7 +164,7 @@ async def test_reply_links_to_campaign_and_receipt_out_of_order(daemon):
         campaign_id, _ = queue_campaign(db, request, retry_for=10)
         db.execute("UPDATE sends SET status = 'sent', ticket = 'sms_future' WHERE campaign_id = ?", [campaign_id])
         db.execute("UPDATE campaigns SET status = 'sent' WHERE id = ?", [campaign_id])
-        queries.apply_receipts(db, ticket="sms_future")
+        callbacks.apply_receipts(db, ticket="sms_future")
         return campaign_id
 
     campaign_id = await daemon.store.write(queue_and_fake_send)
@@ -176,7 +176,7 @@ async def test_reply_links_to_campaign_and_receipt_out_of_order(daemon):
     reply = {**REPLY, "message_id": "", "number": "+33600000003"}
     async with aiohttp.ClientSession() as http, http.post(url(daemon), json=reply) as resp:
         assert resp.status == 200
-    rows = await daemon.store.read(lambda db: queries.replies(db, number="+33600000003"))
+    rows = await daemon.store.read(lambda db: callbacks.replies(db, number="+33600000003"))
     assert rows[0]["campaign_id"] == campaign_id and rows[0]["answered"] == "hello"
 
 

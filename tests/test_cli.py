@@ -67,14 +67,14 @@ def test_send_refused_by_octopush_is_exit_1(tmp_path, capsys):
 
 
 def test_callback_url_and_replies_formats(tmp_path, capsys):
-    from relay.storage import queries
+    from relay.storage import meta
     from relay.storage.database import connect, migrate
 
     path = write_config(tmp_path / "c.toml", tmp_path, extra='[http]\npublic_url = "https://relay.example.org"\n')
     migrate(tmp_path / "octorelay.db")
     db = connect(tmp_path / "octorelay.db")
     with db.atomic():
-        token = queries.ensure_callback_token(db)
+        token = meta.ensure_callback_token(db)
     db.close()
     assert run("callback-url", "-c", str(path)) == 0
     assert capsys.readouterr().out.strip() == f"https://relay.example.org/octopush/{token}"

@@ -467,14 +467,14 @@ async def test_a_slow_reader_of_a_large_answer_is_not_cut(make_daemon):
     import socket
 
     from relay.octopush.callbacks import classify
-    from relay.storage import queries
+    from relay.storage import callbacks
 
     daemon = await make_daemon("[http]\nrequest_timeout = 1\n")
 
     def fill(db):  # 5,000 replies of 1.5 KB: a 7.5 MB CSV export, more than the sockets' buffers hold (4 MB)
         for n in range(5000):
             fields = {**REPLY, "ticket": f"t{n}", "text": f"{n} " + "x" * 1500}
-            queries.store_callback(db, classify(fields, raw="{}", content_type="application/json"), lambda row: False)
+            callbacks.store_callback(db, classify(fields, raw="{}", content_type="application/json"), lambda row: False)
 
     await daemon.store.write(fill)
     host, port = daemon.http_address

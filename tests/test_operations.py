@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from relay.cli import main
-from relay.storage import queries
+from relay.storage import callbacks
 from relay.storage.database import migrate
 from tests.conftest import wait_for, write_config
 
@@ -108,7 +108,7 @@ async def test_backup_during_writes_is_consistent(daemon, tmp_path, capsys):
         i = 0
         while not stop.is_set():
             cb = classify({**REPLY, "text": f"r{i}"}, raw="{}", content_type="application/json")
-            await daemon.store.write(lambda db, cb=cb: queries.store_callback(db, cb))
+            await daemon.store.write(lambda db, cb=cb: callbacks.store_callback(db, cb))
             i += 1
 
     task = asyncio.create_task(writer())

@@ -9,7 +9,7 @@ import sqlite3
 
 from relay import clock
 from relay.cli import main
-from relay.storage import queries
+from relay.storage import callbacks, retention
 from relay.storage.database import connect, migrate
 from tests.conftest import wait_for, write_config
 from tests.test_outbox import fast_backoff, make_outbox, queue, reply_message, smtp_out, status_is, store  # noqa: F401
@@ -57,10 +57,10 @@ def test_purge_batches_delete_exactly_the_old_rows_and_each_stays_small(tmp_path
     outbox_left = outbox_left.fetchone()[0]
     batches = []
     while True:
-        counts = queries.purge_batch(db, cutoff=clock.ago(days=30), digests=["ops"], limit=20)
+        counts = retention.purge_batch(db, cutoff=clock.ago(days=30), digests=["ops"], limit=20)
         batches.append(counts)
         assert all(n <= 20 for n in counts.values())
-        if queries.purge_done(counts, limit=20):
+        if retention.purge_done(counts, limit=20):
             break
     assert len(batches) > 3
     _counts_are_exact(db)
@@ -150,7 +150,7 @@ async def test_web_csv_export_streams_every_reply_once_in_order(make_client, mon
     monkeypatch.setattr(ui, "CSV_CHUNK", 37)
     client, relay = await make_client()
     cbs = _replies(500)
-    await relay.store.write(lambda db: [queries.store_callback(db, cb) for cb in cbs])
+    await relay.store.write(lambda db: [callbacks.store_callback(db, cb) for cb in cbs])
     resp = await client.get("/replies.csv")
     assert resp.status == 200 and resp.headers.get("Transfer-Encoding") == "chunked"
     rows = list(csv.DictReader(io.StringIO((await resp.read()).decode("utf-8-sig"))))
@@ -165,10 +165,10 @@ def test_cli_exports_stream_every_reply_once(tmp_path, capsys, monkeypatch):
     db = connect(tmp_path / "octorelay.db")
     with db.atomic():
         for cb in _replies(700):
-            queries.store_callback(db, cb)
+            callbacks.store_callback(db, cb)
     chunks = []
-    real = queries.replies
-    monkeypatch.setattr(queries, "replies", lambda *a, **k: chunks.append(k["limit"]) or real(*a, **k))
+    real = callbacks.replies
+    monkeypatch.setattr(callbacks, "replies", lambda *a, **k: chunks.append(k["limit"]) or real(*a, **k))
     capsys.readouterr()
     assert main(["replies", "--format", "csv", "--limit", "0", "-c", str(path)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -178,7 +178,9 @@ def test_cli_exports_stream_every_reply_once(tmp_path, capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 650 and len({r["id"] for r in rows}) == 650
     # Keyset pages of 13 give the same rows as one read, ties on the date included.
-    assert [r["id"] for r in queries.iter_replies(db, chunk=13)] == [r["id"] for r in queries.replies(db, limit=None)]
+    assert [r["id"] for r in callbacks.iter_replies(db, chunk=13)] == [
+        r["id"] for r in callbacks.replies(db, limit=None)
+    ]
     db.close()
 
 
@@ -247,7 +249,7 @@ async def test_a_large_digest_is_split_and_every_event_goes_exactly_once(make_da
 async def test_the_daemons_purge_runs_batch_after_batch_to_the_end(make_daemon):
     daemon = await make_daemon()
     expected = await daemon.store.write(lambda db: _fill(db.conn, 450))
-    assert len(expected) > 2 * queries.PURGE_BATCH  # several batches
+    assert len(expected) > 2 * retention.PURGE_BATCH  # several batches
     counts = await daemon.housekeeping.purge(30)
     assert counts["callbacks"] == len(expected)
     left = await daemon.store.read(

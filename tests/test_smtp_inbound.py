@@ -337,12 +337,12 @@ async def test_self_signed_starttls_without_certificate(daemon):
 
 async def test_marketing_to_opted_out_number(daemon, sink):
     from relay.octopush.callbacks import classify
-    from relay.storage import queries
+    from relay.storage import callbacks
 
     stop = classify(
         {"number": "+33612345678", "text": "STOP", "stop_date": "2026-11-04 10:00:00"}, raw="{}", content_type=""
     )
-    await daemon.store.write(lambda db: queries.store_callback(db, stop))
+    await daemon.store.write(lambda db: callbacks.store_callback(db, stop))
     to1, to2 = "+33612345678@sms.example.org", "+33612345679@sms.example.org"
     body = "Promo STOP au 30101"
 

@@ -10,8 +10,9 @@ import pytest
 from sqlite_utils import Database
 
 from relay import clock
+from relay.notify import RoutingFacts, store_callback
 from relay.octopush.callbacks import classify
-from relay.storage import queries
+from relay.storage import callbacks, database
 from relay.storage.database import Store, StoreError, connect, migrate
 from relay.storage.schema import migrations
 
@@ -136,12 +137,13 @@ async def test_a_stop_that_times_out_still_commits_and_answers_queued_writes(sto
 
 
 async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
-    """`store_callback` links the campaign before the insert and asks `needs_mail` what the notifier would send."""
+    """`notify.store_callback` links the campaign before the insert and asks `needs_mail` what the notifier would
+    send: storage never calls back into routing."""
 
     def seed(db):
         now = clock.iso()
         for cid, origin, sender in [(1, "email", "author@example.org"), (2, "cli", None)]:
-            queries.insert(
+            database.insert(
                 db,
                 "campaigns",
                 {
@@ -154,20 +156,20 @@ async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
                     "created_at": now,
                 },
             )
-            queries.insert(
+            database.insert(
                 db, "sends", {"campaign_id": cid, "request_id": f"r{cid}", "status": "sent", "ticket": f"sms_{cid}"}
             )
 
     await store.write(seed)
     asked: list[dict] = []
 
-    def needs_mail(row: dict) -> bool:
+    def needs_mail(row: RoutingFacts) -> bool:
         asked.append(row)
         return row["kind"] == "reply" and row["sender_email"] == "author@example.org"
 
-    async def store_one(fields: dict) -> queries.Stored:
+    async def store_one(fields: dict) -> callbacks.Stored:
         cb = classify(fields, raw=repr(fields), content_type="application/json")
-        return await store.write(partial(queries.store_callback, cb=cb, needs_mail=needs_mail))
+        return await store.write(partial(store_callback, cb=cb, needs_mail=needs_mail))
 
     reply = {"message_id": "sms_1", "number": "+33600000001", "text": "yes", "reception_date": "2026-11-04 11:11:45"}
     to_author = await store_one(reply)
@@ -190,7 +192,7 @@ async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
     unrecognised = await store_one({"hello": "world"})
     assert unrecognised.new and not unrecognised.pending and len(asked) == 3  # never asked: nothing to send
     again = await store_one(reply)
-    assert again == queries.Stored(to_author.id, False, False)
+    assert again == callbacks.Stored(to_author.id, False, False)
     rows = await store.read(
         lambda db: db.execute("SELECT id, campaign_id, routed FROM callbacks ORDER BY id").fetchall()
     )
@@ -202,7 +204,7 @@ async def test_a_reply_with_a_ticket_we_do_not_know_is_not_linked_by_its_number(
 
     def seed(db):
         for cid, ticket, number in [(1, "sms_1", "+33600000001"), (2, None, "+33600000002")]:
-            queries.insert(
+            database.insert(
                 db,
                 "campaigns",
                 {
@@ -215,16 +217,16 @@ async def test_a_reply_with_a_ticket_we_do_not_know_is_not_linked_by_its_number(
                     "created_at": clock.iso(),
                 },
             )
-            sid = queries.insert(
+            sid = database.insert(
                 db, "sends", {"campaign_id": cid, "request_id": f"r{cid}", "status": "sent", "ticket": ticket}
             )
-            queries.insert(db, "recipients", {"campaign_id": cid, "send_id": sid, "number": number})
+            database.insert(db, "recipients", {"campaign_id": cid, "send_id": sid, "number": number})
 
     await store.write(seed)
 
     async def linked(ticket: str, number: str) -> int | None:
-        found = await store.read(partial(queries.find_campaign, ticket=ticket, number=number))
-        return found["id"] if found else None
+        found = await store.read(partial(callbacks.campaign_answered, ticket=ticket, number=number))
+        return found.id if found else None
 
     assert await linked("sms_1", "+33699999999") == 1
     assert await linked("", "+33600000001") == 1

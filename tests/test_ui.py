@@ -32,7 +32,7 @@ from relay.octopush.callbacks import classify
 from relay.octopush.client import OctopushClient, Recipient
 from relay.octopush.emulator import Emulator
 from relay.sending import SendQueue, SendRequest, queue_campaign
-from relay.storage import queries
+from relay.storage import callbacks
 from relay.storage.database import Store
 from relay.web.access import SECURITY_HEADERS
 from relay.web.app import create_app
@@ -131,7 +131,7 @@ async def make_client(make_relay, aiohttp_client):
 
 async def add_callback(relay: Relay, **fields) -> int:
     cb = classify(fields, raw=json.dumps(fields), content_type="application/json")
-    stored = await relay.store.write(lambda db: queries.store_callback(db, cb))
+    stored = await relay.store.write(lambda db: callbacks.store_callback(db, cb))
     return stored.id
 
 

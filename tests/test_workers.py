@@ -16,7 +16,7 @@ import pytest
 from relay.mail.render import packaged_templates
 from relay.octopush.client import Recipient
 from relay.sending import SendRequest, queue_campaign
-from relay.storage import queries
+from relay.storage import campaigns, queues
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -71,7 +71,7 @@ async def test_a_callback_whose_routing_always_fails_is_set_aside_and_retried_by
         row = await daemon.store.read(
             lambda db: dict(next(db.query("SELECT routed, failures, last_failure FROM callbacks WHERE text = 'boom'")))
         )
-        assert row["routed"] == -1 and row["failures"] == queries.MAX_FAILURES
+        assert row["routed"] == -1 and row["failures"] == queues.MAX_FAILURES
         assert "this_is_not_defined" in row["last_failure"]
         # Later callbacks still go: the worker did not stop.
         async with http.post(url, json={**REPLY, "text": "fine 3"}) as resp:
@@ -117,12 +117,12 @@ async def test_a_send_that_always_raises_is_set_aside_and_the_queue_goes_on(make
     assert sent["status"] == "sent"
 
     async def status_of_broken():
-        row = await daemon.store.read(partial(queries.campaign, campaign_id=broken))
+        row = await daemon.store.read(partial(campaigns.campaign, campaign_id=broken))
         return row["sends"][0]["status"] == "set_aside" and row
 
     row = await wait_for(status_of_broken, timeout=30)
     assert row["status"] == "queued"  # not failed: nothing told Octopush anything, it waits for a person
-    assert row["sends"][0]["failures"] == queries.MAX_FAILURES
+    assert row["sends"][0]["failures"] == queues.MAX_FAILURES
     assert "not a time" in row["sends"][0]["last_failure"]
     assert [s["text"] for s in daemon.emulator.sent] == ["fine"]
 

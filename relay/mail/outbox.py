@@ -28,14 +28,13 @@ from functools import partial
 from pathlib import Path
 
 import aiosmtplib
-from sqlite_utils import Database
 
 from relay import backoff, clock
 from relay.config import SmtpOut
 from relay.mail.render import POLICY
 from relay.metrics import Metrics
-from relay.storage import queries
-from relay.storage.database import Store
+from relay.storage import outbox as outbox_table
+from relay.storage.database import Connection, Store
 
 log = logging.getLogger("relay.outbox")
 
@@ -51,7 +50,7 @@ def serialise(msg: EmailMessage) -> bytes:
 
 
 def queue_message(
-    db: Database, msg: EmailMessage, *, kind: str, recipients: Sequence[str], data: bytes | None = None
+    db: Connection, msg: EmailMessage, *, kind: str, recipients: Sequence[str], data: bytes | None = None
 ) -> int:
     """Queue `msg` for delivery; returns the outbox id.
 
@@ -60,19 +59,15 @@ def queue_message(
     callback, an advanced digest watermark), never one without the other.
     `data` is `serialise(msg)` when the caller already made it.
     """
-    now = clock.iso()
-    row = {
-        "kind": kind,
-        "recipients": json.dumps(list(recipients)),
-        "message": data if data is not None else serialise(msg),
-        "message_id": str(msg.get("Message-ID", "")),
-        "subject": str(msg.get("Subject", "")),
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
-    return queries.insert(db, "outbox", row)
+    return outbox_table.add_mail(
+        db,
+        kind=kind,
+        recipients=list(recipients),
+        message=data if data is not None else serialise(msg),
+        message_id=str(msg.get("Message-ID", "")),
+        subject=str(msg.get("Subject", "")),
+        now=clock.iso(),
+    )
 
 
 # ------------------------------------------------------------------ delivery outcomes
@@ -323,17 +318,15 @@ class Outbox:
 # ------------------------------------------------------------------ database functions (run in the store's threads)
 
 
-def _release(db: Database) -> int:
+def _release(db: Connection) -> int:
     """At start, make every pending row due now: work pending at a restart (in backoff, or leased by a
     process that died mid-delivery) is picked up at once, as SPEC §4 asks."""
-    now = clock.iso()
-    db.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?", [now, now])
-    return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
+    return outbox_table.make_pending_due(db, clock.iso())
 
 
 def _claim(
-    db: Database, *, limit: int, lease: float, only: list[int] | None = None, busy: list[int] | None = None
-) -> list[dict]:
+    db: Connection, *, limit: int, lease: float, only: list[int] | None = None, busy: list[int] | None = None
+) -> list[outbox_table.ClaimedMail]:
     """Take up to `limit` due rows, oldest first, and hide them for `lease` seconds.
 
     The lease keeps a row from being claimed twice (by the next pass, or by a
@@ -343,67 +336,35 @@ def _claim(
     even past their lease.
     """
     now = clock.now()
-    mine = f" AND id IN ({', '.join('?' * len(only))})" if only is not None else ""
-    if busy:
-        mine += f" AND id NOT IN ({', '.join('?' * len(busy))})"
-    # The ids first, from an index in id order: no sort of every pending row, no body read for nothing.
-    ids = [
-        r[0]
-        for r in db.execute(
-            "SELECT id FROM outbox INDEXED BY idx_outbox_claim"
-            " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-            f"{mine} ORDER BY id LIMIT ?",
-            [clock.iso(now), *(only or []), *(busy or []), limit],
-        )
-    ]
-    if not ids:
-        return []
-    marks = ", ".join("?" * len(ids))
     until = clock.iso(now + timedelta(seconds=lease))
-    db.execute(f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ({marks})", [until, *ids])
-    return [
-        dict(r)
-        for r in db.query(
-            f"SELECT id, kind, recipients, message, attempts, created_at FROM outbox WHERE id IN ({marks}) ORDER BY id",
-            ids,
-        )
-    ]
+    return outbox_table.claim_due(db, now=clock.iso(now), until=until, limit=limit, only=only, busy=busy)
 
 
-def _settle(db: Database, *, row_id: int, outcome: Outcome, max_age: float) -> dict:
+def _settle(db: Connection, *, row_id: int, outcome: Outcome, max_age: float) -> dict:
     """Record one attempt's outcome; a retry past `max_age` becomes a failure."""
-    row = db.execute("SELECT attempts, created_at, status FROM outbox WHERE id = ?", [row_id]).fetchone()
+    row = outbox_table.attempts_of(db, row_id)
     if row is None:
         return {"status": "gone", "attempts": 0, "last_error": None, "next_attempt_at": None}
-    attempts = (row[0] or 0) + 1
+    attempts = row.attempts + 1
     now = clock.now()
     status, error, next_at = outcome.status, outcome.error, None
-    fields: dict = {"attempts": attempts, "last_error": error}
     if status == "sent":
-        # Delivered: the body goes (kind, recipients, Message-ID, subject and dates stay, and the messages
-        # table threads answers); only what may still be sent, or what failed, keeps it.
-        fields.update(status="sent", sent_at=clock.iso(now), message=b"", next_attempt_at=None)
-    elif status == "retry" and (now - clock.parse_iso(row[1])).total_seconds() > max_age:
+        outbox_table.record_delivered(db, row_id, attempts=attempts, error=error, at=clock.iso(now))
+    elif status == "retry" and (now - clock.parse_iso(row.created_at)).total_seconds() > max_age:
         status = "failed"
         error = f"gave up after {attempts} attempts over {timedelta(seconds=int(max_age))}: {error}"
-        fields.update(status="failed", last_error=error)
+        outbox_table.record_failed(db, row_id, attempts=attempts, error=error)
     elif status == "retry":
         next_at = clock.iso(now + timedelta(seconds=backoff.delay(attempts)))
-        fields.update(next_attempt_at=next_at)
-        if outcome.retry_recipients is not None:
-            fields["recipients"] = json.dumps(outcome.retry_recipients)
+        outbox_table.record_retry(
+            db, row_id, attempts=attempts, error=error, next_at=next_at, recipients=outcome.retry_recipients
+        )
     else:
-        fields.update(status="failed")
-    # A plain UPDATE: sqlite-utils' update() reads the table's schema and the row back, ~1 ms per e-mail.
-    db.execute(
-        f"UPDATE outbox SET {', '.join(f'{key} = ?' for key in fields)} WHERE id = ?", [*fields.values(), row_id]
-    )
+        outbox_table.record_failed(db, row_id, attempts=attempts, error=error)
     return {"status": status, "attempts": attempts, "last_error": error, "next_attempt_at": next_at}
 
 
-def _next_due(db: Database) -> dict:
-    pending, first = db.execute("SELECT count(*), min(next_attempt_at) FROM outbox WHERE status = 'pending'").fetchone()
-    return {"pending": pending, "next": first}
+_next_due = outbox_table.next_due
 
 
 # ------------------------------------------------------------------ Maildir

@@ -60,7 +60,7 @@ from relay.sending import (
     queue_campaign,
     request_key,
 )
-from relay.storage import guards, queries
+from relay.storage import campaigns, guards
 from relay.storage.database import Store, private_dir
 
 log = logging.getLogger("relay.smtp")
@@ -523,12 +523,9 @@ class Handler:
 
         def lookup(db):
             for ref in reversed(refs):
-                row = db.execute(
-                    "SELECT c.label FROM messages m JOIN campaigns c ON c.id = m.campaign_id WHERE m.message_id = ?",
-                    [ref],
-                ).fetchone()
-                if row and row[0]:
-                    return row[0]
+                label = campaigns.label_of_message(db, ref)
+                if label:
+                    return label
             return ""
 
         return await self.listener.store.read(lookup)
@@ -667,14 +664,14 @@ def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None
 
     The loop check reads the messages table here, in the write it guards, instead of a read of its own.
     """
-    if req.message_id and queries.made_here(db, message_id=req.message_id):
+    if req.message_id and campaigns.made_here(db, message_id=req.message_id):
         raise MailLoop("a Message-ID this relay made (mail loop)")
-    row = db.execute("SELECT id, created_at FROM campaigns WHERE request_key = ?", [req.request_key]).fetchone()
-    if row:
-        if clock.parse_iso(row[1]) > clock.now() - DUPLICATE_WINDOW:
-            return row[0], False
+    seen = campaigns.campaign_for_request(db, req.request_key)
+    if seen:
+        if clock.parse_iso(seen.created_at) > clock.now() - DUPLICATE_WINDOW:
+            return seen.id, False
         # Older than 24 h: Octopush has forgotten the request_id too; send it as new.
-        db.execute("UPDATE campaigns SET request_key = request_key || '-' || id WHERE id = ?", [row[0]])
+        campaigns.retire_request_key(db, seen.id)
     return queue_campaign(db, req, retry_for=retry_for, guards=guards)
 
 

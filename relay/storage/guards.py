@@ -7,13 +7,13 @@ the last SMS of a budget cannot both pass.
 
 from __future__ import annotations
 
-from sqlite_utils import Database
+from relay.storage.database import Connection
 
 # Campaigns that spend nothing: cancelled ones give their share back, failed ones sent nothing.
 _SPENDING = "status NOT IN ('cancelled', 'failed')"
 
 
-def used_since(db: Database, since: str, *, sender: str | None = None) -> int:
+def used_since(db: Connection, since: str, *, sender: str | None = None) -> int:
     """SMS parts x numbers accepted since `since` (UTC ISO), by everyone or by one e-mail sender."""
     if sender is None:
         sql, params = (
@@ -29,7 +29,7 @@ def used_since(db: Database, since: str, *, sender: str | None = None) -> int:
     return db.execute(sql, params).fetchone()[0]
 
 
-def top_sender_since(db: Database, since: str) -> int:
+def top_sender_since(db: Connection, since: str) -> int:
     """The most any one e-mail sender used since `since` (for /metrics)."""
     row = db.execute(
         f"""SELECT coalesce(max(used), 0) FROM (SELECT sum(sms_budget) AS used FROM campaigns
@@ -39,7 +39,7 @@ def top_sender_since(db: Database, since: str) -> int:
     return row[0]
 
 
-def release(db: Database, campaign_id: int, *, status: str, was: str = "held") -> bool:
+def release(db: Connection, campaign_id: int, *, status: str, was: str = "held") -> bool:
     """Move a campaign from `was` to `status` ("queued" or "cancelled") with its calls; False if it was not `was`."""
     cur = db.execute("UPDATE campaigns SET status = ? WHERE id = ? AND status = ?", [status, campaign_id, was])
     if not cur.rowcount:
@@ -53,12 +53,12 @@ def release(db: Database, campaign_id: int, *, status: str, was: str = "held") -
     return True
 
 
-def set_deadline(db: Database, campaign_id: int, deadline: str) -> None:
+def set_deadline(db: Connection, campaign_id: int, deadline: str) -> None:
     """An approved campaign's calls retry from now on, not from when it was held."""
     db.execute("UPDATE sends SET deadline = ? WHERE campaign_id = ? AND status = 'pending'", [deadline, campaign_id])
 
 
-def approval_mail_due(db: Database, limit: int = 20) -> list[int]:
+def approval_mail_due(db: Connection, limit: int = 20) -> list[int]:
     """Campaigns whose sender is owed an e-mail: held and not asked yet, or cancelled for want of an answer."""
     return [
         r[0]
@@ -70,11 +70,11 @@ def approval_mail_due(db: Database, limit: int = 20) -> list[int]:
     ]
 
 
-def mark_mailed(db: Database, campaign_id: int, *, done: bool) -> None:
+def mark_mailed(db: Connection, campaign_id: int, *, done: bool) -> None:
     db.execute("UPDATE campaigns SET approval_mailed = ? WHERE id = ?", [2 if done else 1, campaign_id])
 
 
-def expired_held(db: Database, now: str) -> list[int]:
+def expired_held(db: Connection, now: str) -> list[int]:
     return [
         r[0]
         for r in db.execute(
@@ -89,13 +89,13 @@ def _now() -> str:
     return clock.iso()
 
 
-def campaign_sender(db: Database, *, campaign_id: int) -> str | None:
+def campaign_sender(db: Connection, *, campaign_id: int) -> str | None:
     """The e-mail address that sent a campaign ("" for the CLI and the web form); None when there is none."""
     row = db.execute("SELECT sender_email FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
     return None if row is None else (row[0] or "")
 
 
-def held_facts(db: Database, campaign_id: int) -> dict | None:
+def held_facts(db: Connection, campaign_id: int) -> dict | None:
     """What approving or cancelling a campaign needs to know of it."""
     rows = list(
         db.query("SELECT id, status, sender_email, login, purpose, send_at FROM campaigns WHERE id = ?", [campaign_id])
@@ -103,16 +103,16 @@ def held_facts(db: Database, campaign_id: int) -> dict | None:
     return dict(rows[0]) if rows else None
 
 
-def set_send_at(db: Database, campaign_id: int, send_at: str) -> None:
+def set_send_at(db: Connection, campaign_id: int, send_at: str) -> None:
     db.execute("UPDATE campaigns SET send_at = ? WHERE id = ?", [send_at, campaign_id])
 
 
-def approval_work(db: Database, now: str) -> tuple[bool, list[int]]:
+def approval_work(db: Connection, now: str) -> tuple[bool, list[int]]:
     """One read for the notifier's sweep: whether a held campaign has expired, and who is owed an e-mail."""
     return bool(expired_held(db, now)), approval_mail_due(db)
 
 
-def mark_expired(db: Database, campaign_id: int) -> None:
+def mark_expired(db: Connection, campaign_id: int) -> None:
     """Cancelled for want of an answer: the notifier owes its sender an e-mail saying so."""
     # The approval sweep's e-mail says so; the confirmations' sweep (`notified`) owes it nothing more.
     db.execute(
@@ -121,7 +121,7 @@ def mark_expired(db: Database, campaign_id: int) -> None:
     )
 
 
-def cancelled_by(db: Database, campaign_id: int, *, by: str) -> None:
+def cancelled_by(db: Connection, campaign_id: int, *, by: str) -> None:
     """Who cancelled a held campaign, and when, as the campaign pages and the API show it."""
     now = _now()
     db.execute("UPDATE campaigns SET cancelled_by = ?, cancelled_at = ? WHERE id = ?", [by, now, campaign_id])

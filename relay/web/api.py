@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import clock, numbers
-from relay.storage import queries
+from relay.storage import callbacks, campaigns, queues
 from relay.web.access import api_allowed
 from relay.web.keys import CONFIG, GAUGES, METRICS, OCTOPUSH, READY, STORE
 
@@ -66,7 +66,7 @@ async def api_replies(request: web.Request) -> web.Response:
             )
     rows = await request.app[STORE].read(
         partial(
-            queries.replies,
+            callbacks.replies,
             since=read_when(q.get("since"), "since"),
             until=read_when(q.get("until"), "until"),
             country=country,
@@ -83,7 +83,7 @@ async def api_campaign(request: web.Request) -> web.Response:
     _require_api(request)
     key = request.match_info["ticket"]
     by_id = key.isdigit() and len(key) <= 18
-    lookup = partial(queries.campaign, campaign_id=int(key)) if by_id else partial(queries.campaign, ticket=key)
+    lookup = partial(campaigns.campaign, campaign_id=int(key)) if by_id else partial(campaigns.campaign, ticket=key)
     row = await request.app[STORE].read(lookup)
     if row is None:
         return json_response({"error": "no campaign with this ticket or number"}, status=404)
@@ -99,7 +99,7 @@ async def healthz(request: web.Request) -> web.Response:
     if database != "ok":
         problems.append("database")
     try:
-        depth = await store.read(queries.depths)
+        depth = await store.read(queues.depths)
     except Exception as exc:  # noqa: BLE001 - health must answer whatever broke
         depth = {"error": str(exc)}
         problems.append("database")

@@ -13,7 +13,6 @@ import orjson
 from aiohttp import web
 
 from relay.octopush.callbacks import classify
-from relay.storage import queries
 from relay.storage.database import StoreError
 from relay.web.keys import CALLBACK_TOKEN, METRICS, NOTIFIER, STORE
 
@@ -84,9 +83,7 @@ async def receive(request: web.Request) -> web.Response:
         content_type=request.content_type or "",
     )
     try:
-        stored = await request.app[STORE].write(
-            partial(queries.store_callback, cb=callback, needs_mail=notifier.needs_mail), small=True
-        )
+        stored = await request.app[STORE].write(partial(notifier.store_callback, cb=callback), small=True)
     except StoreError as exc:
         metrics.callbacks.labels(callback.kind, "not_stored").inc()
         log.error("callback not stored, answered 503 so Octopush retries: %s", exc)

@@ -46,7 +46,7 @@ def neutralise(value: object) -> str:
 
 
 def row_cells(row: dict, tz: ZoneInfo) -> list[object]:
-    """One reply (a `queries.replies` row) as the CSV's cells, before neutralising."""
+    """One reply (a `callbacks.replies` row) as the CSV's cells, before neutralising."""
     return [
         clock.local(row["occurred_at"], tz, "%Y-%m-%d %H:%M:%S"),
         tz.key,

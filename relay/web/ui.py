@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
-from sqlite_utils import Database
 
 from relay import clock, marketing, numbers, templating
 from relay.config import Config
@@ -48,7 +47,8 @@ from relay.sending import (
     cancel_campaign,
     queue_campaign,
 )
-from relay.storage import queries
+from relay.storage import callbacks, campaigns, outbox, queues
+from relay.storage.database import Connection
 from relay.templating import country_label
 from relay.web import chart, exports
 from relay.web.access import basic_login, ui_user
@@ -214,7 +214,7 @@ class ReplyFilter:
         )
 
     def filters(self) -> dict[str, Any]:
-        """Keyword arguments for `queries.replies` / `queries.count_replies`."""
+        """Keyword arguments for `callbacks.replies` / `callbacks.count_replies`."""
         return {"country": self.country or None, "number": self.number or None, "text": self.q or None}
 
     def url(self, path: str = "/replies", **changes: Any) -> str:
@@ -239,62 +239,20 @@ class Section:
     rows: list[dict]
 
 
-def country_counts(db: Database, **filters: Any) -> list[tuple[str, int]]:
-    """(ISO code, replies) for every country under the filters, most replies first.
-
-    Without filters, from the counts the database keeps; else grouped on the column itself, so
-    (kind, country, occurred_at) answers it alone, in order, with no table lookup. A number without a
-    country ('' or NULL) is counted under ''.
-    """
-    if not any(filters.values()):
-        found = queries.reply_counts(db)  # kept by triggers: no scan
-    else:
-        where, params = queries._reply_filter(**filters)
-        # A text or number filter reads each reply's row: in date order those rows sit together on disk,
-        # in country order every one is a seek (twice as slow measured on 50,000).
-        order = "INDEXED BY idx_callbacks_kind_occurred_at" if filters.get("text") or filters.get("number") else ""
-        sql = f"SELECT cb.country, count(*) FROM callbacks cb {order} WHERE {where} GROUP BY cb.country"
-        found = db.execute(sql, params).fetchall()
-    counts: dict[str, int] = {}
-    for code, n in found:
-        counts[code or ""] = counts.get(code or "", 0) + n
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-
-
-def replies_by_country(db: Database, *, counts: list[tuple[str, int]], limit: int, offset: int, **filters: Any):
-    """The country view's page: largest country first, newest first within it, one indexed read per country.
-
-    `counts` (from `country_counts`) say where the page starts, so no query sorts every reply.
-    """
-    rows: list[dict] = []
-    for code, n in counts:
-        if offset >= n:
-            offset -= n
-            continue
-        found = queries.replies(
-            db, limit=limit - len(rows), offset=offset, **{**filters, "country": code or queries.NO_COUNTRY}
-        )
-        offset = 0
-        rows += [{**row, "country": code} for row in found]
-        if len(rows) >= limit:
-            break
-    return rows
-
-
 def _day_bounds(day: date, tz: ZoneInfo) -> tuple[str, str]:
     start = datetime.combine(day, time(), tz)
     end = datetime.combine(day + timedelta(days=1), time(), tz)
     return clock.iso(start.astimezone(UTC)), clock.iso(end.astimezone(UTC))
 
 
-def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
+def load_replies(db: Connection, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     """Everything the replies page shows, read on one reader connection.
 
     The country menu's counts (every country under the other filters) also give the total and the country
     view's sections: one pass over the matching replies, not one per question.
     """
     filters = f.filters()
-    menu = country_counts(db, **{**filters, "country": None})
+    menu = callbacks.country_counts(db, **{**filters, "country": None})
     counts = dict(menu)
     total = counts.get(f.country, 0) if f.country else sum(counts.values())
     offset = (f.page - 1) * PAGE_SIZE
@@ -302,23 +260,23 @@ def load_replies(db: Database, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     summary: list[dict] = []
     graph = None
     if f.view == "country":
-        summary = queries.country_summary(db, **filters)
+        summary = callbacks.country_summary(db, **filters)
         graph = chart.build(
-            queries.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
+            callbacks.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
         )
         order = [(f.country, total)] if f.country else menu
-        for row in replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):
+        for row in callbacks.replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:
                 code = row["country"]
                 title = f"{country_label(code)} ({code})" if code else country_label(code)
                 sections.append(Section(code, title, counts.get(code, 0), []))
             sections[-1].rows.append(row)
     else:
-        for row in queries.replies(db, limit=PAGE_SIZE, offset=offset, **filters):
+        for row in callbacks.replies(db, limit=PAGE_SIZE, offset=offset, **filters):
             day = clock.parse_iso(row["occurred_at"]).astimezone(tz).date()
             if not sections or sections[-1].key != day.isoformat():
                 since, until = _day_bounds(day, tz)
-                count = queries.count_replies(db, since=since, until=until, **filters)
+                count = callbacks.count_replies(db, since=since, until=until, **filters)
                 sections.append(Section(day.isoformat(), day.strftime("%A %d %B %Y"), count, []))
             sections[-1].rows.append(row)
     return {"total": total, "sections": sections, "countries": menu, "summary": summary, "chart": graph}
@@ -354,10 +312,10 @@ CSV_CHUNK = 250
 CSV_PAUSE = 0.003  # seconds between two chunks, so the event loop has the GIL at least as often as the export
 
 
-def csv_chunk(db: Database, *, filters: dict[str, Any], tz: ZoneInfo, before: tuple[str, int] | None):
+def csv_chunk(db: Connection, *, filters: dict[str, Any], tz: ZoneInfo, before: tuple[str, int] | None):
     """The next `CSV_CHUNK` replies after `before` as spreadsheet-safe UTF-8 CSV (the first chunk with the
     header), and where the chunk after it starts (None: the end)."""
-    rows = queries.replies(db, limit=CSV_CHUNK, before=before, **filters)
+    rows = callbacks.replies(db, limit=CSV_CHUNK, before=before, **filters)
     following = (rows[-1]["occurred_at"], rows[-1]["id"]) if len(rows) == CSV_CHUNK else None
     text = exports.replies_csv(rows, tz, header=before is None)
     if before is None:
@@ -399,31 +357,14 @@ async def replies_csv(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------ conversations
 
 
-def load_conversation(db: Database, *, number: str) -> dict:
+def load_conversation(db: Connection, *, number: str) -> dict:
     """SMS sent to `number` and its replies and STOPs, merged oldest first (the order of a chat)."""
-    sent = [
-        dict(r)
-        for r in db.query(
-            """SELECT c.id AS campaign_id, c.text, c.label, c.origin, c.sender_email, c.status AS campaign_status,
-                      c.error, c.created_at, c.send_at, s.sent_at, s.ticket, r.status, r.status_at,
-                      r.first_name, r.last_name
-               FROM recipients r JOIN campaigns c ON c.id = r.campaign_id LEFT JOIN sends s ON s.id = r.send_id
-               WHERE r.number = ? ORDER BY r.id DESC LIMIT ?""",
-            [number, CONVERSATION_LIMIT],
-        )
-    ]
-    received = [
-        dict(r)
-        for r in db.query(
-            """SELECT id, kind, text, date_raw, occurred_at, campaign_id FROM callbacks
-               WHERE number = ? AND kind IN ('reply', 'stop') ORDER BY occurred_at DESC, id DESC LIMIT ?""",
-            [number, CONVERSATION_LIMIT],
-        )
-    ]
+    sent = campaigns.sent_to(db, number=number, limit=CONVERSATION_LIMIT)
+    received = callbacks.received_from(db, number=number, limit=CONVERSATION_LIMIT)
     now = clock.iso()
     for item in sent:
         item["direction"] = "out"
-        item["campaign_status"] = queries.public_status(item["campaign_status"], item["send_at"], now)
+        item["campaign_status"] = campaigns.public_status(item["campaign_status"], item["send_at"], now)
         # A scheduled SMS belongs where it goes out, not where it was asked for.
         item["at"] = item["send_at"] or item["sent_at"] or item["created_at"]
     for item in received:
@@ -441,8 +382,7 @@ def load_conversation(db: Database, *, number: str) -> dict:
         (f"{s['first_name'] or ''} {s['last_name'] or ''}".strip() for s in sent if s["first_name"] or s["last_name"]),
         "",
     )
-    optout = db.execute("SELECT at FROM optouts WHERE number = ?", [number]).fetchone()
-    return {"items": items, "contact": name, "opted_out_at": optout[0] if optout else None}
+    return {"items": items, "contact": name, "opted_out_at": callbacks.opted_out_at(db, number)}
 
 
 def _session(request: web.Request) -> tuple[str, bool]:
@@ -552,30 +492,14 @@ async def conversation_answer(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------ campaigns
 
 
-def load_campaigns(db: Database, *, page: int) -> dict:
-    total = db.execute("SELECT count(*) FROM campaigns").fetchone()[0]
-    rows = [
-        dict(r)
-        for r in db.query(
-            """SELECT c.*, (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipient_count
-               FROM campaigns c ORDER BY c.id DESC LIMIT ? OFFSET ?""",
-            [PAGE_SIZE, (page - 1) * PAGE_SIZE],
-        )
-    ]
-    by_id = {row["id"]: row for row in rows}
+def load_campaigns(db: Connection, *, page: int) -> dict:
+    total = campaigns.count_campaigns(db)
+    rows = campaigns.latest_campaigns(db, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    deliveries = campaigns.delivery_counts(db, [row["id"] for row in rows])
     now = clock.iso()
     for row in rows:
-        row["deliveries"] = []
-        row["status"] = queries.public_status(row["status"], row["send_at"], now)
-    if by_id:
-        marks = ", ".join("?" * len(by_id))
-        states = db.execute(
-            f"""SELECT campaign_id, coalesce(status, ''), count(*) FROM recipients
-                WHERE campaign_id IN ({marks}) GROUP BY 1, 2 ORDER BY 1, 3 DESC""",
-            list(by_id),
-        )
-        for campaign_id, status, count in states.fetchall():
-            by_id[campaign_id]["deliveries"].append((status, count))
+        row["deliveries"] = deliveries.get(row["id"], [])
+        row["status"] = campaigns.public_status(row["status"], row["send_at"], now)
     return {"total": total, "campaigns": rows}
 
 
@@ -604,7 +528,7 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
 
 
 async def _show_campaign(request: web.Request, campaign_id: int, *, error: str = "", status: int = 200):
-    row = await request.app[STORE].read(partial(queries.campaign, campaign_id=campaign_id))
+    row = await request.app[STORE].read(partial(campaigns.campaign, campaign_id=campaign_id))
     if row is None:
         return render(
             request, "error.html", status=404, title="No such campaign", message=f"There is no campaign #{campaign_id}."
@@ -664,35 +588,14 @@ async def campaign_approve(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------ attention
 
 
-def load_attention(db: Database) -> dict:
+def load_attention(db: Connection) -> dict:
     """What an operator must look at: callbacks the relay could not read, e-mails and SMS that failed."""
-    unrecognised = [
-        dict(r)
-        for r in db.query(
-            """SELECT id, received_at, content_type, raw FROM callbacks WHERE kind = 'unrecognised'
-               ORDER BY id DESC LIMIT ?""",
-            [ATTENTION_LIMIT],
-        )
-    ]
-    mails = [
-        dict(r)
-        for r in db.query(
-            """SELECT id, kind, subject, recipients, attempts, last_error, created_at FROM outbox
-               WHERE status = 'failed' ORDER BY id DESC LIMIT ?""",
-            [ATTENTION_LIMIT],
-        )
-    ]
+    unrecognised = callbacks.unrecognised(db, limit=ATTENTION_LIMIT)
+    mails = outbox.failed_mails(db, limit=ATTENTION_LIMIT)
     for mail in mails:
         mail["recipients"] = ", ".join(_json_list(mail["recipients"]))
-    sends = [
-        dict(r)
-        for r in db.query(
-            """SELECT id, label, origin, sender_email, error_code, error, created_at, finished_at FROM campaigns
-               WHERE status = 'failed' ORDER BY id DESC LIMIT ?""",
-            [ATTENTION_LIMIT],
-        )
-    ]
-    return {"unrecognised": unrecognised, "mails": mails, "sends": sends, "set_aside": queries.set_aside(db)}
+    sends = campaigns.failed_campaigns(db, limit=ATTENTION_LIMIT)
+    return {"unrecognised": unrecognised, "mails": mails, "sends": sends, "set_aside": queues.set_aside(db)}
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -735,7 +638,7 @@ async def attention_retry(request: web.Request) -> web.StreamResponse:
     retry_for = request.app[CONFIG]().octopush.retry_for
     deadline = clock.iso(clock.now() + timedelta(seconds=retry_for)) if work == "send" else None
     retried = await request.app[STORE].write(
-        partial(queries.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
+        partial(queues.retry_set_aside, work=work, row_id=int(row_id), deadline=deadline), small=True
     )
     if retried:
         log.info("attention: %s #%s retried by %s", work, row_id, request.get("ui_user") or "a loopback user")

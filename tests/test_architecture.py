@@ -65,9 +65,9 @@ def test_every_module_of_relay_sits_in_a_layer_of_the_import_contract():
 def test_mail_and_web_templates_come_from_one_factory_whose_filters_mean_one_thing():
     from relay import templating
     from relay.mail.render import Renderer
-    from relay.web import ui
+    from relay.web import views
 
-    mail, web = Renderer().env, ui.make_env()
+    mail, web = Renderer().env, views.make_env()
     for name, helper in templating.FILTERS.items():
         assert mail.filters[name] is helper and web.filters[name] is helper, name
     assert templating.country_name("+33612345678") == "France"  # a number
@@ -92,3 +92,16 @@ def test_the_import_contract_holds():
         pytest.skip("import-linter is not installed (pip install '.[test]')")
     result = subprocess.run([command], cwd=RELAY.parent, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_web_templates_link_by_route_name():
+    """Pages link and post through `url(name)` (relay/web/routes.py), so no address is written twice."""
+    import re
+
+    templates = RELAY.parent / "templates" / "web"
+    written = [
+        f"{path.name}: {m.group(0)}"
+        for path in sorted(templates.glob("*.html"))
+        for m in re.finditer(r"""(?:href|action|src)="/[^"]*\"""", path.read_text(encoding="utf-8"))
+    ]
+    assert not written, written

@@ -145,9 +145,9 @@ def _replies(n: int) -> list:
 
 
 async def test_web_csv_export_streams_every_reply_once_in_order(make_client, monkeypatch):  # noqa: F811
-    from relay.web import ui
+    from relay.web import exports
 
-    monkeypatch.setattr(ui, "CSV_CHUNK", 37)
+    monkeypatch.setattr(exports, "CSV_CHUNK", 37)
     client, relay = await make_client()
     cbs = _replies(500)
     await relay.store.write(lambda db: [callbacks.store_callback(db, cb) for cb in cbs])

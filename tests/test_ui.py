@@ -531,3 +531,27 @@ async def test_attention_lists_what_needs_an_operator(make_client):
     assert "&lt;b&gt;odd&lt;/b&gt;" in html and "<b>odd</b>" not in html
     assert "SMS reply from +33 6 12 34 56 78" in html and "ops@example.org" in html
     assert "550 5.1.1 &lt;ops@example.org&gt;: user unknown" in html
+
+
+async def test_every_page_and_form_applies_the_access_rule(make_client):
+    """Every route of the web interface (pages, forms, the export, the stylesheet) asks for a user when
+    `ui_users` is set, and a user's form carries a token for that user: approving a campaign included."""
+    client, relay = await make_client(users={"alice": passwords.make_hash("s3cret")})
+    sent = await seed(relay)
+    app = client.server.app
+    # Every route but the callbacks, the API, health and metrics (they have rules of their own).
+    others = {"callback_check", "callback", "healthz", "metrics", "api_replies", "api_campaign"}
+    names = {r.name for r in app.router.routes() if r.name} - others
+    assert {"replies", "replies_csv", "conversation_answer", "campaign_approve", "attention_retry"} <= names
+    for route in app.router.routes():
+        if route.name not in names:
+            continue
+        parts = {"id": str(sent["id"]), "number": FR1}
+        path = str(route.resource.url_for(**{k: v for k, v in parts.items() if "{" + k in route.resource.canonical}))
+        resp = await client.request(route.method, path, allow_redirects=False)
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Basic"), (route.name, resp.status)
+    auth = basic("alice", "s3cret")
+    html = await (await client.get(f"/conversations/{FR1}", headers=auth)).text()  # one token a session and user
+    csrf = form_fields(html)["csrf"]
+    resp = await client.post(f"/campaigns/{sent['id']}/approve", data={"csrf": csrf}, headers=auth)
+    assert resp.status == 409 and "Nothing done" in await resp.text()  # the token was accepted; it is not held

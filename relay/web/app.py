@@ -13,7 +13,7 @@ from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.sending import SendQueue
 from relay.storage.database import Store
-from relay.web import api, callbacks, keys, ui
+from relay.web import api, callbacks, keys, routes
 from relay.web.access import security_headers
 from relay.web.connections import client_deadline
 
@@ -44,11 +44,11 @@ def create_app(
     app[keys.OCTOPUSH] = octopush
     app[keys.READY] = ready
     app[keys.GAUGES] = gauges
-    app.router.add_get("/octopush/{token}", callbacks.check)
-    app.router.add_post("/octopush/{token}", callbacks.receive)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/metrics", api.metrics)
-    app.router.add_get("/api/replies", api.api_replies)
-    app.router.add_get("/api/campaigns/{ticket}", api.api_campaign)
-    ui.setup(app)
+    app.router.add_get("/octopush/{token}", callbacks.check, name="callback_check")
+    app.router.add_post("/octopush/{token}", callbacks.receive, name="callback")
+    app.router.add_get("/healthz", api.healthz, name="healthz")
+    app.router.add_get("/metrics", api.metrics, name="metrics")
+    app.router.add_get("/api/replies", api.api_replies, name="api_replies")
+    app.router.add_get("/api/campaigns/{ticket}", api.api_campaign, name="api_campaign")
+    routes.setup(app)
     return app

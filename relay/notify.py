@@ -605,7 +605,7 @@ def store_callback(db: Connection, cb: Callback, *, needs_mail: Callable[[Routin
     callback is stored once and routed once, whichever process routes it.
     """
     if cb.kind == "unrecognised":  # nothing to route: an operator reads these in the UI
-        return callbacks.store_callback(db, cb, link=None)
+        return callbacks.store_callback(db, cb, link=None, routed=True)
     link = callbacks.campaign_answered(db, cb.ticket, cb.number) if cb.kind in ("reply", "stop") else None
     facts = RoutingFacts(
         kind=cb.kind,

@@ -474,7 +474,7 @@ async def test_a_slow_reader_of_a_large_answer_is_not_cut(make_daemon):
     def fill(db):  # 5,000 replies of 1.5 KB: a 7.5 MB CSV export, more than the sockets' buffers hold (4 MB)
         for n in range(5000):
             fields = {**REPLY, "ticket": f"t{n}", "text": f"{n} " + "x" * 1500}
-            callbacks.store_callback(db, classify(fields, raw="{}", content_type="application/json"), lambda row: False)
+            callbacks.store_callback(db, classify(fields, raw="{}", content_type="application/json"), routed=True)
 
     await daemon.store.write(fill)
     host, port = daemon.http_address

@@ -72,3 +72,18 @@ def test_the_scan_finds_sql_where_it_would_be():
         assert SQL.search(statement), statement
     for prose in ["Select a country", "the COMMIT (the fsync) goes to the writer thread", "updated at"]:
         assert not SQL.search(prose), prose
+
+
+def test_storage_never_calls_up_into_routing_or_the_listeners():
+    """Storage is the bottom layer: it records what notify.py and sending.py decide, and imports neither."""
+    above = ("relay.notify", "relay.sending", "relay.daemon", "relay.cli", "relay.web", "relay.mail", "relay.scheduler")
+    found = []
+    for path in sorted(STORAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{path.name}: {n}" for n in names if n.startswith(above)]
+    assert found == []

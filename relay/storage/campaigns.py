@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple, TypedDict
+from typing import NamedTuple, TypedDict
 
 from relay import clock
 from relay.errors import CannotCancel
@@ -325,18 +325,66 @@ def retire_request_key(db: Connection, campaign_id: int) -> None:
     db.execute("UPDATE campaigns SET request_key = request_key || '-' || id WHERE id = ?", [campaign_id])
 
 
-def add_campaign(db: Connection, row: dict[str, Any]) -> int:
-    """Store a campaign (`row`: columns of `campaigns`); its id."""
+class NewCampaign(TypedDict):
+    request_key: str
+    origin: str
+    sender_email: str | None
+    login: str | None
+    message_id: str | None
+    thread_refs: str | None
+    label: str | None
+    text: str
+    type: str
+    purpose: str
+    sender: str | None
+    send_at: str | None
+    with_replies: int
+    simulation: int
+    status: str  # "queued", or "held" for approval
+    sms_budget: int
+    approve_by: str | None
+    approval_mailed: int
+    contacts: int
+    encoding: str
+    unicode_chars: str
+    removed_optouts: str  # a JSON list
+    confirm: str | None
+    trimmed: int
+    created_at: str
+
+
+class NewSend(TypedDict):
+    campaign_id: int
+    chunk: int
+    request_id: str
+    status: str  # "pending", or "held" with its campaign
+    deadline: str
+    not_before: str | None
+    created_at: str
+
+
+class NewRecipient(TypedDict):
+    campaign_id: int
+    send_id: int
+    number: str
+    country: str
+    first_name: str
+    last_name: str
+    params: str  # a JSON list
+
+
+def add_campaign(db: Connection, row: NewCampaign) -> int:
+    """Store a campaign; its id."""
     return insert(db, "campaigns", row)
 
 
-def add_send(db: Connection, row: dict[str, Any]) -> int:
-    """Store one Octopush call of a campaign (`row`: columns of `sends`); its id."""
+def add_send(db: Connection, row: NewSend) -> int:
+    """Store one Octopush call of a campaign; its id."""
     return insert(db, "sends", row)
 
 
-def add_recipients(db: Connection, rows: list[dict[str, Any]]) -> None:
-    """Store a call's recipients (`rows`: columns of `recipients`, the same keys in each)."""
+def add_recipients(db: Connection, rows: list[NewRecipient]) -> None:
+    """Store a call's recipients."""
     insert_many(db, "recipients", rows)
 
 

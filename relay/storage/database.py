@@ -25,7 +25,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -418,7 +418,7 @@ def _insert_sql(verb: str, table: str, columns) -> str:
     return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-def insert(db: Connection, table: str, row: dict, *, or_ignore: bool = False) -> int | None:
+def insert(db: Connection, table: str, row: Mapping[str, Any], *, or_ignore: bool = False) -> int | None:
     """A plain INSERT; its id, or None when `or_ignore` met a conflict.
 
     sqlite-utils' insert() reads the schema on every call, which the hot paths feel.
@@ -427,7 +427,7 @@ def insert(db: Connection, table: str, row: dict, *, or_ignore: bool = False) ->
     return cur.lastrowid if cur.rowcount else None
 
 
-def insert_many(db: Connection, table: str, rows: list[dict]) -> None:
+def insert_many(db: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """Plain INSERTs of rows that all have the same keys."""
     if rows:
         db.conn.executemany(_insert_sql("INSERT", table, rows[0]), [list(r.values()) for r in rows])

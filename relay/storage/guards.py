@@ -7,6 +7,8 @@ the last SMS of a budget cannot both pass.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from relay.storage.database import Connection
 
 # Campaigns that spend nothing: cancelled ones give their share back, failed ones sent nothing.
@@ -95,12 +97,22 @@ def campaign_sender(db: Connection, *, campaign_id: int) -> str | None:
     return None if row is None else (row[0] or "")
 
 
-def held_facts(db: Connection, campaign_id: int) -> dict | None:
+class HeldFacts(TypedDict):
     """What approving or cancelling a campaign needs to know of it."""
+
+    id: int
+    status: str
+    sender_email: str | None
+    login: str | None
+    purpose: str
+    send_at: str | None
+
+
+def held_facts(db: Connection, campaign_id: int) -> HeldFacts | None:
     rows = list(
         db.query("SELECT id, status, sender_email, login, purpose, send_at FROM campaigns WHERE id = ?", [campaign_id])
     )
-    return dict(rows[0]) if rows else None
+    return HeldFacts(**rows[0]) if rows else None
 
 
 def set_send_at(db: Connection, campaign_id: int, send_at: str) -> None:

@@ -77,27 +77,65 @@ def retry_set_aside(db: Connection, *, work: str, row_id: int, deadline: str | N
     return db.execute(f"UPDATE {table} SET {sets} WHERE id = ? AND {column} = ?", params).rowcount > 0
 
 
-def set_aside(db: Connection, *, limit: int = 200) -> dict[str, list[dict]]:
+class AsideCallback(TypedDict):
+    id: int
+    kind: str
+    number: str | None
+    text: str | None
+    received_at: str
+    failures: int
+    last_failure: str | None
+
+
+class AsideConfirmation(TypedDict):
+    id: int  # the campaign's
+    label: str | None
+    status: str
+    sender_email: str | None
+    finished_at: str | None
+    failures: int
+    last_failure: str | None
+
+
+class AsideSend(TypedDict):
+    id: int
+    campaign_id: int
+    chunk: int
+    label: str | None
+    origin: str
+    sender_email: str | None
+    created_at: str | None
+    failures: int
+    last_failure: str | None
+
+
+class SetAside(TypedDict):
+    routing: list[AsideCallback]
+    confirmation: list[AsideConfirmation]
+    send: list[AsideSend]
+
+
+def set_aside(db: Connection, *, limit: int = 200) -> SetAside:
     """The rows set aside, newest first, for the Attention page."""
-    return {
-        "routing": [
-            dict(r)
+    return SetAside(
+        routing=[
+            AsideCallback(**r)
             for r in db.query(
                 """SELECT id, kind, number, text, received_at, failures, last_failure FROM callbacks
                    WHERE routed = -1 ORDER BY id DESC LIMIT ?""",
                 [limit],
             )
         ],
-        "confirmation": [
-            dict(r)
+        confirmation=[
+            AsideConfirmation(**r)
             for r in db.query(
                 """SELECT id, label, status, sender_email, finished_at, failures, last_failure FROM campaigns
                    WHERE notified = -1 ORDER BY id DESC LIMIT ?""",
                 [limit],
             )
         ],
-        "send": [
-            dict(r)
+        send=[
+            AsideSend(**r)
             for r in db.query(
                 """SELECT s.id, s.campaign_id, s.chunk, c.label, c.origin, c.sender_email, s.created_at, s.failures,
                           s.last_failure
@@ -106,7 +144,7 @@ def set_aside(db: Connection, *, limit: int = 200) -> dict[str, list[dict]]:
                 [limit],
             )
         ],
-    }
+    )
 
 
 def count_set_aside(db: Connection) -> dict[str, int]:

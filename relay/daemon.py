@@ -1,4 +1,5 @@
-"""The daemon: starts components in dependency order, stops them in reverse, owns the signals.
+"""The daemon: builds the components and wires them, starts them in dependency order, stops them in reverse,
+owns the signals. Each component gets only the handles it uses, never the daemon.
 
 Order: the database's lock → store (and the digests' starting points) →
 outbox → Octopush client (and emulator) → send queue → notifier → HTTP → SMTP
@@ -84,11 +85,6 @@ class Daemon:
         host, port = self.http_address
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
-
-    @property
-    def callback_url(self) -> str:
-        """The URL to give Octopush (from public_url)."""
-        return f"{self.config.http.public_url}/octopush/{self.callback_token}"
 
     # ------------------------------------------------------------ lifecycle
 

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @dataclasses.dataclass
-class Relay:
+class Parts:
     """The real parts the app is built from (each handed to `create_app` under its own key)."""
 
     config: config_mod.Config
@@ -70,7 +70,7 @@ async def make_relay(tmp_path):
     """Factory: a started store, emulator, client and send queue; everything is stopped afterwards."""
     stops = []
 
-    async def factory(**config_changes) -> Relay:
+    async def factory(**config_changes) -> Parts:
         cfg = make_config(tmp_path, **config_changes)
         store = Store(cfg.storage.path)
         await store.start()
@@ -87,7 +87,7 @@ async def make_relay(tmp_path):
         smtp_out = dataclasses.replace(cfg.smtp_out, maildir=str(tmp_path / "mail"))
         # Not started: the pages only wake it; routing is tested in test_notify.py.
         notifier = Notifier(cfg, store, Outbox(smtp_out, store), Renderer(cfg.templates_dir), {})
-        return Relay(cfg, store, sender, emulator, client, notifier)
+        return Parts(cfg, store, sender, emulator, client, notifier)
 
     yield factory
     for stop in reversed(stops):
@@ -129,17 +129,17 @@ async def make_client(make_relay, aiohttp_client):
 # ------------------------------------------------------------------ seeding through the real code paths
 
 
-async def add_callback(relay: Relay, **fields) -> int:
+async def add_callback(relay: Parts, **fields) -> int:
     cb = classify(fields, raw=json.dumps(fields), content_type="application/json")
     stored = await relay.store.write(lambda db: callbacks.store_callback(db, cb))
     return stored.id
 
 
-async def add_reply(relay: Relay, number: str, text: str, date: str, ticket: str = "") -> int:
+async def add_reply(relay: Parts, number: str, text: str, date: str, ticket: str = "") -> int:
     return await add_callback(relay, number=number, text=text, reception_date=date, message_id=ticket)
 
 
-async def send_sms(relay: Relay, numbers: list[str], text: str, *, sender_email: str = "", label: str = "") -> dict:
+async def send_sms(relay: Parts, numbers: list[str], text: str, *, sender_email: str = "", label: str = "") -> dict:
     """Queue a campaign as an e-mail would and wait until the emulator accepted it."""
     req = SendRequest(
         text=text,
@@ -158,7 +158,7 @@ async def send_sms(relay: Relay, numbers: list[str], text: str, *, sender_email:
 FR1, FR2, DE, GB = "+33612345678", "+33698765432", "+4915112345678", "+447400123456"
 
 
-async def seed(relay: Relay) -> dict:
+async def seed(relay: Parts) -> dict:
     """Three French replies over two days, one German, one British; the first French answers an SMS."""
     sent = await send_sms(
         relay, [FR1, DE], "Server db1 is down, can you look?", sender_email="ops@example.org", label="db1 down"

@@ -353,7 +353,7 @@ async def _send(config, args) -> int:
     from relay.mail.parsing import Rejected, parse_recipient
     from relay.notify import confirmation_owed
     from relay.octopush.client import Recipient, with_stop_mention
-    from relay.octopush.connect import connect
+    from relay.connect import connect
     from relay.octopush.errors import ValidationError
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
@@ -699,7 +699,7 @@ SECRETS_USED: dict[str, tuple[str, ...]] = {
 @contextlib.asynccontextmanager
 async def octopush_client(config):
     """A client for the configured Octopush; in emulator mode, a stand-in account in this process."""
-    from relay.octopush.connect import connect
+    from relay.connect import connect
 
     async with connect(config.octopush, emulator_url=read_meta(config, "emulator_url")) as (client, _):
         yield client
@@ -831,7 +831,7 @@ async def _cancel(config, args) -> int:
     from relay.mail.outbox import Outbox
     from relay.mail.render import Renderer
     from relay.notify import Notifier
-    from relay.octopush.connect import connect
+    from relay.connect import connect
     from relay.sending import cancel_campaign
     from relay.statuses import MailKind
     from relay.storage import meta

@@ -13,6 +13,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import time
 from importlib import resources
@@ -21,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from relay import numbers
 from relay.errors import ConfigError
+from relay.octopush.rules import TYPES, has_stop_mention
 
 DEFAULT_NAME = "built-in defaults"
 ENV_CONFIG = "OCTORELAY_CONFIG"
@@ -200,6 +202,10 @@ class Config:
                 return sub
         known = ", ".join(s.name for s in self.subscriptions) or "none"
         raise ConfigError(f"{self.source}: no subscription named {name!r} (known: {known})")
+
+
+# The running configuration, asked for at each use: a reload swaps it, and components built once see the new one.
+ConfigSource = Callable[[], Config]
 
 
 # ---------------------------------------------------------------- loading
@@ -433,15 +439,12 @@ def _validate(
         confirm=s.choice("confirm", ("all", "errors", "none")),
         stop_mention=s.get("stop_mention", str),
     )
-    if smtp_in.stop_mention:
-        from relay.octopush.client import TYPES, has_stop_mention
-
-        if not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
-            s.fail(
-                "stop_mention",
-                "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
-                "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
-            )
+    if smtp_in.stop_mention and not any(has_stop_mention(smtp_in.stop_mention, t) for t in TYPES):
+        s.fail(
+            "stop_mention",
+            "must hold, written exactly so (case included), 'STOP au ' and the short number or XXXXX "
+            "(premium, e.g. 'STOP au 30101') or 'no PUB=STOP' (low-cost)",
+        )
     if not numbers.is_region(smtp_in.region):
         s.fail("region", f"{smtp_in.region!r} is not an ISO region code phonenumbers knows (e.g. FR)")
     if bool(smtp_in.tls_cert) != bool(smtp_in.tls_key):

@@ -1,4 +1,5 @@
-"""The daemon: starts components in dependency order, stops them in reverse, owns the signals.
+"""The daemon: builds the components and wires them, starts them in dependency order, stops them in reverse,
+owns the signals. Each component gets only the handles it uses, never the daemon.
 
 Order: the database's lock → store (and the digests' starting points) →
 outbox → Octopush client (and emulator) → send queue → notifier → HTTP → SMTP
@@ -13,28 +14,28 @@ import dataclasses
 import logging
 import signal
 import sqlite3
-import time
 from functools import partial
 
 from aiohttp import web
 
-from relay import clock, systemd
 from relay import config as config_mod
+from relay import systemd
 from relay.config import Config
 from relay.errors import RelayError
 from relay.groups import contacts, load_groups
 from relay.guard import LoginGuard
+from relay.housekeeping import Housekeeping
 from relay.mail.outbox import Outbox
 from relay.mail.render import Renderer
+from relay.mail.smtp_inbound import SmtpListener
 from relay.metrics import Metrics
 from relay.notify import Notifier, confirmation_owed
 from relay.octopush.client import OctopushClient
-from relay.octopush.connect import client_for, emulator_for
+from relay.connect import client_for, emulator_for
 from relay.octopush.emulator import Emulator
-from relay.octopush.errors import OctopushError, TemporaryError
 from relay.scheduler import Scheduler
-from relay.sending import Guards, SendQueue, estimate_cost
-from relay.storage import digests, guards, meta, queues, retention
+from relay.sending import SendQueue, estimate_cost
+from relay.storage import digests, meta
 from relay.storage.database import DaemonLock, Store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
@@ -42,7 +43,6 @@ from relay.web.connections import CappedSite
 
 log = logging.getLogger("relay.daemon")
 STOP_TIMEOUT = 10.0
-PURGE_PAUSE = 0.02  # seconds at least between two purge batches
 
 
 class Daemon:
@@ -64,8 +64,9 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.sender: SendQueue | None = None
         self.notifier: Notifier | None = None
-        self.smtp = None
+        self.smtp: SmtpListener | None = None
         self.scheduler: Scheduler | None = None
+        self.housekeeping: Housekeeping | None = None
         self.watchdog = systemd.Watchdog()
         self._runner: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
@@ -74,6 +75,10 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._all_up = asyncio.Event()  # set once every component has started
 
+    def current_config(self) -> Config:
+        """What components get instead of the daemon: the configuration of the moment (a reload swaps it)."""
+        return self.config
+
     # ------------------------------------------------------------ addresses
 
     @property
@@ -81,11 +86,6 @@ class Daemon:
         host, port = self.http_address
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
-
-    @property
-    def callback_url(self) -> str:
-        """The URL to give Octopush (from public_url)."""
-        return f"{self.config.http.public_url}/octopush/{self.callback_token}"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -124,8 +124,20 @@ class Daemon:
         self.notifier.estimate = partial(estimate_cost, self.client, timeout=3 * cfg.octopush.timeout)
         await self._up(self.sender)
         await self._up(self.notifier)
+        self.housekeeping = Housekeeping(self.current_config, self.store, self.metrics, self.client, self.notifier)
 
-        app = create_app(self)
+        app = create_app(
+            config=self.current_config,
+            store=self.store,
+            metrics=self.metrics,
+            logins=self.logins,
+            callback_token=self.callback_token,
+            sender=self.sender,
+            notifier=self.notifier,
+            octopush=self.client,
+            ready=lambda: self.ready,
+            gauges=self.housekeeping.refresh_gauges,
+        )
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
         await self._runner.setup()
         self._started.append(_Runner(self._runner))
@@ -140,15 +152,28 @@ class Daemon:
             await site.start()
         except OSError as exc:
             raise RelayError(f"http.listen: cannot listen on {cfg.http.listen}: {exc.strerror}") from None
-        self.http_address = site.address  # the bound address, for port 0
+        self.http_address = tuple(self._runner.addresses[0][:2])  # the bound address, for port 0
         if self.emulator:
             self.emulator.callback_url = f"{self.http_url}/octopush/{self.callback_token}"
 
-        from relay.mail.smtp_inbound import SmtpListener
-
-        self.smtp = SmtpListener(self)
+        self.smtp = SmtpListener(
+            self.current_config,
+            self.store,
+            groups=lambda: self.groups,
+            logins=self.logins,
+            metrics=self.metrics,
+            wake_sender=self.sender.wake,
+            wake_notifier=self.notifier.wake,
+        )
         await self._up(self.smtp)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(
+            self.current_config,
+            self.store,
+            sweeps={"outbox": self.outbox.wake, "send-queue": self.sender.wake, "notify": self.notifier.wake},
+            check_credit=self.housekeeping.check_credit,
+            purge=self.housekeeping.purge,
+            run_digest=self.notifier.run_digest,
+        )
         await self._up(self.scheduler)
         await self._up(self.watchdog)
         self.ready = True
@@ -195,9 +220,6 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         return 0
 
-    def request_stop(self) -> None:
-        self._stop_event.set()
-
     async def reload(self) -> bool:
         """Re-read the configuration file; a broken file is refused and the running one stays.
 
@@ -220,8 +242,6 @@ class Daemon:
         new = self._keep_bound_settings(new)
         self.config, self.groups, self.renderer = new, groups, renderer
         self.notifier.reconfigure(new, renderer, contacts(groups))
-        if self.smtp is not None:
-            self.smtp.reconfigure(new)
         if self.scheduler is not None:
             await self.scheduler.reload()
         systemd.ready("configuration reloaded")
@@ -257,75 +277,6 @@ class Daemon:
             flush=True,
         )
 
-    # ------------------------------------------------------------ used by handlers
-
-    def last_octopush_call(self) -> dict | None:
-        call = getattr(self.client, "last_call", None)
-        if not call:
-            return None
-        return {k: (clock.iso(v) if hasattr(v, "tzinfo") else v) for k, v in call.items()}
-
-    async def check_credit(self) -> float | None:
-        """Hourly: ask Octopush for the credit (check-balance), export it, and alert under `low_credit`.
-
-        Asked of Octopush, not read from the last send's answer: a relay that sends nothing for a week still
-        learns its credit. The SMS count is Octopush's own for the default type and `smtp_in.region`.
-        """
-        cfg = self.config
-        try:
-            balance = await self.client.check_balance()
-            try:
-                sms = (await self.client.check_balance(product=cfg.octopush.type, country=cfg.smtp_in.region)).amount
-            except (OctopushError, TemporaryError) as exc:
-                log.info("credit check: no SMS count for %s: %s", cfg.smtp_in.region, exc)
-                sms = None
-            self.metrics.credit.set(balance.amount)
-            self.metrics.credit_sms.set(float("nan") if sms is None else sms)
-            await self.notifier.check_credit(balance.amount, sms)
-        except (OctopushError, TemporaryError) as exc:
-            log.warning("credit check: %s", exc)
-            return None
-        except Exception:  # noqa: BLE001 - a job logs; the next hour tries again
-            log.exception("credit check failed")
-            return None
-        return balance.amount
-
-    async def refresh_gauges(self) -> None:
-        depth = await self.store.read(queues.depths)
-        self.metrics.outbox_depth.set(depth["outbox_pending"])
-        self.metrics.send_queue_depth.set(depth["send_queue_pending"])
-        for work, count in depth["set_aside"].items():
-            self.metrics.set_aside.labels(work).set(count)
-        limits = self.config.limits
-        since = clock.iso(Guards.from_config(self.config).day()[0])
-        used, top = await self.store.read(lambda db: (guards.used_since(db, since), guards.top_sender_since(db, since)))
-        for name, value, limit in (
-            ("daily_sms", used, limits.daily_sms),
-            ("sender_daily_sms", top, limits.sender_daily_sms),
-        ):
-            self.metrics.sms_used_today.labels(name).set(value)
-            self.metrics.sms_limit.labels(name).set(limit)
-
-    async def purge(self, days: int | None = None) -> dict:
-        """The retention purge in short batches, each its own commit: callbacks wait milliseconds, not seconds."""
-        days = self.config.storage.retention_days if days is None else days
-        batch = partial(
-            retention.purge_batch, cutoff=clock.ago(days=days), digests=[s.name for s in self.config.digests]
-        )
-        totals = dict.fromkeys(("callbacks", "outbox", "messages"), 0)
-        while True:
-            started = time.monotonic()
-            counts = await self.store.write(batch)
-            for key, n in counts.items():
-                totals[key] += n
-            if retention.purge_done(counts):
-                break
-            # The writes that queued meanwhile commit before the next batch: the purge takes a third of the time.
-            await asyncio.sleep(max(PURGE_PAUSE, 2 * (time.monotonic() - started)))
-        if any(totals.values()):
-            log.info("purge: %(callbacks)d callbacks, %(outbox)d sent e-mails, %(messages)d message ids", totals)
-        return totals
-
 
 # Files the daemon needs besides its listeners' connections: the database, logs, outgoing connections.
 FILES_BESIDES_CONNECTIONS = 64
@@ -355,9 +306,6 @@ class _Runner:
 
     def __init__(self, runner: web.AppRunner):
         self.runner = runner
-
-    async def start(self) -> None:
-        pass
 
     async def stop(self) -> None:
         await self.runner.cleanup()

@@ -9,8 +9,6 @@ from relay import numbers
 from relay.errors import ConfigError
 from relay.octopush.client import Recipient
 
-COLUMNS = ["phone_number", "first_name", "last_name", "param1", "param2", "param3", "param4", "param5"]
-
 
 def load_group(name: str, path: Path, region: str, source: str = "") -> tuple[Recipient, ...]:
     """Read one group's CSV (header row optional); a bad row is a ConfigError naming the config file (`source`),

@@ -6,11 +6,17 @@ import atexit
 import logging
 import logging.handlers
 import queue
+import re
 import sys
 
 import orjson
 
-from relay.web.access import mask
+_TOKEN_PATH = re.compile(r"/octopush/[^/?\s\"']+")
+
+
+def mask(path: str) -> str:
+    """The request path with the callback token replaced: the token is a secret."""
+    return _TOKEN_PATH.sub("/octopush/***", path)
 
 
 class JsonFormatter(logging.Formatter):

@@ -691,4 +691,3 @@ def _digest_events(db: Connection, *, sub: Subscription, top: int | None = None,
     rows = digests.events(db, **which, limit=DIGEST_PART)
     end = rows[-1]["id"] if len(rows) == DIGEST_PART else top
     return {"rows": rows, "watermark": watermark, "top": top, "end": end, "total": total, "since": since}
-

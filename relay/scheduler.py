@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
 
@@ -12,7 +13,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from relay import clock
-from relay.config import Config, Subscription
+from relay.config import Config, ConfigSource, Subscription
+from relay.storage.database import Store
 from relay.storage.digests import init_digests
 
 log = logging.getLogger("relay.scheduler")
@@ -36,11 +38,27 @@ def missed(sub: Subscription, last_run_at: str | None, now: datetime) -> bool:
     return upcoming is not None and upcoming <= now
 
 
-class Scheduler:
-    """Owns the AsyncIOScheduler and its jobs; rebuilt jobs on reload."""
+Job = Callable[[], Awaitable[object]]
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+
+class Scheduler:
+    """Owns the AsyncIOScheduler and its jobs; rebuilt jobs on reload.
+
+    It gets only what its jobs call: the workers' `wake` for the sweeps, the housekeeping jobs, the digests' runner.
+    """
+
+    def __init__(
+        self,
+        config: ConfigSource,
+        store: Store,
+        *,
+        sweeps: Mapping[str, Callable[[], object]],
+        check_credit: Job,
+        purge: Job,
+        run_digest: Callable[[str], Awaitable[object]],
+    ):
+        self.config, self.store, self.sweeps = config, store, sweeps
+        self.check_credit, self.purge, self.run_digest = check_credit, purge, run_digest
         self.scheduler: AsyncIOScheduler | None = None
         self._reloading = asyncio.Lock()
 
@@ -63,18 +81,16 @@ class Scheduler:
             await self._reload()
 
     async def _reload(self) -> None:
-        d = self.daemon
-        config: Config = d.config
+        config = self.config()
         s = self.scheduler
         s.remove_all_jobs()
-        s.add_job(d.outbox.wake, IntervalTrigger(seconds=60), id="outbox-sweep")
-        s.add_job(d.sender.wake, IntervalTrigger(seconds=60), id="send-queue-sweep")
-        s.add_job(d.notifier.wake, IntervalTrigger(seconds=60), id="notify-sweep")
-        s.add_job(d.check_credit, IntervalTrigger(hours=1), id="credit-check", next_run_time=clock.now())
+        for name, wake in self.sweeps.items():
+            s.add_job(wake, IntervalTrigger(seconds=60), id=f"{name}-sweep")
+        s.add_job(self.check_credit, IntervalTrigger(hours=1), id="credit-check", next_run_time=clock.now())
         if config.storage.retention_days > 0:
-            s.add_job(d.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
+            s.add_job(self.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
         digests = config.digests
-        state = await d.store.write(partial(init_digests, names=[sub.name for sub in digests]))
+        state = await self.store.write(partial(init_digests, names=[sub.name for sub in digests]))
         now = clock.now()
         for sub in digests:
             s.add_job(
@@ -99,6 +115,6 @@ class Scheduler:
 
     async def _digest(self, name: str) -> None:
         try:
-            await self.daemon.notifier.run_digest(name)
+            await self.run_digest(name)
         except Exception:  # noqa: BLE001 - a job logs; the next run tries again
             log.exception("digest %s failed", name)

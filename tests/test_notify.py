@@ -220,7 +220,7 @@ async def test_low_credit_alert_once(make_daemon, sink):
     body = mail.get_body(("plain",)).get_content()
     assert "credit" in mail["Subject"].lower() and "12.5 €" in body and "about 227 premium SMS to FR" in body
     assert [c["path"] for c in daemon.emulator.calls][:2] == ["/wallet/check-balance"] * 2
-    assert await daemon.check_credit() == 12.5  # the same level: not said again
+    assert await daemon.housekeeping.check_credit() == 12.5  # the same level: not said again
     await asyncio.sleep(0.3)
     assert len(to(sink, "team@example.org")) == 1
 

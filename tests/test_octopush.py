@@ -490,7 +490,7 @@ async def test_unreachable_callback_url_does_not_break_the_emulator(client, emul
 
 
 async def test_one_wiring_gives_the_daemon_and_the_commands_their_octopush(tmp_path):
-    """relay/octopush/connect.py: live mode calls the API; emulator mode a running daemon's emulator, else a
+    """relay/connect.py: live mode calls the API; emulator mode a running daemon's emulator, else a
     stand-in of this process (or, for a campaign cancel, nothing that answers: only the daemon's holds campaigns)."""
     from relay import config as config_mod
     from relay.octopush import connect

@@ -19,6 +19,7 @@ from relay.mail import outbox as outbox_mod
 from relay.mail.outbox import Outbox, queue_message
 from relay.mail.render import build_message, make_msgid
 from relay.metrics import Metrics
+from relay.storage import queues
 from relay.storage.database import Store
 from tests.conftest import Sink, wait_for
 
@@ -124,7 +125,8 @@ async def test_queued_mail_is_delivered_once_with_both_parts_and_headers(store, 
     assert done["attempts"] == 1 and done["sent_at"] and done["last_error"] is None
     assert done["subject"] == "Re: Meeting"
     assert metrics.registry.get_sample_value("octorelay_emails_sent_total", {"kind": "reply"}) == 1
-    assert await box.depth() == {"pending": 0, "failed": 0, "oldest_pending_at": None}
+    depth = await store.read(queues.depths)
+    assert (depth["outbox_pending"], depth["outbox_failed"], depth["outbox_oldest_pending"]) == (0, 0, None)
 
 
 async def test_temporary_refusal_is_retried_then_delivered_exactly_once(store, sink, make_outbox, tmp_path):
@@ -154,7 +156,7 @@ async def test_server_down_then_up_delivers_exactly_once(store, make_outbox, tmp
 
     waiting = await wait_for(tried_twice)
     assert waiting["status"] == "pending" and waiting["last_error"]
-    assert (await box.depth())["pending"] == 1
+    assert (await store.read(queues.depths))["outbox_pending"] == 1
 
     sink = Sink()
     await sink.start(port)
@@ -181,7 +183,7 @@ async def test_permanent_refusal_fails_at_once(store, sink, make_outbox, tmp_pat
     assert sink.messages == []
     assert (await row(store, outbox_id))["attempts"] == 1
     assert metrics.registry.get_sample_value("octorelay_emails_failed_total", {"kind": "digest"}) == 1
-    assert (await box.depth())["failed"] == 1
+    assert (await store.read(queues.depths))["outbox_failed"] == 1
 
 
 async def test_retries_stop_after_max_age(store, sink, make_outbox, tmp_path):

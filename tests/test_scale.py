@@ -149,9 +149,9 @@ def _replies(n: int) -> list:
 
 
 async def test_web_csv_export_streams_every_reply_once_in_order(make_client, monkeypatch):  # noqa: F811
-    from relay.web import ui
+    from relay.web import exports
 
-    monkeypatch.setattr(ui, "CSV_CHUNK", 37)
+    monkeypatch.setattr(exports, "CSV_CHUNK", 37)
     client, relay = await make_client()
     cbs = _replies(500)
     await relay.store.write(lambda db: [callbacks.store_callback(db, cb) for cb in cbs])
@@ -254,7 +254,7 @@ async def test_the_daemons_purge_runs_batch_after_batch_to_the_end(make_daemon):
     daemon = await make_daemon()
     expected = await daemon.store.write(lambda db: _fill(db.conn, 450))
     assert len(expected) > 2 * retention.PURGE_BATCH  # several batches
-    counts = await daemon.purge(30)
+    counts = await daemon.housekeeping.purge(30)
     assert counts["callbacks"] == len(expected)
     left = await daemon.store.read(
         lambda db: db.execute("SELECT count(*) FROM callbacks WHERE received_at = ? AND routed = 1", [OLD]).fetchone()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -294,7 +295,26 @@ async def test_auth_only_after_starttls(make_daemon, sink, tmp_path, ca):
             code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
             assert code == 235
 
+    def exchanges():
+        """Each form of the two mechanisms, as aiosmtpd's own would answer them."""
+        plain = base64.b64encode(b"\0alice\0wonderland").decode()
+        with sync_session(daemon) as s:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            s.starttls(context=context)
+            s.ehlo()
+            assert s.docmd("AUTH", "PLAIN not-base64!")[0] == 501
+            assert s.docmd("AUTH", "PLAIN " + base64.b64encode(b"no separators").decode())[0] == 501
+            assert s.docmd("AUTH", "PLAIN")[0] == 334  # no initial response: an empty challenge
+            assert s.docmd("*")[0] == 501  # the client cancels
+            assert s.docmd("AUTH", "LOGIN " + base64.b64encode(b"alice").decode())[0] == 334  # the password
+            assert s.docmd(base64.b64encode(b"wrong").decode())[0] == 535
+            assert s.docmd("AUTH", "PLAIN")[0] == 334
+            assert s.docmd(plain)[0] == 235
+            assert s.docmd("AUTH", "PLAIN " + plain)[0] == 503  # already authenticated
+
     await asyncio.to_thread(login_mechanism)
+    await asyncio.to_thread(exchanges)
 
     await asyncio.to_thread(session)
     await wait_for(lambda: sent(daemon))

@@ -1,8 +1,8 @@
 """The web interface over real HTTP: access rules, replies views, CSV export, conversations and the answer form.
 
-The app is the daemon's own (`create_app`) around a small object carrying what
-handlers use: a real config, a real Store in tmp_path and a real SendQueue
-talking to the Octopush emulator, so an answer sent from the form really goes.
+The app is the daemon's own (`create_app`), built from the real narrow parts its handlers use: a real
+config, a real Store in tmp_path and a real SendQueue talking to the Octopush emulator, so an answer sent
+from the form really goes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from aiohttp import web
 from relay import clock, passwords
 from relay import config as config_mod
 from relay.guard import LoginGuard
+from relay.housekeeping import Housekeeping
+from relay.mail.outbox import Outbox
+from relay.mail.render import Renderer
+from relay.metrics import Metrics
+from relay.notify import Notifier
 from relay.octopush.callbacks import classify
 from relay.octopush.client import OctopushClient, Recipient
 from relay.octopush.emulator import Emulator
@@ -36,14 +41,16 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @dataclasses.dataclass
-class Relay:
-    """The part of the daemon the web handlers use."""
+class Parts:
+    """The real parts the app is built from (each handed to `create_app` under its own key)."""
 
     config: config_mod.Config
     store: Store
     sender: SendQueue
     emulator: Emulator
-    metrics: object = None
+    client: OctopushClient
+    notifier: Notifier
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
     logins: LoginGuard = dataclasses.field(default_factory=LoginGuard)
 
 
@@ -63,7 +70,7 @@ async def make_relay(tmp_path):
     """Factory: a started store, emulator, client and send queue; everything is stopped afterwards."""
     stops = []
 
-    async def factory(**config_changes) -> Relay:
+    async def factory(**config_changes) -> Parts:
         cfg = make_config(tmp_path, **config_changes)
         store = Store(cfg.storage.path)
         await store.start()
@@ -77,7 +84,10 @@ async def make_relay(tmp_path):
         sender = SendQueue(store, client)
         await sender.start()
         stops.append(sender.stop)
-        return Relay(cfg, store, sender, emulator)
+        smtp_out = dataclasses.replace(cfg.smtp_out, maildir=str(tmp_path / "mail"))
+        # Not started: the pages only wake it; routing is tested in test_notify.py.
+        notifier = Notifier(cfg, store, Outbox(smtp_out, store), Renderer(cfg.templates_dir), {})
+        return Parts(cfg, store, sender, emulator, client, notifier)
 
     yield factory
     for stop in reversed(stops):
@@ -90,7 +100,20 @@ async def make_client(make_relay, aiohttp_client):
 
     async def factory(*, remote: str | None = None, **config_changes):
         relay = await make_relay(**config_changes)
-        app = create_app(relay)
+        app = create_app(
+            config=lambda: relay.config,
+            store=relay.store,
+            metrics=relay.metrics,
+            logins=relay.logins,
+            callback_token="token-for-tests",
+            sender=relay.sender,
+            notifier=relay.notifier,
+            octopush=relay.client,
+            ready=lambda: True,
+            gauges=Housekeeping(
+                lambda: relay.config, relay.store, relay.metrics, relay.client, relay.notifier
+            ).refresh_gauges,
+        )
         if remote:
 
             @web.middleware
@@ -106,17 +129,17 @@ async def make_client(make_relay, aiohttp_client):
 # ------------------------------------------------------------------ seeding through the real code paths
 
 
-async def add_callback(relay: Relay, **fields) -> int:
+async def add_callback(relay: Parts, **fields) -> int:
     cb = classify(fields, raw=json.dumps(fields), content_type="application/json")
     stored = await relay.store.write(lambda db: callbacks.store_callback(db, cb))
     return stored.id
 
 
-async def add_reply(relay: Relay, number: str, text: str, date: str, ticket: str = "") -> int:
+async def add_reply(relay: Parts, number: str, text: str, date: str, ticket: str = "") -> int:
     return await add_callback(relay, number=number, text=text, reception_date=date, message_id=ticket)
 
 
-async def send_sms(relay: Relay, numbers: list[str], text: str, *, sender_email: str = "", label: str = "") -> dict:
+async def send_sms(relay: Parts, numbers: list[str], text: str, *, sender_email: str = "", label: str = "") -> dict:
     """Queue a campaign as an e-mail would and wait until the emulator accepted it."""
     req = SendRequest(
         text=text,
@@ -135,7 +158,7 @@ async def send_sms(relay: Relay, numbers: list[str], text: str, *, sender_email:
 FR1, FR2, DE, GB = "+33612345678", "+33698765432", "+4915112345678", "+447400123456"
 
 
-async def seed(relay: Relay) -> dict:
+async def seed(relay: Parts) -> dict:
     """Three French replies over two days, one German, one British; the first French answers an SMS."""
     sent = await send_sms(
         relay, [FR1, DE], "Server db1 is down, can you look?", sender_email="ops@example.org", label="db1 down"
@@ -508,3 +531,27 @@ async def test_attention_lists_what_needs_an_operator(make_client):
     assert "&lt;b&gt;odd&lt;/b&gt;" in html and "<b>odd</b>" not in html
     assert "SMS reply from +33 6 12 34 56 78" in html and "ops@example.org" in html
     assert "550 5.1.1 &lt;ops@example.org&gt;: user unknown" in html
+
+
+async def test_every_page_and_form_applies_the_access_rule(make_client):
+    """Every route of the web interface (pages, forms, the export, the stylesheet) asks for a user when
+    `ui_users` is set, and a user's form carries a token for that user: approving a campaign included."""
+    client, relay = await make_client(users={"alice": passwords.make_hash("s3cret")})
+    sent = await seed(relay)
+    app = client.server.app
+    # Every route but the callbacks, the API, health and metrics (they have rules of their own).
+    others = {"callback_check", "callback", "healthz", "metrics", "api_replies", "api_campaign"}
+    names = {r.name for r in app.router.routes() if r.name} - others
+    assert {"replies", "replies_csv", "conversation_answer", "campaign_approve", "attention_retry"} <= names
+    for route in app.router.routes():
+        if route.name not in names:
+            continue
+        parts = {"id": str(sent["id"]), "number": FR1}
+        path = str(route.resource.url_for(**{k: v for k, v in parts.items() if "{" + k in route.resource.canonical}))
+        resp = await client.request(route.method, path, allow_redirects=False)
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Basic"), (route.name, resp.status)
+    auth = basic("alice", "s3cret")
+    html = await (await client.get(f"/conversations/{FR1}", headers=auth)).text()  # one token a session and user
+    csrf = form_fields(html)["csrf"]
+    resp = await client.post(f"/campaigns/{sent['id']}/approve", data={"csrf": csrf}, headers=auth)
+    assert resp.status == 409 and "Nothing done" in await resp.text()  # the token was accepted; it is not held

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from email.message import Message
 
 from inscriptis import Inscriptis
@@ -17,8 +18,19 @@ from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from lxml import etree
 
+from relay.errors import Rejected
 from relay.mail import reply_words as words
-from relay.mail.parsing import MAX_TEXT, Body, Rejected
+from relay.octopush.rules import MAX_TEXT
+
+
+@dataclass(frozen=True)
+class Body:
+    """The SMS text taken from an e-mail, and which part it came from."""
+
+    text: str  # the new words only, ready to send
+    source: str  # "text/plain" or "text/html"
+    trimmed: bool = False  # the clean-up left out lines the e-mail held (a quote, a signature, a footer)
+
 
 Line = tuple[str, bool]  # a line of text, and whether it is quoted (">")
 

@@ -84,10 +84,6 @@ class Outcome:
     retry_recipients: list[str] | None = None  # on partial acceptance: only those still to try
 
 
-class PermanentError(Exception):
-    """The server refused the message for good (5xx)."""
-
-
 def _response_error(code: int, message: str) -> str:
     return f"{code} {' '.join(str(message).split())}"
 
@@ -136,9 +132,6 @@ class Outbox(Worker):
         self._released = False
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
 
-    async def depth(self) -> dict:
-        """{"pending": n, "failed": n, "oldest_pending_at": iso | None}, for /healthz and metrics."""
-        return await self.store.read(_depth)
 
     # ------------------------------------------------------------ the loop
 
@@ -334,7 +327,6 @@ def _settle(db: Connection, *, row_id: int, outcome: Outcome, max_age: float) ->
 
 
 _next_due = outbox_table.next_due
-_depth = outbox_table.depth
 
 
 # ------------------------------------------------------------------ Maildir

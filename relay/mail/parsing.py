@@ -3,8 +3,8 @@
 Nothing here does I/O. Every refusal is a `Rejected` whose `.reason` is one
 line a person can act on; the listener turns it into the SMTP answer. The
 body rules (which part, quote and signature removal) live in
-`relay.mail.body`; `extract_text` and `new_words_only` here call into it so
-that callers import one module.
+`relay.mail.body`, below this module; `Body`, `extract_text` and
+`new_words_only` are imported here so that callers import one module.
 """
 
 from __future__ import annotations
@@ -20,16 +20,11 @@ from email.message import Message
 
 from relay import numbers
 from relay.clock import region_timezone
-from relay.errors import RelayError
-from relay.octopush.client import MAX_TEXT  # noqa: F401 - Octopush's limit, re-exported for body.py
+from relay.errors import Rejected
 
-
-class Rejected(RelayError):
-    """Input the relay refuses; .reason is one line a person can act on (SMTP 550 5.6.0 / 5.1.1 text)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+# Re-exported, so that callers import one module for e-mail parsing.
+from relay.mail.body import Body, extract_text, new_words_only  # noqa: F401
+from relay.octopush.rules import MAX_TEXT  # noqa: F401
 
 
 class NotOurDomain(Rejected):
@@ -323,30 +318,3 @@ def _is_delivery_report(msg: Message) -> bool:
     except Exception:  # noqa: BLE001 - an unreadable structure is not a report
         return False
     return False
-
-
-# ---------------------------------------------------------------------------
-# The SMS text (implemented in relay.mail.body, which imports this module's errors)
-
-
-@dataclass(frozen=True)
-class Body:
-    """The SMS text taken from an e-mail, and which part it came from."""
-
-    text: str  # the new words only, ready to send
-    source: str  # "text/plain" or "text/html"
-    trimmed: bool = False  # the clean-up left out lines the e-mail held (a quote, a signature, a footer)
-
-
-def extract_text(msg: Message) -> Body:
-    """SPEC §5 steps 1-5: the first text part's new words; Rejected when empty or too long."""
-    from relay.mail import body
-
-    return body.extract_text(msg)
-
-
-def new_words_only(text: str) -> str:
-    """SPEC §5 steps 3-5 on plain text: cut signatures and forwarded originals, drop quotes, tidy blank lines."""
-    from relay.mail import body
-
-    return body.new_words_only(text)

@@ -8,24 +8,28 @@ the SPEC §5 table.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
 import re
 import ssl
 import unicodedata
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from functools import partial
 from pathlib import Path
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay import clock, marketing, passwords
-from relay.config import Config
+from relay.config import Config, ConfigSource
 from relay.errors import RelayError
-from relay.guard import ConnectionCap, printable
+from relay.guard import ConnectionCap, LoginGuard, printable
 from relay.mail import proof
 from relay.mail.offload import ChildParser
 from relay.mail.parsing import (
@@ -42,6 +46,7 @@ from relay.mail.parsing import (
     sender_glob_allows,
 )
 from relay.mail.proof import NotProven
+from relay.metrics import Metrics
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
 from relay.sending import (
@@ -57,7 +62,7 @@ from relay.sending import (
 )
 from relay.statuses import Origin, Purpose
 from relay.storage import campaigns, guards
-from relay.storage.database import private_dir
+from relay.storage.database import Store, private_dir
 
 log = logging.getLogger("relay.smtp")
 
@@ -109,6 +114,15 @@ def transparency_bound(max_size: int) -> int:
     return max_size + (max_size + 2) // 3
 
 
+async def _base64_argument(server: SMTP, text: str) -> bytes | None:
+    """An AUTH command's initial response, decoded; None (and 501 answered) when it is not base64."""
+    try:
+        return base64.b64decode(text.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        await server.push("501 5.5.2 Can't decode base64")
+        return None
+
+
 def bad_recipient(reason: str) -> str:
     return f"550 5.1.1 {ascii_line(reason)}"
 
@@ -139,17 +153,14 @@ class Pending:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with the SPEC's refusals, bounds and logging.
 
-    - The size refusal in the SPEC's words (552 5.3.4), and every 4xx/5xx answer logged with the peer and
-      the envelope sender (SPEC §3), including aiosmtpd's own (syntax, command limits).
-    - Password checks in a thread: aiosmtpd calls the authenticator synchronously; a hash check costs ~40 ms
-      of CPU, which repeated AUTH attempts would take from the event loop. So the mechanisms' own parsing
-      runs as usual, `_authenticate` only captures the credentials, and the check runs in a worker thread.
-      A failure counts towards the peer's failed logins (relay.guard).
+    - Every 4xx/5xx answer logged with the peer and the envelope sender (SPEC §3), including aiosmtpd's own
+      (syntax, command limits); a size refusal in the SPEC's words (552 5.3.4) whoever made it: aiosmtpd
+      refuses a message beyond its own bound (`transparency_bound`) with 552 and text of its own, and has no
+      option for that text, so a 552 is worded here by its code.
     - A whole-session bound: `command_timeout` cuts a silent or dripping client, `command_call_limit` a
       loop of one command, and `session_limit` a session that keeps busy with harmless commands.
     """
 
-    _captured: tuple[str, LoginPassword] | None = None
     answer_sender: str | None = None  # the envelope sender of the DATA answer about to be pushed
 
     def __init__(self, handler: Handler, *, listener: SmtpListener, **kwargs):
@@ -167,7 +178,7 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         if self._session_timer is None:  # not again for the TLS transport after STARTTLS
-            limit = self.listener.daemon.config.smtp_in.session_limit
+            limit = self.listener.config().smtp_in.session_limit
             self._session_timer = self.loop.call_later(limit, self._session_over, limit)
 
     def connection_lost(self, error) -> None:
@@ -187,47 +198,29 @@ class RelaySMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):  # AUTH challenges come as bytes
-            if status.startswith("552 Error"):
-                status = too_big(self.listener.daemon.config.smtp_in.max_size)
+            if status[:4] == "552 ":  # every 552 is a size refusal: aiosmtpd's and the handler's alike
+                status = too_big(self.listener.config().smtp_in.max_size)
             if status[:1] in ("4", "5"):
                 sender = (self.envelope.mail_from if self.envelope else None) or self.answer_sender
                 log.info("SMTP refused %s (sender %s): %s", self.peer_host, sender or "-", status)
             self.answer_sender = None
         await super().push(status)
 
-    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
-        self._captured = (mechanism, auth_data)
-        return AuthResult(success=False, handled=False)  # replaced by the real answer in _checked
-
-    async def _checked(self, result: AuthResult) -> AuthResult:
-        captured, self._captured = self._captured, None
-        if captured is None:  # the mechanism answered by itself (bad base64, cancelled)
-            return result
-        checked = await asyncio.to_thread(self._authenticator, self, self.session, self.envelope, *captured)
-        if not checked.success:
-            mechanism, auth_data = captured
-            login = getattr(auth_data, "login", b"") or b""
-            self.listener.daemon.logins.failed(
-                self.peer_host, f"SMTP AUTH {mechanism} as {printable(login.decode('utf-8', 'replace'))}"
-            )
-        return checked
-
-    async def auth_PLAIN(self, server, args) -> AuthResult:
-        return await self._checked(await super().auth_PLAIN(server, args))
-
-    async def auth_LOGIN(self, server, args) -> AuthResult:
-        return await self._checked(await super().auth_LOGIN(server, args))
-
 
 class Handler:
-    """Only the hooks it needs: MAIL, RCPT, DATA."""
+    """Only the hooks it needs: EHLO (SIZE), AUTH (the limiter and two mechanisms), MAIL, RCPT, DATA.
+
+    What MAIL and RCPT collect for an envelope is kept here, by envelope (aiosmtpd makes a new one at RSET and
+    after DATA), not as an attribute added to aiosmtpd's `Envelope`.
+    """
 
     def __init__(self, listener: SmtpListener):
         self.listener = listener
+        self._pending: weakref.WeakKeyDictionary[Envelope, Pending] = weakref.WeakKeyDictionary()
 
     @property
     def config(self) -> Config:
-        return self.listener.daemon.config
+        return self.listener.config()
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):
         """Advertise `max_size` as SIZE: aiosmtpd's own limit is larger, to allow for dot-stuffing."""
@@ -237,8 +230,58 @@ class Handler:
 
     async def handle_AUTH(self, server: RelaySMTP, session: Session, envelope: Envelope, args):
         """An address with too many failed logins gets 454 before any password is checked."""
-        left = self.listener.daemon.logins.refused(server.peer_host, "SMTP AUTH")
+        left = self.listener.logins.refused(server.peer_host, "SMTP AUTH")
         return auth_blocked(left) if left else MISSING
+
+    # The two mechanisms, as aiosmtpd takes them from a handler (`auth_<NAME>(server, args)`): the same
+    # exchange as aiosmtpd's own, with the password checked in a worker thread, since a hash check costs
+    # ~40 ms of CPU that repeated AUTH attempts would take from the event loop. aiosmtpd offers them only
+    # over TLS (`auth_require_tls`).
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:  # cancelled or not base64: challenge_auth has answered
+                return AuthResult(success=False)
+        else:
+            blob = await _base64_argument(server, args[1])
+            if blob is None:
+                return AuthResult(success=False, handled=True)
+        try:
+            # "{authz_id}\x00{login}\x00{password}"; the authorisation identity is ignored (RFC 4616)
+            _, login, password = blob.split(b"\x00")
+        except ValueError:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(server, "PLAIN", login, password)
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False)
+        else:
+            login = await _base64_argument(server, args[1])
+            if login is None:
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        return await self._check_login(server, "LOGIN", login, password)
+
+    async def _check_login(self, server: RelaySMTP, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        """The password against `smtp_in.users`, off the loop; a failure counts towards the peer's failed logins.
+
+        On success the login rides on the session (`session.auth_data`) to MAIL FROM, which binds it to its
+        addresses.
+        """
+        name = login.decode("utf-8", "replace")
+        user = self.config.smtp_in.users.get(name)
+        secret = password.decode("utf-8", "replace")
+        ok = user is not None and await asyncio.to_thread(passwords.verify, secret, user.hash)
+        if not ok:
+            self.listener.logins.failed(server.peer_host, f"SMTP AUTH {mechanism} as {printable(name)}")
+        return AuthResult(success=ok, handled=False, auth_data=name if ok else None)
 
     async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options) -> str:
         cfg = self.config.smtp_in
@@ -263,15 +306,14 @@ class Handler:
                 return NOT_YOUR_ADDRESS.format(login=ascii_line(login), address=ascii_line(address))
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.pending = Pending(login=login)  # type: ignore[attr-defined]
+        self._pending[envelope] = Pending(login=login)
         return OK
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options) -> str:
         cfg = self.config.smtp_in
         if cfg.require_auth and not session.authenticated:
             return AUTH_NEEDED
-        pending: Pending = getattr(envelope, "pending", None) or Pending()
-        envelope.pending = pending  # type: ignore[attr-defined]
+        pending = self._pending.setdefault(envelope, Pending())
         approval = approval_campaign(address, cfg.domain)
         if approval is not None or pending.approval is not None:
             if pending.recipients or pending.approval is not None:
@@ -279,7 +321,7 @@ class Handler:
             pending.approval = approval
             envelope.rcpt_tos.append(address)
             return OK
-        groups = self.listener.daemon.groups
+        groups = self.listener.groups()
         try:
             target = parse_recipient(address, domain=cfg.domain, region=cfg.region, groups=groups)
         except NotOurDomain:
@@ -314,9 +356,9 @@ class Handler:
             return TRY_LATER
 
     async def _data(self, envelope: Envelope) -> str:
-        daemon = self.listener.daemon
+        listener = self.listener
         cfg = self.config.smtp_in
-        pending: Pending = getattr(envelope, "pending", None) or Pending()
+        pending = self._pending.get(envelope) or Pending()
         if not pending.recipients and pending.approval is None:
             return NO_RECIPIENT
         data = envelope.original_content or envelope.content
@@ -399,7 +441,7 @@ class Handler:
             self.listener.count("refused")
             return refused(str(exc))
         try:
-            campaign_id, new = await daemon.store.write(
+            campaign_id, new = await listener.store.write(
                 partial(_queue_once, req=request, retry_for=o.retry_for, guards=guards_now),
                 small=len(request.recipients) <= SMALL_WRITE_RECIPIENTS,
             )
@@ -419,13 +461,13 @@ class Handler:
             self.listener.count("duplicate")
             log.info("repeat of campaign #%d from %s: not sent again", campaign_id, sender_email)
             return f"250 2.0.0 Already queued as campaign {campaign_id}"
-        daemon.sender.wake()
+        listener.wake_sender()
         self.listener.count("queued")
         who = f"{sender_email} (login {pending.login})" if pending.login else sender_email
         log.info("campaign #%d queued from %s to %d number(s)", campaign_id, who, len(numbers))
         answer = f"250 2.0.0 Queued as campaign {campaign_id}"
         if guards_now.holds(request, len(numbers)):
-            daemon.notifier.wake()  # it e-mails the sender the question
+            listener.wake_notifier()  # it e-mails the sender the question
             answer += f", held for approval: see the e-mail sent to {ascii_line(sender_email)}"
         elif delayed:
             when = request.send_at.astimezone(clock.region_timezone(cfg.region)).strftime("%Y-%m-%d %H:%M %Z")
@@ -434,7 +476,7 @@ class Handler:
 
     async def _approval_answer(self, envelope: Envelope, pending: Pending, data: bytes) -> str:
         """ "yes" / "oui" / "ok" sends a held campaign, "no" / "non" cancels it; only its own sender may answer."""
-        daemon, cfg = self.listener.daemon, self.config.smtp_in
+        listener, cfg = self.listener, self.config.smtp_in
         campaign_id = pending.approval
         sender = envelope.mail_from.strip("<> ")
         if not pending.login and cfg.sender_check == "dkim":
@@ -443,7 +485,7 @@ class Handler:
             except NotProven as exc:
                 self.listener.count("sender_refused")
                 return not_allowed(str(exc))
-        owner = await daemon.store.read(partial(guards.campaign_sender, campaign_id=campaign_id))
+        owner = await listener.store.read(partial(guards.campaign_sender, campaign_id=campaign_id))
         if owner is None:
             return bad_recipient(f"there is no campaign {campaign_id} to approve")
         if owner.lower() != sender.lower():
@@ -462,10 +504,10 @@ class Handler:
         else:
             return refused(f'answer "yes" to send campaign {campaign_id} or "no" to cancel it, as the first word')
         try:
-            await daemon.store.write(change)
+            await listener.store.write(change)
         except NotHeld as exc:
             return f"250 2.0.0 Nothing done: {ascii_line(str(exc))}"
-        daemon.sender.wake()
+        listener.wake_sender()
         self.listener.count("approved" if word in APPROVE_WORDS else "cancelled")
         return f"250 2.0.0 Campaign {campaign_id} {'approved: it goes now' if word in APPROVE_WORDS else 'cancelled'}"
 
@@ -487,7 +529,7 @@ class Handler:
                     return label
             return ""
 
-        return await self.listener.daemon.store.read(lookup)
+        return await self.listener.store.read(lookup)
 
 
 MAX_THREAD = 50  # Message-IDs of References kept: the chain's newest; a header can be as long as a message
@@ -635,16 +677,32 @@ def _queue_once(db, *, req: SendRequest, retry_for: float, guards: Guards | None
 
 
 class SmtpListener:
-    """Binds the SMTP port on the daemon's loop; STARTTLS always offered, AUTH only after it."""
+    """Binds the SMTP port on the daemon's loop; STARTTLS always offered, AUTH only after it.
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    It gets only what the handler uses: the running configuration and groups (asked for at each command, so
+    a reload applies at once), the store, the login limiter, the metrics and the two workers' `wake`.
+    """
+
+    def __init__(
+        self,
+        config: ConfigSource,
+        store: Store,
+        *,
+        groups: Callable[[], Mapping[str, Sequence[Recipient]]],
+        logins: LoginGuard,
+        metrics: Metrics,
+        wake_sender: Callable[[], None],
+        wake_notifier: Callable[[], None],
+    ):
+        self.config, self.store, self.groups = config, store, groups
+        self.logins, self.metrics = logins, metrics
+        self.wake_sender, self.wake_notifier = wake_sender, wake_notifier
         self.handler = Handler(self)
         self.child = ChildParser()
         self._server: asyncio.base_events.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self.address: tuple[str, int] | None = None
-        cfg = daemon.config.smtp_in
+        cfg = config().smtp_in
         self.cap = ConnectionCap("SMTP", "smtp_in.max_connections", cfg.max_connections, TOO_MANY_SESSIONS)
 
     @property
@@ -653,13 +711,12 @@ class SmtpListener:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def count(self, outcome: str) -> None:
-        self.daemon.metrics.smtp_in.labels(outcome).inc()
+        self.metrics.smtp_in.labels(outcome).inc()
 
     async def start(self) -> None:
-        cfg = self.daemon.config.smtp_in
-        self._tls = await asyncio.to_thread(
-            tls_context, cfg.tls_cert, cfg.tls_key, self.daemon.config.storage.state_dir
-        )
+        config = self.config()
+        cfg = config.smtp_in
+        self._tls = await asyncio.to_thread(tls_context, cfg.tls_cert, cfg.tls_key, config.storage.state_dir)
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(self._protocol, host=cfg.listen.host, port=cfg.listen.port)
@@ -668,9 +725,10 @@ class SmtpListener:
         self.address = self._server.sockets[0].getsockname()[:2]
 
     def _protocol(self) -> asyncio.Protocol:
+        cfg = self.config().smtp_in
+        self.cap.limit = cfg.max_connections  # a reload may change it
         if self.cap.full:
             return self.cap.refuse()
-        cfg = self.daemon.config.smtp_in
         return RelaySMTP(
             self.handler,
             listener=self,
@@ -682,28 +740,11 @@ class SmtpListener:
             require_starttls=False,
             auth_required=False,
             auth_require_tls=True,
-            authenticator=self._authenticate,
             # Per command; RCPT may come once per recipient, so its own bound follows max_recipients.
             command_call_limit={"*": cfg.max_commands, "RCPT": max(cfg.max_commands, cfg.max_recipients + 50)},
             # Reset by each valid command only: a silent or dripping client is cut after this long.
             timeout=cfg.command_timeout,
         )
-
-    def _authenticate(self, server, session, envelope, mechanism: str, auth_data) -> AuthResult:
-        users = self.daemon.config.smtp_in.users
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        login = auth_data.login.decode("utf-8", "replace")
-        user = users.get(login)
-        ok = user is not None and passwords.verify(auth_data.password.decode("utf-8", "replace"), user.hash)
-        # A failure is logged and counted by RelaySMTP._checked. The login rides on the session
-        # (session.auth_data) to MAIL FROM, which binds it to its addresses.
-        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
-
-    def reconfigure(self, config: Config) -> None:
-        """Allowed senders, users, groups and the timeouts come from daemon.config at each command or session;
-        only the cap is held here."""
-        self.cap.limit = config.smtp_in.max_connections
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -22,25 +22,21 @@ from relay import backoff
 from relay.numbers import is_valid_e164
 from relay.octopush.errors import TEMPORARY_CODES, OctopushError, TemporaryError, ValidationError
 from relay.octopush.parts import count_parts
+from relay.octopush.rules import (  # noqa: F401 - the rules, also under the client's name
+    MAX_RECIPIENTS,
+    MAX_TEXT,
+    PURPOSES,
+    SENDER_RE,
+    SENDER_RULE,
+    STOP_EXAMPLES,
+    STOP_MENTIONS,
+    TYPES,
+    has_stop_mention,
+)
 from relay.statuses import Purpose, SmsType
 
 log = logging.getLogger("relay.octopush")
 
-MAX_TEXT = 1224
-MAX_RECIPIENTS = 500
-TYPES = tuple(SmsType)
-PURPOSES = tuple(Purpose)
-# Letters and digits only: Octopush's pages disagree on spaces (code 106 says "no accent, space or punctuation"),
-# and only this reading is safe under both.
-SENDER_RE = re.compile(r"[a-zA-Z0-9]{3,11}")
-SENDER_RULE = "3 to 11 letters or digits, without space, accent or punctuation (Octopush's code 106)"
-# The mentions exactly as Octopush checks them, case included (octopush-api.md): premium marketing needs
-# "STOP au " and the short number, or the literal "XXXXX" that Octopush fills in; low-cost needs "no PUB=STOP".
-STOP_MENTIONS = {
-    SmsType.PREMIUM: re.compile(r"STOP au (?:[0-9]++|XXXXX)"),
-    SmsType.LOW_COST: re.compile(r"no PUB=STOP"),
-}
-STOP_EXAMPLES = {SmsType.PREMIUM: "STOP au 30101", SmsType.LOW_COST: "no PUB=STOP"}
 # The account settings that say where Octopush POSTs each kind of callback (PATCH campaign-parameters/edit).
 CALLBACK_URL_FIELDS = {
     "reply": "callback_url_for_inbounds",
@@ -134,12 +130,6 @@ def stored_recipient(row: dict) -> Recipient:
     """A recipient as the `recipients` table keeps it (params as a JSON list)."""
     params = tuple(json.loads(row.get("params") or "[]"))
     return Recipient(row["number"], row.get("first_name") or "", row.get("last_name") or "", params)
-
-
-def has_stop_mention(text: str, type: str) -> bool:
-    """Whether a marketing text carries the opt-out mention Octopush requires for this type, exactly."""
-    pattern = STOP_MENTIONS.get(type)
-    return bool(pattern and pattern.search(text))
 
 
 def placeholders(text: str) -> list[str]:

@@ -82,11 +82,6 @@ class OctopushError(RelayError):
         self.advice = advice if advice is not None else advice_for(code, http_status)
         super().__init__(str(self))
 
-    @property
-    def alert(self) -> bool:
-        """True when the operator must act on the account (credentials, credit, validation, fraud check)."""
-        return self.code in ALERT_CODES
-
     def __str__(self) -> str:
         what = f"code {self.code}" if self.code is not None else f"HTTP {self.http_status}"
         text = f"Octopush refused {self.action} ({what}): {self.message}".rstrip()

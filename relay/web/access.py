@@ -7,14 +7,12 @@ import functools
 import hmac
 import ipaddress
 import logging
-import re
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from relay import passwords
-
-_TOKEN_PATH = re.compile(r"/octopush/[^/?\s\"']+")
+from relay.logs import mask
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -23,11 +21,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-
-
-def mask(path: str) -> str:
-    """The request path with the callback token replaced: the token is a secret."""
-    return _TOKEN_PATH.sub("/octopush/***", path)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from relay import clock, numbers
 from relay.storage import callbacks, campaigns, queues
 from relay.web.access import api_allowed
-from relay.web.keys import RELAY
+from relay.web.keys import CONFIG, GAUGES, METRICS, OCTOPUSH, READY, STORE
 
 STALE_OUTBOX = timedelta(minutes=10)
 
@@ -26,7 +26,7 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 
 def _require_api(request: web.Request) -> None:
-    token = request.app[RELAY].config.http.api_token
+    token = request.app[CONFIG]().http.api_token
     if not api_allowed(request, token):
         need = "from every client, since http.api_token is set" if token else "outside loopback"
         raise web.HTTPUnauthorized(
@@ -50,7 +50,7 @@ async def api_replies(request: web.Request) -> web.Response:
         limit = max(1, min(1000, int(q.get("limit", "100"))))
     except ValueError:
         raise web.HTTPBadRequest(text="limit: expected a whole number\n") from None
-    region = request.app[RELAY].config.smtp_in.region
+    region = request.app[CONFIG]().smtp_in.region
     number = country = None
     if q.get("number"):
         number = numbers.search_term(q["number"][:64], region)
@@ -64,7 +64,7 @@ async def api_replies(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(
                 text=f"country: {q['country'][:64]!r} is not a country code or name (BE, Belgium)\n"
             )
-    rows = await request.app[RELAY].store.read(
+    rows = await request.app[STORE].read(
         partial(
             callbacks.replies,
             since=read_when(q.get("since"), "since"),
@@ -84,7 +84,7 @@ async def api_campaign(request: web.Request) -> web.Response:
     key = request.match_info["ticket"]
     by_id = key.isdigit() and len(key) <= 18
     lookup = partial(campaigns.campaign, campaign_id=int(key)) if by_id else partial(campaigns.campaign, ticket=key)
-    row = await request.app[RELAY].store.read(lookup)
+    row = await request.app[STORE].read(lookup)
     if row is None:
         return json_response({"error": "no campaign with this ticket or number"}, status=404)
     row.pop("stored_status", None)
@@ -93,31 +93,39 @@ async def api_campaign(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """Read-only: a probe never writes (no commit, no fsync); the writer's last commit tells its state."""
-    relay = request.app[RELAY]
+    store = request.app[STORE]
     problems = []
-    database = relay.store.health()
+    database = store.health()
     if database != "ok":
         problems.append("database")
     try:
-        depth = await relay.store.read(queues.depths)
+        depth = await store.read(queues.depths)
     except Exception as exc:  # noqa: BLE001 - health must answer whatever broke
         depth = {"error": str(exc)}
         problems.append("database")
     oldest = depth.get("outbox_oldest_pending")
     if oldest and clock.parse_iso(oldest) < clock.now() - STALE_OUTBOX:
         problems.append("outbox")
-    status = "starting" if not relay.ready else "degraded" if problems else "ok"
+    status = "starting" if not request.app[READY]() else "degraded" if problems else "ok"
     body = {
         "status": status,
         "problems": problems,
         "database": database,
         **depth,
-        "last_octopush_call": relay.last_octopush_call(),
+        "last_octopush_call": last_octopush_call(request.app[OCTOPUSH]),
     }
     return json_response(body, status=200 if status == "ok" else 503)
 
 
+def last_octopush_call(client: object) -> dict | None:
+    """The client's last call (when, what it answered), with times as ISO text."""
+    call = getattr(client, "last_call", None)
+    if not call:
+        return None
+    return {k: (clock.iso(v) if hasattr(v, "tzinfo") else v) for k, v in call.items()}
+
+
 async def metrics(request: web.Request) -> web.Response:
-    relay = request.app[RELAY]
-    await relay.refresh_gauges()
-    return web.Response(body=generate_latest(relay.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    await request.app[GAUGES]()
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from relay.octopush.callbacks import classify
 from relay.storage.database import StoreError
-from relay.web.keys import RELAY
+from relay.web.keys import CALLBACK_TOKEN, METRICS, NOTIFIER, STORE
 
 log = logging.getLogger("relay.callbacks")
 MAX_BODY = 64 * 1024
@@ -53,7 +53,7 @@ def parse_body(body: bytes, content_type: str) -> dict | list | str | int | floa
 
 def _token_ok(request: web.Request) -> bool:
     given = request.match_info["token"].encode()
-    return hmac.compare_digest(given, request.app[RELAY].callback_token.encode())
+    return hmac.compare_digest(given, request.app[CALLBACK_TOKEN].encode())
 
 
 async def check(request: web.Request) -> web.Response:
@@ -64,10 +64,10 @@ async def check(request: web.Request) -> web.Response:
 
 
 async def receive(request: web.Request) -> web.Response:
-    relay = request.app[RELAY]
+    metrics, notifier = request.app[METRICS], request.app[NOTIFIER]
     started = time.perf_counter()
     if not _token_ok(request):
-        relay.metrics.callbacks.labels("unknown", "bad_token").inc()
+        metrics.callbacks.labels("unknown", "bad_token").inc()
         raise web.HTTPNotFound()
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
@@ -75,7 +75,7 @@ async def receive(request: web.Request) -> web.Response:
     try:
         fields = parse_body(body, request.content_type or "")
     except BadBody as exc:
-        relay.metrics.callbacks.labels("unknown", "bad_body").inc()
+        metrics.callbacks.labels("unknown", "bad_body").inc()
         return web.Response(status=400, text=f"{exc}\n")
     callback = classify(
         fields if isinstance(fields, dict) else {},
@@ -83,18 +83,16 @@ async def receive(request: web.Request) -> web.Response:
         content_type=request.content_type or "",
     )
     try:
-        stored = await relay.store.write(
-            partial(relay.notifier.store_callback, cb=callback), small=True
-        )
+        stored = await request.app[STORE].write(partial(notifier.store_callback, cb=callback), small=True)
     except StoreError as exc:
-        relay.metrics.callbacks.labels(callback.kind, "not_stored").inc()
+        metrics.callbacks.labels(callback.kind, "not_stored").inc()
         log.error("callback not stored, answered 503 so Octopush retries: %s", exc)
         return web.Response(status=503, text="the relay cannot store this callback now; retry later\n")
-    relay.metrics.callbacks.labels(callback.kind, "stored" if stored.new else "duplicate").inc()
-    relay.metrics.callback_seconds.observe(time.perf_counter() - started)
+    metrics.callbacks.labels(callback.kind, "stored" if stored.new else "duplicate").inc()
+    metrics.callback_seconds.observe(time.perf_counter() - started)
     if stored.new:
         # The access log already has a line per request; this one is for debugging.
         log.debug("callback %s #%d from %s", callback.kind, stored.id, callback.number or "?")
     if stored.pending:
-        relay.notifier.wake()
+        notifier.wake()
     return web.Response(status=200)

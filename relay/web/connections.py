@@ -133,10 +133,6 @@ class CappedSite(web.BaseSite):
     def name(self) -> str:
         return f"http://{self._host}:{self._port}"
 
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._server.sockets[0].getsockname()[:2]
-
     def _protocol(self) -> asyncio.Protocol:
         if self.cap.full:
             return self.cap.refuse()

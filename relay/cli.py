@@ -349,11 +349,11 @@ def cmd_send(config, args) -> int:
 
 async def _send(config, args) -> int:
     from relay import marketing
+    from relay.connect import connect
     from relay.groups import load_groups
     from relay.mail.parsing import Rejected, parse_recipient
     from relay.notify import confirmation_owed
     from relay.octopush.client import Recipient, with_stop_mention
-    from relay.connect import connect
     from relay.octopush.errors import ValidationError
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
@@ -827,11 +827,11 @@ def cmd_campaign_cancel(config, args) -> int:
 
 
 async def _cancel(config, args) -> int:
+    from relay.connect import connect
     from relay.groups import contacts, load_groups
     from relay.mail.outbox import Outbox
     from relay.mail.render import Renderer
     from relay.notify import Notifier
-    from relay.connect import connect
     from relay.sending import cancel_campaign
     from relay.statuses import MailKind
     from relay.storage import meta

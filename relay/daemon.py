@@ -21,6 +21,7 @@ from aiohttp import web
 from relay import config as config_mod
 from relay import systemd
 from relay.config import Config
+from relay.connect import client_for, emulator_for
 from relay.errors import RelayError
 from relay.groups import contacts, load_groups
 from relay.guard import LoginGuard
@@ -31,7 +32,6 @@ from relay.mail.smtp_inbound import SmtpListener
 from relay.metrics import Metrics
 from relay.notify import Notifier, confirmation_owed
 from relay.octopush.client import OctopushClient
-from relay.connect import client_for, emulator_for
 from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue, estimate_cost

@@ -493,7 +493,7 @@ async def test_one_wiring_gives_the_daemon_and_the_commands_their_octopush(tmp_p
     """relay/connect.py: live mode calls the API; emulator mode a running daemon's emulator, else a
     stand-in of this process (or, for a campaign cancel, nothing that answers: only the daemon's holds campaigns)."""
     from relay import config as config_mod
-    from relay.octopush import connect
+    from relay import connect
 
     live = config_mod.load(env={"OCTOPUSH_API_KEY": "k"}).octopush
     live = dataclasses.replace(live, mode="live", api_login="a@example.org", base_url="https://api.example.org/v1")

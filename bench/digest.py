@@ -77,7 +77,12 @@ async def stall_ticker(stop: asyncio.Event, out: list[float], period: float = 0.
 
 
 async def reset(daemon, name: str) -> None:
-    await daemon.store.write(lambda db: db.execute("DELETE FROM digests WHERE name = ?", [name]))
+    # From the first callback: a digest seen for the first time would start from now and find nothing.
+    await daemon.store.write(
+        lambda db: db.execute(
+            "INSERT OR REPLACE INTO digests (name, last_callback_id, last_run_at) VALUES (?, 0, NULL)", [name]
+        )
+    )
 
 
 async def timed(daemon, name: str) -> dict:

@@ -127,8 +127,8 @@ def apply_receipts(db: Connection, *, ticket: str, callback_id: int | None = Non
     return applied
 
 
-class Reply(TypedDict):
-    """A stored callback (a reply, by default) with the campaign it answers."""
+class _Stored(TypedDict):
+    """The columns of a stored callback every reader takes, and the text of the SMS it answers."""
 
     id: int
     kind: str
@@ -137,15 +137,20 @@ class Reply(TypedDict):
     country: str | None
     text: str | None
     status: str | None
-    sim_card_number: str | None
-    date_raw: str | None
     occurred_at: str | None
     received_at: str
     campaign_id: int | None
     answered: str | None  # the text of the SMS it answers
+    campaign_origin: str | None
+
+
+class Reply(_Stored):
+    """A stored callback (a reply, by default) with the campaign it answers, as pages and exports show it."""
+
+    sim_card_number: str | None
+    date_raw: str | None
     campaign_sender: str | None
     campaign_label: str | None
-    campaign_origin: str | None
 
 
 def replies(
@@ -358,21 +363,9 @@ def opted_out_at(db: Connection, number: str) -> str | None:
     return row[0] if row else None
 
 
-class Event(TypedDict):
+class Event(_Stored):
     """A stored callback as routing and digests read it, with the campaign it answers."""
 
-    id: int
-    kind: str
-    ticket: str | None
-    number: str | None
-    country: str | None
-    text: str | None
-    status: str | None
-    occurred_at: str | None
-    received_at: str
-    campaign_id: int | None
-    answered: str | None  # the text of the SMS it answers
-    campaign_origin: str | None
     sender_email: str | None  # the campaign's, when it came from an e-mail
     message_id: str | None  # that e-mail's Message-ID and References: the reply is threaded under it
     thread_refs: str | None

@@ -10,17 +10,9 @@ from relay.errors import CannotCancel
 from relay.storage.database import Connection, insert, insert_many
 
 
-class _CampaignColumns(TypedDict):
-    """A `campaigns` row but `removed_optouts` (stored as JSON, read as a list)."""
+class _Sms(TypedDict):
+    """The columns of a `campaigns` row that an Octopush call sends."""
 
-    id: int
-    request_key: str
-    origin: str  # "email" | "cli" | "web"
-    sender_email: str | None  # who asked ("" for the command line and the web form)
-    login: str | None  # the SMTP AUTH login, when there was one
-    message_id: str | None
-    thread_refs: str | None
-    label: str | None
     text: str
     type: str
     purpose: str
@@ -28,6 +20,24 @@ class _CampaignColumns(TypedDict):
     send_at: str | None
     with_replies: int
     simulation: int
+
+
+class _Asked(_Sms):
+    """The columns of a `campaigns` row that say what was asked, and by whom."""
+
+    request_key: str
+    origin: str  # "email" | "cli" | "web"
+    sender_email: str | None  # who asked ("" for the command line and the web form)
+    login: str | None  # the SMTP AUTH login, when there was one
+    message_id: str | None
+    thread_refs: str | None
+    label: str | None
+
+
+class _CampaignColumns(_Asked):
+    """A `campaigns` row but `removed_optouts` (stored as JSON, read as a list)."""
+
+    id: int
     status: str
     error_code: int | None
     error: str | None
@@ -325,21 +335,9 @@ def retire_request_key(db: Connection, campaign_id: int) -> None:
     db.execute("UPDATE campaigns SET request_key = request_key || '-' || id WHERE id = ?", [campaign_id])
 
 
-class NewCampaign(TypedDict):
-    request_key: str
-    origin: str
-    sender_email: str | None
-    login: str | None
-    message_id: str | None
-    thread_refs: str | None
-    label: str | None
-    text: str
-    type: str
-    purpose: str
-    sender: str | None
-    send_at: str | None
-    with_replies: int
-    simulation: int
+class NewCampaign(_Asked):
+    """A campaign about to be stored: what was asked, and what the relay decided of it."""
+
     status: str  # "queued", or "held" for approval
     sms_budget: int
     approve_by: str | None
@@ -415,18 +413,11 @@ class ClaimedRecipient(TypedDict):
     params: str | None  # a JSON list
 
 
-class ClaimedSend(TypedDict):
+class ClaimedSend(_Sms):
     """What one Octopush call needs: its request_id and deadline, the campaign's fields, its recipients."""
 
     request_id: str
     deadline: str
-    text: str
-    type: str
-    purpose: str
-    sender: str | None
-    send_at: str | None
-    with_replies: int
-    simulation: int
     recipients: list[ClaimedRecipient]
 
 

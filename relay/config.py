@@ -10,6 +10,8 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
@@ -23,6 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from relay import numbers
 from relay.errors import ConfigError
 from relay.octopush.rules import TYPES, has_stop_mention
+
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 DEFAULT_NAME = "built-in defaults"
 ENV_CONFIG = "OCTORELAY_CONFIG"
@@ -83,6 +87,7 @@ class Http:
     ui_users: dict[str, str] = field(repr=False)
     request_timeout: float
     max_connections: int
+    node_name: str  # which daemon answers (/healthz, logs): the host's name unless set, for several nodes (SPEC §8)
 
 
 @dataclass(frozen=True)
@@ -410,7 +415,10 @@ def _validate(
         ui_users=h.mapping("ui_users"),
         request_timeout=h.positive("request_timeout"),
         max_connections=h.positive("max_connections", int),
+        node_name=h.get("node_name", str).strip() or socket.gethostname(),
     )
+    if not NODE_NAME.fullmatch(http.node_name):
+        h.fail("node_name", f"{http.node_name!r}: use 1 to 64 letters, digits, '.', '-' or '_'")
     if not http.listen.loopback and not http.ui_users:
         h.fail("ui_users", f"listen = {str(http.listen)!r} is not loopback: add ui_users for the web interface")
     for user, hashed in http.ui_users.items():

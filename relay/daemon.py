@@ -181,7 +181,11 @@ class Daemon:
         check_open_files(cfg)
         systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
         log.info(
-            "octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode
+            "octorelay ready: node %s, HTTP %s, SMTP %s, Octopush %s",
+            cfg.http.node_name,
+            self.http_url,
+            self.smtp.address_text,
+            cfg.octopush.mode,
         )
 
     async def _up(self, component) -> None:

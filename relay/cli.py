@@ -522,7 +522,8 @@ async def _digest(config, args) -> int:
         )
         msg = await notifier.run_digest(args.name)
         if msg is None:
-            print(f"digest {args.name}: nothing new since the last run; nothing sent")
+            # Also what a run started beside another one (the daemon, another node) finds: it sent them.
+            print(f"digest {args.name}: nothing new since the last run, or another run just sent it; nothing sent")
             return 0
         row_id = (await store.read(partial(mail_state, message_id=msg["Message-ID"]))).id
         # Deliver this digest only; whatever else is pending belongs to the daemon.

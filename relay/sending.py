@@ -598,9 +598,14 @@ def cancel_held(db: Connection, campaign_id: int, *, by: str) -> dict:
 
 def expire_held(db: Connection) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
-    expired = guards.expired_held(db, clock.iso())
+    # Only the campaigns this call cancels: another node's sweep may have cancelled one since it was read, and
+    # marking it again would owe its sender a second e-mail (and give its share of the day back twice).
+    expired = [
+        campaign_id
+        for campaign_id in guards.expired_held(db, clock.iso())
+        if guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
+    ]
     for campaign_id in expired:
-        guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
         guards.mark_expired(db, campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
+from datetime import timedelta
 from functools import partial
 
 import aiohttp
 import pytest
 
+from relay import clock, sending
 from relay import config as config_mod
 from relay.errors import ConfigError
 from relay.mail.smtp_inbound import SELF_SIGNED_KEY, make_self_signed
-from relay.storage import meta
-from tests.conftest import write_config
+from relay.storage import digests, guards, meta
+from tests.conftest import wait_for, write_config
 
 
 async def healthz(daemon) -> tuple[int, dict]:
@@ -113,3 +116,131 @@ async def test_shared_settings_are_set_once_by_whichever_writes_first(store):
     assert not await store.write(partial(meta.meta_replace, key="a", old="1", new="3"))
     assert await store.write(partial(meta.meta_replace, key="a", old="2", new=None))
     assert await store.read(partial(meta.meta_get, key="a")) is None
+
+
+# ------------------------------------------------------------ work done once, whichever node does it
+
+DIGEST = """
+[[subscriptions]]
+name = "ops"
+to = ["ops@example.org"]
+mode = "digest"
+schedule = "0 8 * * *"
+timezone = "Europe/Paris"
+events = ["reply", "stop"]
+send_empty = true
+"""
+
+
+def _reply(i: int) -> dict:
+    return {"number": "+33600000001", "text": f"reply {i}", "reception_date": f"2026-11-04 11:00:{i:02d}"}
+
+
+async def _post(daemon, *bodies: dict) -> None:
+    async with aiohttp.ClientSession() as http:
+        for body in bodies:
+            async with http.post(f"{daemon.http_url}/octopush/{daemon.callback_token}", json=body) as resp:
+                assert resp.status == 200
+
+
+def _to(sink, address: str) -> list:
+    return [m for _, rcpt, m in sink.messages if rcpt == [address]]
+
+
+def _second_notifier(daemon):
+    """Another node's notifier: its own worker on the same database."""
+    from relay.notify import Notifier
+
+    return Notifier(daemon.config, daemon.store, daemon.outbox, daemon.renderer, {}, None)
+
+
+async def test_two_digest_runs_at_once_send_one_e_mail(make_daemon, sink):
+    daemon = await make_daemon(DIGEST, smtp_port=sink.port)
+    await _post(daemon, _reply(1), _reply(2))
+    other = _second_notifier(daemon)
+    first, second = await asyncio.gather(daemon.notifier.run_digest("ops"), other.run_digest("ops"))
+    assert (first is None) != (second is None)  # one run sent it; the other found the watermark moved
+    mail = (await wait_for(lambda: _to(sink, "ops@example.org")))[0]
+    assert mail["Subject"] == "2 SMS replies \u2014 ops"
+    await asyncio.sleep(0.3)
+    assert len(_to(sink, "ops@example.org")) == 1
+
+
+async def test_a_scheduled_slot_that_another_node_already_ran_sends_nothing(make_daemon, sink):
+    """Every node fires the same cron slot; one that fires after another node's run has finished finds the
+    run's time past the slot. Checked with `send_empty`, where an empty run still sends an e-mail."""
+    daemon = await make_daemon(DIGEST, smtp_port=sink.port)
+    two_days_ago = clock.iso(clock.now() - timedelta(days=2))
+    await daemon.store.write(
+        lambda db: db.execute("UPDATE digests SET last_run_at = ? WHERE name = 'ops'", [two_days_ago])
+    )
+    await daemon.scheduler._digest("ops")  # this node's run of today's 08:00 slot
+    await daemon.scheduler._digest("ops")  # another node's, a little later: already sent
+    await wait_for(lambda: _to(sink, "ops@example.org"))
+    await asyncio.sleep(0.3)
+    assert len(_to(sink, "ops@example.org")) == 1
+
+
+async def test_octorelay_digest_beside_the_daemon_sends_once_and_exits_0(make_daemon, sink, tmp_path):
+    """SPEC §8: a run started by hand while another runs sends nothing (or everything), exit 0 either way."""
+    daemon = await make_daemon(DIGEST.replace("send_empty = true", "send_empty = false"), smtp_port=sink.port)
+    await _post(daemon, _reply(1), _reply(2), _reply(3))
+    command = asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "digest", "ops", "-c", str(tmp_path / "octorelay.toml"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    proc = await command
+    await daemon.notifier.run_digest("ops")
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    await wait_for(lambda: _to(sink, "ops@example.org"))
+    await asyncio.sleep(0.3)
+    assert len(_to(sink, "ops@example.org")) == 1, out.decode()
+
+
+async def test_a_held_campaign_expires_once_and_its_sender_is_told_once(make_daemon, sink):
+    from tests.test_approval import approval, held_campaign
+
+    daemon = await make_daemon(approval(approve_within=1), smtp_port=sink.port)
+    campaign_id, _ = await held_campaign(daemon, sink)
+    await asyncio.sleep(1.1)  # approve_within passes
+    other = _second_notifier(daemon)
+    await asyncio.gather(daemon.notifier.approvals_pending(), other.approvals_pending(), other.approvals_pending())
+
+    def notices():
+        return [m for _, _, m in sink.messages if m["Subject"].startswith("SMS cancelled")]
+
+    await wait_for(notices)
+    await asyncio.sleep(0.3)
+    assert len(notices()) == 1
+    # A sweep that read the campaign before another cancelled it cancels nothing and marks nothing.
+    assert await daemon.store.write(sending.expire_held) == []
+    assert not await daemon.store.write(partial(guards.mark_mailed, campaign_id=campaign_id, done=True))
+
+
+async def test_a_low_credit_alert_from_two_nodes_at_once_is_said_once(make_daemon, sink):
+    daemon = await make_daemon(
+        "[octopush]\nlow_credit = 50\n[octopush.emulator]\ncredit = 12.5\n"
+        '[[subscriptions]]\nname = "t"\nto = ["team@example.org"]\nmode = "instant"\n',
+        smtp_port=sink.port,
+    )
+    await wait_for(lambda: _to(sink, "team@example.org"))  # the check at start
+    other = _second_notifier(daemon)
+    said = await asyncio.gather(*(n.check_credit(7.5) for n in (daemon.notifier, other, other)))
+    assert said.count(True) == 1
+    await wait_for(lambda: len(_to(sink, "team@example.org")) == 2)
+    await asyncio.sleep(0.3)
+    assert len(_to(sink, "team@example.org")) == 2
+
+
+async def test_a_digest_watermark_moves_once_from_what_a_run_read(store):
+    """Two runs that read the same watermark: the first moves it, the second finds it moved, also when no
+    callback came in between and only the run's time moved."""
+    started = await store.write(partial(digests.init_digests, names=["d", "d"]))
+    mark = await store.read(partial(digests.watermark, name="d"))
+    assert started == {"d": mark.last_run_at}
+    read = {"sub": "d", "expected": mark.last_callback_id, "since": mark.last_run_at, "to": mark.last_callback_id}
+    results = await asyncio.gather(*(store.write(partial(digests.advance, **read)) for _ in range(4)))
+    assert results.count(True) == 1
+    assert await store.write(partial(digests.advance, sub="new", expected=0, since=None, to=5))
+    assert not await store.write(partial(digests.advance, sub="new", expected=0, since=None, to=5))

@@ -72,8 +72,14 @@ def approval_mail_due(db: Connection, limit: int = 20) -> list[int]:
     ]
 
 
-def mark_mailed(db: Connection, campaign_id: int, *, done: bool) -> None:
-    db.execute("UPDATE campaigns SET approval_mailed = ? WHERE id = ?", [2 if done else 1, campaign_id])
+def mark_mailed(db: Connection, campaign_id: int, *, done: bool) -> bool:
+    """Mark the approval question (or, `done`, the expiry notice) sent; False when another sweep (another node)
+    marked it first, and its e-mail must not be queued twice."""
+    owed = "approval_mailed < 2" if done else "approval_mailed = 0 AND status = 'held'"
+    cur = db.execute(
+        f"UPDATE campaigns SET approval_mailed = ? WHERE id = ? AND {owed}", [2 if done else 1, campaign_id]
+    )
+    return cur.rowcount == 1
 
 
 def expired_held(db: Connection, now: str) -> list[int]:

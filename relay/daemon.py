@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import signal
 import sqlite3
 from functools import partial
@@ -97,6 +98,10 @@ class Daemon:
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
         self.callback_token = cfg.http.callback_token or await self.store.write(meta.ensure_callback_token)
+        # Shared by every node on this database: a form served by one is accepted by the others.
+        csrf_secret = await self.store.write(
+            partial(meta.meta_setdefault, key="csrf_secret", value=secrets.token_hex(32))
+        )
         # A new digest starts here, before any listener accepts: every callback acknowledged from now on is
         # in one of its runs.
         await self.store.write(partial(digests.init_digests, names=[sub.name for sub in cfg.digests]))
@@ -137,6 +142,7 @@ class Daemon:
             octopush=self.client,
             ready=lambda: self.ready,
             gauges=self.housekeeping.refresh_gauges,
+            csrf_secret=bytes.fromhex(csrf_secret),
         )
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
         await self._runner.setup()

@@ -244,3 +244,14 @@ async def test_a_digest_watermark_moves_once_from_what_a_run_read(store):
     assert results.count(True) == 1
     assert await store.write(partial(digests.advance, sub="new", expected=0, since=None, to=5))
     assert not await store.write(partial(digests.advance, sub="new", expected=0, since=None, to=5))
+
+
+async def test_the_csrf_secret_is_shared_so_a_form_from_one_node_posts_to_another(make_daemon, sink):
+    from relay.web.forms import CSRF
+
+    first = await make_daemon(smtp_port=sink.port)
+    secret = first._runner.app[CSRF].secret
+    assert secret.hex() == await first.store.read(partial(meta.meta_get, key="csrf_secret"))
+    await first.stop()
+    second = await make_daemon(smtp_port=sink.port, name="other.toml")
+    assert second._runner.app[CSRF].secret == secret

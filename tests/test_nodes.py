@@ -255,3 +255,17 @@ async def test_the_csrf_secret_is_shared_so_a_form_from_one_node_posts_to_anothe
     await first.stop()
     second = await make_daemon(smtp_port=sink.port, name="other.toml")
     assert second._runner.app[CSRF].secret == secret
+
+
+async def test_the_load_balancers_health_check_matches_what_healthz_says(daemon):
+    """deploy/haproxy.cfg keeps a node in rotation on `"database": "ok"` in its /healthz body, whatever else
+    is degraded; the same pattern, on the body a real node answers."""
+    import re
+    from pathlib import Path
+
+    cfg = (Path(__file__).parent.parent / "deploy" / "haproxy.cfg").read_text()
+    pattern = re.search(r'http-check expect rstring "(.*)"', cfg).group(1).replace('\\"', '"')
+    async with aiohttp.ClientSession() as http, http.get(f"{daemon.http_url}/healthz") as resp:
+        body = await resp.text()
+    assert re.search(pattern, body), body
+    assert not re.search(pattern, body.replace('"database": "ok"', '"database": "unreachable: timeout"'))

@@ -14,13 +14,12 @@ def init_digests(db: Connection, names: list[str]) -> dict[str, str | None]:
     top = newest_id(db)
     result = {}
     for name in names:
-        row = db.execute("SELECT last_run_at FROM digests WHERE name = ?", [name]).fetchone()
-        if row is None:
-            now = clock.iso()
-            db.execute("INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?)", [name, top, now])
-            result[name] = now
-        else:
-            result[name] = row[0]
+        # Another node starting at the same time may insert it first: its starting point is as good.
+        db.execute(
+            "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [name, top, clock.iso()],
+        )
+        result[name] = db.execute("SELECT last_run_at FROM digests WHERE name = ?", [name]).fetchone()[0]
     return result
 
 
@@ -64,15 +63,19 @@ def events(db: Connection, *, after: int, upto: int, kinds: list[str], countries
 
 
 def advance(db: Connection, *, sub: str, expected: int, to: int) -> bool:
-    """Move a digest's watermark from `expected` to `to`; False when someone else moved it."""
-    row = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [sub]).fetchone()
-    current = row[0] if row else 0
-    if current != expected:
-        return False
-    db.execute(
-        "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET last_callback_id = excluded.last_callback_id, "
-        "last_run_at = excluded.last_run_at",
-        [sub, to, clock.iso()],
-    )
-    return True
+    """Move a digest's watermark from `expected` to `to`; False when someone else moved it.
+
+    One compare-and-set statement, not a read then a write: of two runs at once (two nodes, or a node and
+    `octorelay digest`), the second waits for the first's commit, then finds the watermark moved.
+    """
+    now = clock.iso()
+    moved = db.execute(
+        "UPDATE digests SET last_callback_id = ?, last_run_at = ? WHERE name = ? AND last_callback_id = ?",
+        [to, now, sub, expected],
+    ).rowcount
+    if not moved and expected == 0:  # never started: the first run creates its row
+        moved = db.execute(
+            "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [sub, to, now],
+        ).rowcount
+    return moved > 0

@@ -24,9 +24,12 @@ def meta_delete(db: Connection, key: str) -> None:
 
 
 def ensure_callback_token(db: Connection) -> str:
-    """The stored callback token, made once at first start."""
+    """The stored callback token, made once at first start (by whichever node inserts it first)."""
     token = meta_get(db, "callback_token")
     if not token:
-        token = secrets.token_urlsafe(24)
-        meta_set(db, "callback_token", token)
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('callback_token', ?) ON CONFLICT DO NOTHING",
+            [secrets.token_urlsafe(24)],
+        )
+        token = meta_get(db, "callback_token")
     return token

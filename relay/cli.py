@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 config.http.callback_token,
                 config.http.api_token,
                 config.smtp_out.password,
+                config.storage.password,
             ],
         )
         if quiet:
@@ -358,7 +359,7 @@ async def _send(config, args) -> int:
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
     from relay.storage import campaigns, meta
-    from relay.storage.database import Store
+    from relay.storage.engine import open_store
 
     o = config.octopush
     groups = load_groups(config.groups, config.smtp_in.region, config.source)
@@ -409,7 +410,7 @@ async def _send(config, args) -> int:
     request, delayed = marketing.schedule(request, o, config.smtp_in.region)
     request.validate()
     had_database = config.storage.path.exists()
-    store = Store(config.storage.path)
+    store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)
     await store.start()
     try:
         stored, callback_url = None, None
@@ -498,7 +499,7 @@ async def _digest(config, args) -> int:
     from relay.mail.outbox import Outbox
     from relay.mail.render import Renderer
     from relay.notify import Notifier
-    from relay.storage.database import Store
+    from relay.storage.engine import open_store
     from relay.storage.outbox import mail_state
 
     sub = config.subscription(args.name)  # a clear error before anything starts
@@ -509,7 +510,7 @@ async def _digest(config, args) -> int:
         )
     if args.dry_run:
         return _digest_preview(config, sub)
-    store = Store(config.storage.path)
+    store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)
     await store.start()
     outbox = Outbox(config.smtp_out, store)
     try:
@@ -836,13 +837,13 @@ async def _cancel(config, args) -> int:
     from relay.sending import cancel_campaign
     from relay.statuses import MailKind
     from relay.storage import meta
-    from relay.storage.database import Store
+    from relay.storage.engine import open_store
     from relay.storage.outbox import pending_mail_of
 
     if not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
     o = config.octopush
-    store = Store(config.storage.path)
+    store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)
     await store.start()
     outbox = None
     try:

@@ -37,7 +37,8 @@ from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue, estimate_cost
 from relay.storage import digests, meta
-from relay.storage.database import DaemonLock, Store
+from relay.storage.database import DaemonLock, StoreError
+from relay.storage.engine import open_store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
 from relay.web.connections import CappedSite
@@ -53,9 +54,11 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
-        self.lock = DaemonLock(config.storage.path)
+        # One daemon per SQLite file; on PostgreSQL any number of daemons share the database (SPEC §8).
+        self.lock = DaemonLock(config.storage.path) if config.storage.engine == "sqlite" else None
         self.logins = LoginGuard()  # failed logins per address, shared by the web interface and SMTP AUTH
-        self.store = Store(config.storage.path)
+        storage = config.storage
+        self.store = open_store(path=storage.path, url=storage.url, password=storage.password)
         self.ready = False  # every component is up: /healthz stops answering "starting"
         self.callback_token = ""
         self.groups = load_groups(config.groups, config.smtp_in.region, config.source)
@@ -93,8 +96,11 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         try:
-            await self._up(self.lock)
+            if self.lock:
+                await self._up(self.lock)
             await self._up(self.store)
+        except StoreError as exc:  # PostgreSQL: it names the database, never its password
+            raise RelayError(f"storage.url: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
         self.callback_token = cfg.http.callback_token or await self.store.write(meta.ensure_callback_token)

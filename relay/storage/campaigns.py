@@ -129,8 +129,8 @@ class Campaign(_CampaignColumns):
 def remember_message(db: Connection, message_id: str, *, number: str, campaign_id: int | None, direction: str) -> None:
     """Keep a Message-ID with its conversation, so an answer to it finds the number and campaign."""
     db.execute(
-        "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO messages (message_id, number, campaign_id, direction, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [message_id, number, campaign_id, direction, clock.iso()],
     )
 

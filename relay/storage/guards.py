@@ -24,7 +24,7 @@ def used_since(db: Connection, since: str, *, sender: str | None = None) -> int:
         )
     else:
         sql = (
-            "SELECT coalesce(sum(sms_budget), 0) FROM campaigns WHERE sender_email = ? COLLATE NOCASE "
+            "SELECT coalesce(sum(sms_budget), 0) FROM campaigns WHERE lower(sender_email) = lower(?) "
             f"AND origin = 'email' AND created_at >= ? AND {_SPENDING}"
         )
         params = [sender, since]
@@ -35,7 +35,7 @@ def top_sender_since(db: Connection, since: str) -> int:
     """The most any one e-mail sender used since `since` (for /metrics)."""
     row = db.execute(
         f"""SELECT coalesce(max(used), 0) FROM (SELECT sum(sms_budget) AS used FROM campaigns
-            WHERE origin = 'email' AND created_at >= ? AND {_SPENDING} GROUP BY lower(sender_email))""",
+            WHERE origin = 'email' AND created_at >= ? AND {_SPENDING} GROUP BY lower(sender_email)) AS per_sender""",
         [since],
     ).fetchone()
     return row[0]

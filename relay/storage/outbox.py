@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple, TypedDict
 
-from relay.storage.database import Connection, insert
+from relay.storage.database import Connection, insert, is_postgres
 
 
 def pending_mail_of(db: Connection, *, campaign_id: int, kind: str) -> list[int]:
@@ -81,7 +81,12 @@ def claim_due(
     """Up to `limit` e-mails due at `now`, oldest first, hidden from other claims until `until`.
 
     `only`: among these ids alone; `busy`: never these (still in flight, even past their lease).
+    On PostgreSQL the rows are locked as they are read, and rows another node is claiming at this moment are
+    skipped (`FOR UPDATE SKIP LOCKED`): each e-mail goes to one node; the lease hides it after the commit.
     """
+    if only is not None and not only:
+        return []
+    pg = is_postgres(db)
     mine = f" AND id IN ({', '.join('?' * len(only))})" if only is not None else ""
     if busy:
         mine += f" AND id NOT IN ({', '.join('?' * len(busy))})"
@@ -89,9 +94,9 @@ def claim_due(
     ids = [
         r[0]
         for r in db.execute(
-            "SELECT id FROM outbox INDEXED BY idx_outbox_claim"
+            f"SELECT id FROM outbox {'' if pg else 'INDEXED BY idx_outbox_claim'}"
             " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-            f"{mine} ORDER BY id LIMIT ?",
+            f"{mine} ORDER BY id LIMIT ?{' FOR UPDATE SKIP LOCKED' if pg else ''}",
             [now, *(only or []), *(busy or []), limit],
         )
     ]

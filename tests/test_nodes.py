@@ -30,8 +30,8 @@ async def healthz(daemon) -> tuple[int, dict]:
         return resp.status, await resp.json()
 
 
-async def test_healthz_names_the_node_that_answers(make_daemon, sink):
-    daemon = await make_daemon('[http]\nnode_name = "relay-b"\n', smtp_port=sink.port)
+async def test_healthz_names_the_node_that_answers(make_daemon, sink, storage_toml):
+    daemon = await make_daemon(storage_toml + '[http]\nnode_name = "relay-b"\n', smtp_port=sink.port)
     status, body = await healthz(daemon)
     assert status == 200 and body["status"] == "ok"
     assert body["node"] == "relay-b" and body["database"] == "ok"
@@ -101,7 +101,8 @@ async def test_the_private_key_never_reaches_the_log(make_daemon, sink, caplog):
     assert "PRIVATE KEY" not in caplog.text
 
 
-async def test_shared_settings_are_set_once_by_whichever_writes_first(store):
+async def test_shared_settings_are_set_once_by_whichever_writes_first(engine_store):
+    store = engine_store
     """Insert-if-absent and compare-and-set: what two nodes starting (or sweeping) at once would race on."""
     made = await asyncio.gather(*(store.write(partial(meta.meta_setdefault, key="k", value=str(i))) for i in range(8)))
     assert len(set(made)) == 1
@@ -154,8 +155,8 @@ def _second_notifier(daemon):
     return Notifier(daemon.config, daemon.store, daemon.outbox, daemon.renderer, {}, None)
 
 
-async def test_two_digest_runs_at_once_send_one_e_mail(make_daemon, sink):
-    daemon = await make_daemon(DIGEST, smtp_port=sink.port)
+async def test_two_digest_runs_at_once_send_one_e_mail(make_daemon, sink, storage_toml):
+    daemon = await make_daemon(storage_toml + DIGEST, smtp_port=sink.port)
     await _post(daemon, _reply(1), _reply(2))
     other = _second_notifier(daemon)
     first, second = await asyncio.gather(daemon.notifier.run_digest("ops"), other.run_digest("ops"))
@@ -166,10 +167,10 @@ async def test_two_digest_runs_at_once_send_one_e_mail(make_daemon, sink):
     assert len(_to(sink, "ops@example.org")) == 1
 
 
-async def test_a_scheduled_slot_that_another_node_already_ran_sends_nothing(make_daemon, sink):
+async def test_a_scheduled_slot_that_another_node_already_ran_sends_nothing(make_daemon, sink, storage_toml):
     """Every node fires the same cron slot; one that fires after another node's run has finished finds the
     run's time past the slot. Checked with `send_empty`, where an empty run still sends an e-mail."""
-    daemon = await make_daemon(DIGEST, smtp_port=sink.port)
+    daemon = await make_daemon(storage_toml + DIGEST, smtp_port=sink.port)
     two_days_ago = clock.iso(clock.now() - timedelta(days=2))
     await daemon.store.write(
         lambda db: db.execute("UPDATE digests SET last_run_at = ? WHERE name = 'ops'", [two_days_ago])
@@ -198,10 +199,10 @@ async def test_octorelay_digest_beside_the_daemon_sends_once_and_exits_0(make_da
     assert len(_to(sink, "ops@example.org")) == 1, out.decode()
 
 
-async def test_a_held_campaign_expires_once_and_its_sender_is_told_once(make_daemon, sink):
+async def test_a_held_campaign_expires_once_and_its_sender_is_told_once(make_daemon, sink, storage_toml):
     from tests.test_approval import approval, held_campaign
 
-    daemon = await make_daemon(approval(approve_within=1), smtp_port=sink.port)
+    daemon = await make_daemon(storage_toml + approval(approve_within=1), smtp_port=sink.port)
     campaign_id, _ = await held_campaign(daemon, sink)
     await asyncio.sleep(1.1)  # approve_within passes
     other = _second_notifier(daemon)
@@ -218,9 +219,9 @@ async def test_a_held_campaign_expires_once_and_its_sender_is_told_once(make_dae
     assert not await daemon.store.write(partial(guards.mark_mailed, campaign_id=campaign_id, done=True))
 
 
-async def test_a_low_credit_alert_from_two_nodes_at_once_is_said_once(make_daemon, sink):
+async def test_a_low_credit_alert_from_two_nodes_at_once_is_said_once(make_daemon, sink, storage_toml):
     daemon = await make_daemon(
-        "[octopush]\nlow_credit = 50\n[octopush.emulator]\ncredit = 12.5\n"
+        storage_toml + "[octopush]\nlow_credit = 50\n[octopush.emulator]\ncredit = 12.5\n"
         '[[subscriptions]]\nname = "t"\nto = ["team@example.org"]\nmode = "instant"\n',
         smtp_port=sink.port,
     )
@@ -233,7 +234,8 @@ async def test_a_low_credit_alert_from_two_nodes_at_once_is_said_once(make_daemo
     assert len(_to(sink, "team@example.org")) == 2
 
 
-async def test_a_digest_watermark_moves_once_from_what_a_run_read(store):
+async def test_a_digest_watermark_moves_once_from_what_a_run_read(engine_store):
+    store = engine_store
     """Two runs that read the same watermark: the first moves it, the second finds it moved, also when no
     callback came in between and only the run's time moved."""
     started = await store.write(partial(digests.init_digests, names=["d", "d"]))
@@ -269,3 +271,19 @@ async def test_the_load_balancers_health_check_matches_what_healthz_says(daemon)
         body = await resp.text()
     assert re.search(pattern, body), body
     assert not re.search(pattern, body.replace('"database": "ok"', '"database": "unreachable: timeout"'))
+
+
+async def test_two_nodes_started_at_once_share_one_certificate_token_and_csrf_secret(make_daemon, sink, pg_url):
+    """Two daemons on one PostgreSQL database, started together: each piece of shared state is made once."""
+    from relay.web.forms import CSRF
+    from tests.conftest import PG_PASSWORD
+
+    toml = f'[storage]\nurl = "{pg_url}"\npassword = "{PG_PASSWORD}"\n'
+    a, b = await asyncio.gather(
+        make_daemon(toml + '[http]\nnode_name = "a"\n', smtp_port=sink.port, name="a.toml"),
+        make_daemon(toml + '[http]\nnode_name = "b"\n', smtp_port=sink.port, name="b.toml"),
+    )
+    assert a.callback_token == b.callback_token
+    assert a._runner.app[CSRF].secret == b._runner.app[CSRF].secret
+    assert await _presented_certificate(a) == await _presented_certificate(b)
+    assert [(await healthz(node))[1]["node"] for node in (a, b)] == ["a", "b"]

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--older-than", required=True, metavar="AGE", help="30 (days), 12h, 7d, 4w, or an ISO 8601 date/time"
     )
+    copy = dbsub.add_parser(
+        "copy", parents=[common], help="copy the SQLite database into an empty PostgreSQL database (several nodes)"
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="postgresql://user@host:5432/database (an empty database)"
+    )
     sub.add_parser("hash-password", parents=[common], help="hash a password for ui_users or smtp_in.users")
     octopush = sub.add_parser("octopush", parents=[common], help="the Octopush account: callbacks, credit")
     octosub = octopush.add_subparsers(dest="octopush_command", required=True, metavar="ACTION")
@@ -614,6 +620,68 @@ def cmd_db_purge(config, args) -> int:
     return 0
 
 
+def cmd_db_copy(config, args) -> int:
+    """`db copy --to URL`: the SQLite database at storage.path into an empty PostgreSQL database (SPEC §8)."""
+    from relay.logs import mask_url
+    from relay.storage import database, postgres
+    from relay.storage.copy import copy_database, refuse_unless_empty, source_tables
+
+    url = args.to.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError as exc:
+        raise RelayError(f"--to: not a URL ({exc}): {mask_url(url)}") from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise RelayError(f"--to: expected postgresql://user@host:5432/database, not {mask_url(url)}")
+    source = config.storage.path
+    if not source.exists():
+        raise RelayError(f"no database at {source} (storage.path): nothing to copy")
+    # The daemon's own lock, held for the whole copy: a running daemon makes the command stop here, and a
+    # daemon started meanwhile waits (exits 1 naming this command's pid) instead of writing rows it would miss.
+    lock = database.DaemonLock(source)
+    try:
+        asyncio.run(lock.start())
+    except RelayError as exc:
+        raise RelayError(f"db copy needs the daemon stopped: {exc}") from None
+    import psycopg
+
+    bare = url
+    if has_password:  # the user without the password
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        bare = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}"))
+    try:
+        database.migrate(source)  # the source at today's schema, as the target's is
+        password = "" if has_password else config.storage.password
+        dst = postgres.connect(url, password=password)
+        src = database.connect(source, readonly=True)
+        try:
+            # Before the target gets any table of ours: another application's database stays untouched.
+            refuse_unless_empty(dst, source_tables(src))
+            postgres.migrate(url, password=password)
+            print(f"copying {source} into {bare}", flush=True)
+            print(f"  {'table':<18} {'SQLite':>10} {'PostgreSQL':>11}")
+            copied = copy_database(
+                src, dst, progress=lambda c: print(f"  {c.table:<18} {c.source:>10,} {c.target:>11,}", flush=True)
+            )
+        finally:
+            src.close()
+            dst.close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise RelayError(f"db copy into {bare} failed, nothing was kept: {reason}") from None
+    except sqlite3.Error as exc:
+        raise RelayError(f"db copy: cannot read {source}: {exc}") from None
+    finally:
+        asyncio.run(lock.stop())
+    rows = sum(c.source for c in copied)
+    print(
+        f"done: {rows:,} rows in {len(copied)} tables, every count verified. Now set [storage] url = "
+        f'"{bare}" and its password on every node, and start them.'
+    )
+    return 0
+
+
 PURGE_PAUSE = 0.02  # seconds at least between two batches of `db purge`
 
 
@@ -692,6 +760,7 @@ SECRETS_USED: dict[str, tuple[str, ...]] = {
     "digest": ("smtp_out.password",),
     "db-backup": (),
     "db-purge": (),
+    "db-copy": ("storage.password",),
 }
 
 
@@ -892,6 +961,7 @@ COMMANDS = {
     "callback-url": cmd_callback_url,
     "db-backup": cmd_db_backup,
     "db-purge": cmd_db_purge,
+    "db-copy": cmd_db_copy,
     "octopush-setup": cmd_octopush_setup,
     "octopush-balance": cmd_octopush_balance,
     "campaign-cancel": cmd_campaign_cancel,

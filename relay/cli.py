@@ -222,7 +222,7 @@ def cmd_check_config(config, args) -> int:
     where = f"Maildir {out.maildir}" if out.transport == "maildir" else f"SMTP {out.host}:{out.port} ({out.security})"
     print(f"smtp_out: {where}, from {out.sender}")
     print(
-        f"storage: {config.storage.path}"
+        f"storage: {config.storage.engine} {config.storage.where}"
         + (f", keeps {config.storage.retention_days} days" if config.storage.retention_days else ", keeps everything")
     )
     for name, members in groups.items():

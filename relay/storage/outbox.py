@@ -61,8 +61,15 @@ def add_mail(
 
 
 def make_pending_due(db: Connection, now: str) -> int:
-    """Every pending e-mail due at `now` (those in backoff, or leased by a process that died); how many pend."""
-    db.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?", [now, now])
+    """Every pending e-mail due at `now` (those in backoff, or leased by a process that died); how many pend.
+
+    On PostgreSQL a lease may be another running daemon's: only e-mails in backoff are made due (a dead
+    daemon's leases run out by themselves).
+    """
+    leased = " AND claimed_by IS NULL" if is_postgres(db) else ""
+    db.execute(
+        f"UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?{leased}", [now, now]
+    )
     return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
 
 
@@ -87,6 +94,7 @@ def claim_due(
     if only is not None and not only:
         return []
     pg = is_postgres(db)
+    node = getattr(db, "node", None)  # PostgreSQL's daemon name: its lease is not another daemon's to lift
     mine = f" AND id IN ({', '.join('?' * len(only))})" if only is not None else ""
     if busy:
         mine += f" AND id NOT IN ({', '.join('?' * len(busy))})"
@@ -103,7 +111,7 @@ def claim_due(
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))
-    db.execute(f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ({marks})", [until, *ids])
+    db.execute(f"UPDATE outbox SET next_attempt_at = ?, claimed_by = ? WHERE id IN ({marks})", [until, node, *ids])
     return [
         ClaimedMail(**r)
         for r in db.query(
@@ -130,7 +138,7 @@ def record_delivered(db: Connection, mail_id: int, *, attempts: int, error: str 
     threads answers); only what may still be sent, or what failed, keeps it."""
     db.execute(
         "UPDATE outbox SET attempts = ?, last_error = ?, status = 'sent', sent_at = ?, message = ?, "
-        "next_attempt_at = NULL WHERE id = ?",
+        "next_attempt_at = NULL, claimed_by = NULL WHERE id = ?",
         [attempts, error, at, b"", mail_id],
     )
 
@@ -138,7 +146,8 @@ def record_delivered(db: Connection, mail_id: int, *, attempts: int, error: str 
 def record_failed(db: Connection, mail_id: int, *, attempts: int, error: str | None) -> None:
     """Failed for good: it stays, with its body, for the Attention page."""
     db.execute(
-        "UPDATE outbox SET attempts = ?, last_error = ?, status = 'failed' WHERE id = ?", [attempts, error, mail_id]
+        "UPDATE outbox SET attempts = ?, last_error = ?, status = 'failed', claimed_by = NULL WHERE id = ?",
+        [attempts, error, mail_id],
     )
 
 
@@ -148,12 +157,13 @@ def record_retry(
     """Tried again at `next_at`; `recipients`: only these are left (the others accepted it)."""
     if recipients is None:
         db.execute(
-            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, claimed_by = NULL WHERE id = ?",
             [attempts, error, next_at, mail_id],
         )
     else:
         db.execute(
-            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, recipients = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, recipients = ?, claimed_by = NULL "
+            "WHERE id = ?",
             [attempts, error, next_at, json.dumps(recipients), mail_id],
         )
 

@@ -125,3 +125,16 @@ def pg001_schema(db) -> None:
            FOR EACH ROW WHEN (OLD.kind IS DISTINCT FROM NEW.kind OR OLD.country IS DISTINCT FROM NEW.country)
            EXECUTE FUNCTION callback_counts_keep()"""
     )
+
+
+@step
+def m013_claims(db) -> None:
+    """Who holds a claim of work and until when (schema.py's m013_claims)."""
+    _run(
+        db,
+        """
+        ALTER TABLE sends ADD COLUMN claimed_by {T};
+        ALTER TABLE sends ADD COLUMN claimed_until {T};
+        ALTER TABLE outbox ADD COLUMN claimed_by {T}
+        """,
+    )

@@ -32,6 +32,9 @@ from relay.workers import Worker
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
+# How often a daemon renews its claims of the calls it is making (a call may retry for `retry_for`): well within
+# the claim's lease, so that another node takes over only the calls of a daemon that stopped renewing (died).
+RENEW_EVERY = campaigns.SEND_LEASE / 3
 # SPEC §5: a scheduled campaign to fewer numbers than this goes to Octopush at once with its send_at (Octopush can
 # cancel it until 10 minutes before); a larger one waits in our own queue until its time, cancellable until then.
 HAND_OVER_BELOW = 3
@@ -312,6 +315,7 @@ class SendQueue(Worker):
         self.metrics = metrics
         self._slots = asyncio.Semaphore(WORKERS)
         self._finished: dict[int, asyncio.Future] = {}
+        self._claimed: set[int] = set()  # calls this daemon claimed and is making now: their claims are renewed
 
     async def start(self) -> None:
         if self.only_campaign is None:
@@ -338,6 +342,11 @@ class SendQueue(Worker):
     async def run_once(self) -> float:
         room = WORKERS * 2 - len(self._inflight)
         idle = self.idle
+        if self._claimed:
+            # Only calls this daemon claimed: a row waiting for a worker may be a dead node's, to take over.
+            await self.store.write(
+                partial(campaigns.renew_send_claims, send_ids=sorted(self._claimed), now=clock.iso()), small=True
+            )
         if room > 0:
             rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:
@@ -346,6 +355,8 @@ class SendQueue(Worker):
         due = await self.store.read(campaigns.next_scheduled_send)
         if due:
             idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
+        if self._inflight:  # calls being made (or about to be): back soon to renew their claims
+            idle = min(idle, RENEW_EVERY)
         return idle
 
     async def _send(self, send_id: int) -> None:
@@ -397,6 +408,13 @@ class SendQueue(Worker):
         claimed = await self.store.write(partial(_claim, send_id=send_id), small=True)
         if claimed is None:
             return
+        self._claimed.add(send_id)
+        try:
+            await self._make_call(send_id, claimed)
+        finally:
+            self._claimed.discard(send_id)
+
+    async def _make_call(self, send_id: int, claimed: campaigns.ClaimedSend) -> None:
         campaign = Campaign(
             text=claimed["text"],
             recipients=tuple(

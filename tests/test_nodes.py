@@ -287,3 +287,51 @@ async def test_two_nodes_started_at_once_share_one_certificate_token_and_csrf_se
     assert a._runner.app[CSRF].secret == b._runner.app[CSRF].secret
     assert await _presented_certificate(a) == await _presented_certificate(b)
     assert [(await healthz(node))[1]["node"] for node in (a, b)] == ["a", "b"]
+
+
+async def test_a_call_retried_longer_than_its_lease_is_not_taken_over_by_another_node(
+    make_daemon, sink, pg_url, monkeypatch
+):
+    """A daemon renews its claims of the calls it is making: another node (its own Octopush client, pointed at
+    another emulator so that any call it makes shows) never takes over a live daemon's call, however long
+    Octopush keeps answering 500."""
+    from relay.connect import client_for, emulator_for
+    from relay.notify import confirmation_owed
+    from relay.sending import SendQueue
+    from relay.storage import campaigns
+    from tests.conftest import PG_PASSWORD
+    from tests.test_guards import FR1, message, rcpt, send
+
+    monkeypatch.setattr(campaigns, "SEND_LEASE", 1.5)
+    monkeypatch.setattr(sending, "RENEW_EVERY", 0.4)
+    daemon = await make_daemon(f'[storage]\nurl = "{pg_url}"\npassword = "{PG_PASSWORD}"\n', smtp_port=sink.port)
+    other_octopush = emulator_for(daemon.config.octopush, replies=False)
+    await other_octopush.start()
+    other_client = client_for(daemon.config.octopush, other_octopush.base_url)
+    await other_client.start()
+    other = SendQueue(
+        daemon.store, other_client, simulation=False, auto_optimize_text=True, on_finished=None,
+        confirmation_owed=confirmation_owed,
+    )  # fmt: skip
+    status = "SELECT status FROM sends"
+
+    async def status_is(wanted: str) -> bool:
+        return await daemon.store.read(lambda db: (db.execute(status).fetchone() or [""])[0] == wanted)
+
+    try:
+        daemon.emulator.inject("500", "500", "500")  # about 2 + 4 s of retries: longer than the lease
+        code, text = await send(daemon, message([rcpt(FR1)], "kept by its daemon"), [rcpt(FR1)])
+        assert code == 250, text
+        await wait_for(lambda: status_is("sending"))  # the daemon claimed the call; the other node starts now
+        await other.start()
+        for _ in range(30):
+            other.wake()
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: status_is("sent"), timeout=20)
+        assert other_octopush.requests == []
+        request_ids = {r["body"]["request_id"] for r in daemon.emulator.requests}
+        assert len(request_ids) == 1 and len(daemon.emulator.requests) == 4
+    finally:
+        await other.stop()
+        await other_client.stop()
+        await other_octopush.stop()

@@ -335,3 +335,41 @@ async def test_a_call_retried_longer_than_its_lease_is_not_taken_over_by_another
         await other.stop()
         await other_client.stop()
         await other_octopush.stop()
+
+
+async def test_an_e_mail_delivered_longer_than_its_lease_is_not_taken_over_by_another_node(
+    make_daemon, sink, pg_url, monkeypatch
+):
+    """The outbox renews its leases while a delivery lasts: a slow mail server (4 s for DATA, leases of 1.5 s)
+    gets the e-mail once, although another node's outbox looks for due e-mails all along."""
+    from relay.mail import outbox as outbox_mod
+    from tests.conftest import PG_PASSWORD
+
+    monkeypatch.setattr(outbox_mod, "LEASE", 1.5)
+    monkeypatch.setattr(outbox_mod, "RENEW_EVERY", 0.4)
+    real_data = sink.handle_DATA
+
+    async def slow_data(server, session, envelope):
+        await asyncio.sleep(4)
+        return await real_data(server, session, envelope)
+
+    sink.handle_DATA = slow_data
+    instant = '[[subscriptions]]\nname = "t"\nto = ["team@example.org"]\nmode = "instant"\nevents = ["reply"]\n'
+    daemon = await make_daemon(
+        f'[storage]\nurl = "{pg_url}"\npassword = "{PG_PASSWORD}"\n[smtp_out]\ntimeout = 10\n' + instant,
+        smtp_port=sink.port,
+    )
+    await _post(daemon, _reply(1))
+    pending = "SELECT count(*) FROM outbox WHERE status = 'pending' AND claimed_by IS NOT NULL"
+    await wait_for(lambda: daemon.store.read(lambda db: db.execute(pending).fetchone()[0]))  # being delivered
+    other = outbox_mod.Outbox(daemon.config.smtp_out, daemon.store)
+    await other.start()
+    try:
+        for _ in range(25):
+            other.wake()
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: _to(sink, "team@example.org"), timeout=15)
+        await asyncio.sleep(1)
+        assert len(_to(sink, "team@example.org")) == 1
+    finally:
+        await other.stop()

@@ -41,6 +41,10 @@ from relay.workers import Worker
 log = logging.getLogger("relay.outbox")
 
 CONCURRENCY = 4  # messages delivered at once, one SMTP connection each
+# Seconds a claimed e-mail is hidden from other claims, renewed every third of it while its delivery lasts:
+# a dead daemon's e-mails are taken over within a minute of its death (SPEC §8), a live one's never.
+LEASE = 45.0
+RENEW_EVERY = LEASE / 3
 IDLE_WAIT = 60.0  # seconds between looks at the table when nothing is due (wake() cuts it short)
 STOP_GRACE = 10.0  # seconds stop() lets deliveries in flight finish
 
@@ -132,7 +136,6 @@ class Outbox(Worker):
         self._released = False
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
 
-
     # ------------------------------------------------------------ the loop
 
     async def run_once(self) -> float:
@@ -141,6 +144,9 @@ class Outbox(Worker):
             self._released = True
             if count:
                 log.info("outbox: %d e-mails pending at start; delivering them now", count)
+        if self._inflight:
+            until = clock.iso(clock.now() + timedelta(seconds=self._lease()))
+            await self.store.write(partial(outbox_table.renew_claims, ids=self.busy, until=until), small=True)
         free = CONCURRENCY - len(self._inflight)
         rows = []
         if free > 0:
@@ -158,11 +164,13 @@ class Outbox(Worker):
                 self.metrics.outbox_depth.set(state["pending"])
             if state["next"] is not None:
                 wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
+        if self._inflight:  # deliveries under way: back soon to renew their leases
+            wait = min(wait, RENEW_EVERY)
         return wait
 
     def _lease(self) -> float:
-        """Seconds a claimed row is hidden from other claims while it is being delivered."""
-        return self.config.timeout * 4 + 30
+        """Seconds a claimed row is hidden from other claims; renewed while it is being delivered."""
+        return LEASE
 
     # ------------------------------------------------------------ one message
 

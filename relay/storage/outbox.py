@@ -121,6 +121,22 @@ def claim_due(
     ]
 
 
+def renew_claims(db: Connection, ids: list[int], *, until: str) -> int:
+    """Extend this daemon's leases on the e-mails it is delivering: another node takes over only a dead one's.
+
+    Only rows still pending and claimed by this daemon (`node`, on PostgreSQL): a lease another node took
+    over after this one ran out is not extended. (Issue 20, from the workers' side of the claims.)
+    """
+    if not ids:
+        return 0
+    marks = ", ".join("?" * len(ids))
+    return db.execute(
+        f"UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND id IN ({marks}) "
+        "AND COALESCE(claimed_by, '') = ?",
+        [until, *ids, getattr(db, "node", None) or ""],
+    ).rowcount
+
+
 class Attempts(NamedTuple):
     attempts: int
     created_at: str

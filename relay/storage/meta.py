@@ -51,6 +51,7 @@ def ensure_callback_token(db: Connection) -> str:
     """The stored callback token, made once at first start (by whichever node starts first)."""
     token = meta_get(db, "callback_token")
     if not token:
-        meta_delete(db, "callback_token")  # an empty one left by hand counts as none
+        # An empty one left by hand counts as none; never a token another node stored since the read above.
+        meta_replace(db, "callback_token", old="", new=None)
         token = meta_setdefault(db, "callback_token", secrets.token_urlsafe(24))
     return token

@@ -179,8 +179,8 @@ class PgStore:
     one transaction, each write in its own savepoint (one bad write fails alone), and commits once. Measured
     with 32 callbacks in flight on a loaded 2-core machine, one transaction per write gave 460-700 callbacks/s
     (p50 40-60 ms: every write paid a checkout, a BEGIN, a COMMIT and its WAL flush, and threads fought for
-    the GIL); batched, 660-1,100 callbacks/s, p50 27-36 ms, on the same machine. WRITERS batches run at once, so a slow batch (one that
-    waits for another node's row lock) does not stop the next.
+    the GIL); batched, 660-1,100 callbacks/s, p50 27-36 ms, on the same machine. WRITERS batches run at once,
+    so a slow batch (one that waits for another node's row lock) does not stop the next.
     """
 
     def __init__(self, url: str, *, password: str = "", size: int = POOL_SIZE, node: str | None = None):

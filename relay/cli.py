@@ -145,6 +145,8 @@ def _existing_db(config):
     """A read-only connection to the database, or None when there is none yet: commands that read create nothing."""
     from relay.storage.database import connect
 
+    if config.storage.url:
+        return _postgres_db(config, create=False)
     path = config.storage.path
     if path.parent.exists() and not path.parent.is_dir():
         raise RelayError(f"{path.parent} is not a directory (storage.path = {path})")
@@ -153,6 +155,32 @@ def _existing_db(config):
     if not path.is_file():
         raise RelayError(f"{path} is not a database file (storage.path)")
     return connect(path, readonly=True)
+
+
+def _postgres_db(config, *, create: bool):
+    """A connection to `[storage] url` (its tables made first when `create`); None when reading a database no
+    daemon has set up yet."""
+    from relay.storage import engine
+
+    st = config.storage
+    db = engine.connect(path=st.path, url=st.url, password=st.password, readonly=not create)
+    if not create and not db.has_schema():
+        db.close()
+        return None
+    return db
+
+
+def _writable_db(config, missing: str):
+    """A connection for a command that writes beside the daemon, migrated; `missing` is said when SQLite's file
+    is not there (a command never creates it)."""
+    from relay.storage.database import connect, migrate
+
+    if config.storage.url:
+        return _postgres_db(config, create=True)
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): {missing}")
+    migrate(config.storage.path)
+    return connect(config.storage.path)
 
 
 # ------------------------------------------------------------------ commands
@@ -259,8 +287,8 @@ def cmd_callback_url(config, args) -> int:
                 db.close()
     if not token:
         raise RelayError(
-            f"no callback token yet: the daemon makes one at its first start (octorelay run) in {config.storage.path}, "
-            "or set http.callback_token"
+            "no callback token yet: the daemon makes one at its first start (octorelay run) in "
+            f"{config.storage.where}, or set http.callback_token"
         )
     print(f"{config.http.public_url}/octopush/{token}")
     return 0
@@ -296,7 +324,7 @@ def cmd_replies(config, args) -> int:
         else:
             table = list(rows)
             if not table:
-                print("no replies" + ("" if db is not None else f" (no database yet at {config.storage.path})"))
+                print("no replies" + ("" if db is not None else f" (no database yet at {config.storage.where})"))
             else:
                 _replies_table(table, tz)
     finally:
@@ -583,6 +611,11 @@ def cmd_db_backup(config, args) -> int:
     from relay.storage import database
     from relay.storage.database import connect
 
+    if config.storage.url:
+        raise RelayError(
+            "db backup copies SQLite's file; this relay's database is PostgreSQL (storage.url): back it up with "
+            "pg_dump, or PostgreSQL's own continuous archiving"
+        )
     if not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path)")
     db = connect(config.storage.path, readonly=True)
@@ -597,7 +630,6 @@ def cmd_db_backup(config, args) -> int:
 
 
 def cmd_db_purge(config, args) -> int:
-    from relay.storage.database import connect, migrate
 
     value = args.older_than.strip()
     try:
@@ -608,10 +640,7 @@ def cmd_db_purge(config, args) -> int:
         raise RelayError(f"--older-than: expected days (30), 12h, 7d, 4w or an ISO 8601 date: {exc}") from None
     if cutoff > clock.now() - timedelta(hours=1):
         raise RelayError("--older-than: must reach at least 1 hour back (it deletes everything older)")
-    if not config.storage.path.exists():
-        raise RelayError(f"no database at {config.storage.path} (storage.path): nothing to purge")
-    migrate(config.storage.path)
-    db = connect(config.storage.path)
+    db = _writable_db(config, "nothing to purge")
     try:
         counts = _purge_in_batches(db, cutoff=clock.iso(cutoff), digests=[s.name for s in config.digests])
     finally:
@@ -712,12 +741,8 @@ MIN_PASSWORD = 10
 def cmd_campaign_approve(config, args) -> int:
     """`campaign approve ID`: the campaign-status logic is sending.py's; the daemon's queue sends it."""
     from relay import sending
-    from relay.storage.database import connect, migrate
 
-    if not config.storage.path.exists():
-        raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
-    migrate(config.storage.path)
-    db = connect(config.storage.path)
+    db = _writable_db(config, f"there is no campaign {args.id}")
     who = f"the command line ({getpass.getuser()})"
     try:
         with db.atomic():
@@ -799,8 +824,11 @@ def stored_token(config, *, create: bool) -> str | None:
         return config.http.callback_token
     if not create:
         return read_meta(config, "callback_token")
-    migrate(config.storage.path)
-    db = connect(config.storage.path)
+    if config.storage.url:
+        db = _postgres_db(config, create=True)
+    else:
+        migrate(config.storage.path)  # `octopush setup` makes the token, and the database, if need be
+        db = connect(config.storage.path)
     try:
         with db.atomic():
             return meta.ensure_callback_token(db)
@@ -813,9 +841,14 @@ def read_meta(config, key: str) -> str | None:
     from relay.storage import meta
     from relay.storage.database import connect
 
-    if not config.storage.path.exists():
+    if config.storage.url:
+        db = _postgres_db(config, create=False)
+        if db is None:
+            return None
+    elif not config.storage.path.exists():
         return None
-    db = connect(config.storage.path, readonly=True)
+    else:
+        db = connect(config.storage.path, readonly=True)
     try:
         return meta.meta_get(db, key)
     except sqlite3.Error:  # a database from before the meta table
@@ -909,7 +942,7 @@ async def _cancel(config, args) -> int:
     from relay.storage.engine import open_store
     from relay.storage.outbox import pending_mail_of
 
-    if not config.storage.path.exists():
+    if not config.storage.url and not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
     o = config.octopush
     store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)

@@ -141,3 +141,35 @@ async def test_while_the_server_is_down_callbacks_get_503_and_then_200_again(mak
             assert (await resp.json())["status"] == "ok"
     texts = sorted(r["text"] for r in await daemon.store.read(lambda db: callbacks.replies(db)))
     assert texts == ["n0", "n2"]
+
+
+async def test_the_commands_use_the_postgresql_database(make_daemon, pg_url, tmp_path, capsys):
+    """`replies`, `callback-url`, `db purge`, `campaign approve` on `[storage] url`; `db backup` says to use
+    pg_dump; a database no daemon has set up is read without creating anything."""
+    from relay.cli import main
+    from tests.conftest import write_config
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, [*args, "-c", str(config)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    config = write_config(tmp_path / "cli.toml", tmp_path, extra=on_postgres(pg_url))
+    code, out, _ = await run("replies")
+    assert code == 0 and "no replies (no database yet at postgresql://" in out
+    daemon = await make_daemon(on_postgres(pg_url))
+    url = f"{daemon.http_url}/octopush/{daemon.callback_token}"
+    async with aiohttp.ClientSession() as http:
+        body = {"message_id": "", "number": "+33612345678", "text": "from pg", "reception_date": "2026-11-04 11:11:45"}
+        assert (await http.post(url, json=body)).status == 200
+    code, out, _ = await run("replies", "--format", "json")
+    assert code == 0 and "from pg" in out
+    code, out, _ = await run("callback-url")
+    assert code == 0 and out.strip().endswith(f"/octopush/{daemon.callback_token}")
+    code, out, _ = await run("db", "purge", "--older-than", "30d")
+    assert code == 0 and "purged 0 callbacks" in out
+    code, _, err = await run("campaign", "approve", "999")
+    assert code == 1 and "999" in err and "Traceback" not in err
+    code, _, err = await run("db", "backup", str(tmp_path / "copy.db"))
+    assert code == 1 and "pg_dump" in err
+    assert PG_PASSWORD not in out + err

@@ -398,9 +398,10 @@ def newest_id(db: Connection) -> int:
 
     On PostgreSQL an id is handed out at INSERT, not at COMMIT: a smaller id may still commit after a larger
     one is seen. The SHARE lock waits for the inserts in flight (and holds new ones for this transaction's
-    few milliseconds), so no callback commits later under the id this returns.
+    few milliseconds), so no callback commits later under the id this returns. (A command's statement outside
+    a transaction, a preview, takes no lock: a lock ends with its transaction.)
     """
-    if is_postgres(db):
+    if is_postgres(db) and db.in_transaction:
         db.execute("LOCK TABLE callbacks IN SHARE MODE")
     return db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
 

@@ -73,13 +73,16 @@ def approval_mail_due(db: Connection, limit: int = 20) -> list[int]:
 
 
 def mark_mailed(db: Connection, campaign_id: int, *, done: bool) -> bool:
-    """Mark the approval question (or, `done`, the expiry notice) sent; False when another sweep (another node)
-    marked it first, and its e-mail must not be queued twice."""
-    owed = "approval_mailed < 2" if done else "approval_mailed = 0 AND status = 'held'"
+    """The approval e-mail (or, `done`, the expiry's) is queued; False when another sweep marked it first.
+
+    A compare-and-set: the state only moves forward (0 asked-to-be -> 1 asked -> 2 nothing owed), so of two
+    daemons sweeping at once, the second's update finds it moved and its e-mail can be left out.
+    """
+    state = 2 if done else 1
     cur = db.execute(
-        f"UPDATE campaigns SET approval_mailed = ? WHERE id = ? AND {owed}", [2 if done else 1, campaign_id]
+        "UPDATE campaigns SET approval_mailed = ? WHERE id = ? AND approval_mailed < ?", [state, campaign_id, state]
     )
-    return cur.rowcount == 1
+    return cur.rowcount > 0
 
 
 def expired_held(db: Connection, now: str) -> list[int]:

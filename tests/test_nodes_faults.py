@@ -167,7 +167,14 @@ async def test_two_nodes_lose_nothing_and_do_nothing_twice(spawn, tmp_path, post
             nodes.procs["a"] = await spawn(configs["a"])
         else:
             postgres.stop("fast")  # every connection of both nodes cut
-            await asyncio.sleep(3)
+            down = time.monotonic()
+            # While it is down, each node says so, and which node it is, to the load balancer's probe.
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(f"{b.http_url}/healthz") as resp:
+                health = await resp.json()
+            assert resp.status == 503 and health["status"] == "degraded" and health["node"] == "b", health
+            assert "database" in health["problems"] and health["database"] != "ok", health
+            await asyncio.sleep(max(0.0, 3 - (time.monotonic() - down)))
             postgres.start()
         await asyncio.wait_for(flood, 90)
         await asyncio.wait_for(mails, 90)

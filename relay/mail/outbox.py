@@ -185,8 +185,12 @@ class Outbox(Worker):
             log.exception("outbox: e-mail %s: unexpected error; will retry", row["id"])
             outcome = Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
         try:
-            final = await self.store.write(
-                partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age)
+            # Retried until it commits: the mail server's answer is kept in memory meanwhile, so a database
+            # that is down for a while (a restart, a failover, a full disk) does not make a delivered e-mail go
+            # again. Only a death of this process between the 250 and the commit still can (SPEC §8).
+            final = await self.write_until_committed(
+                partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age),
+                f"outbox: e-mail {row['id']}: recording the outcome",
             )
         except asyncio.CancelledError:
             raise

@@ -8,11 +8,13 @@ under the row's lock (insert-if-absent, compare-and-set), never a read and then 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import sys
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -182,13 +184,16 @@ async def test_a_scheduled_slot_that_another_node_already_ran_sends_nothing(make
     assert len(_to(sink, "ops@example.org")) == 1
 
 
-async def test_octorelay_digest_beside_the_daemon_sends_once_and_exits_0(make_daemon, sink, tmp_path):
+async def test_octorelay_digest_beside_the_daemon_sends_once_and_exits_0(make_daemon, sink, tmp_path, storage_toml):
     """SPEC §8: a run started by hand while another runs sends nothing (or everything), exit 0 either way."""
-    daemon = await make_daemon(DIGEST.replace("send_empty = true", "send_empty = false"), smtp_port=sink.port)
+    digest = DIGEST.replace("send_empty = true", "send_empty = false")
+    daemon = await make_daemon(storage_toml + digest, smtp_port=sink.port)
     await _post(daemon, _reply(1), _reply(2), _reply(3))
+    root = str(Path(__file__).resolve().parent.parent)  # this checkout's code, whatever is installed
     command = asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "digest", "ops", "-c", str(tmp_path / "octorelay.toml"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
     )  # fmt: skip
     proc = await command
     await daemon.notifier.run_digest("ops")

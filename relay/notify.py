@@ -431,8 +431,9 @@ class Notifier(Worker):
             mail = await asyncio.to_thread(self._approval, campaign, estimate, expired)
 
             def queue(db: Connection, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
-                remember(db, mail)
-                guards.mark_mailed(db, campaign_id, done=expired)
+                # Another daemon on the same database (PostgreSQL) may have swept it first: then no second e-mail.
+                if guards.mark_mailed(db, campaign_id, done=expired):
+                    remember(db, mail)
 
             await self.store.write(queue)
             self.outbox.wake()

@@ -598,10 +598,12 @@ def cancel_held(db: Connection, campaign_id: int, *, by: str) -> dict:
 
 def expire_held(db: Connection) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
-    expired = guards.expired_held(db, clock.iso())
-    for campaign_id in expired:
-        guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
-        guards.mark_expired(db, campaign_id)
+    expired = []
+    for campaign_id in guards.expired_held(db, clock.iso()):
+        # Only the daemon whose release moved it tells its sender (another may have expired it first).
+        if guards.release(db, campaign_id, status=CampaignStatus.CANCELLED):
+            guards.mark_expired(db, campaign_id)
+            expired.append(campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
     return expired

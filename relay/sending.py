@@ -342,6 +342,14 @@ class SendQueue(Worker):
             rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:
                 self.spawn(row["id"], self._send(row["id"]))
+        if self.busy:
+            # Calls still in flight (a long retry) keep their claim: another daemon on the same database
+            # (PostgreSQL) takes over only the calls of one that stopped renewing, i.e. died.
+            with contextlib.suppress(StoreError):
+                await self.store.write(
+                    partial(campaigns.renew_send_claims, send_ids=self.busy, now=clock.iso()), small=True
+                )
+            idle = min(idle, campaigns.SEND_LEASE / 3)
         # A campaign held until its time is handed over then, not at the next 30 s look.
         due = await self.store.read(campaigns.next_scheduled_send)
         if due:

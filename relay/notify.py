@@ -435,7 +435,8 @@ class Notifier(Worker):
             mail = await asyncio.to_thread(self._approval, campaign, estimate, expired)
 
             def queue(db: Connection, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
-                if guards.mark_mailed(db, campaign_id, done=expired):  # else another node's sweep sent it
+                # Another daemon on the same database (PostgreSQL) may have swept it first: then no second e-mail.
+                if guards.mark_mailed(db, campaign_id, done=expired):
                     remember(db, mail)
 
             await self.store.write(queue)

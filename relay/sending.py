@@ -343,10 +343,13 @@ class SendQueue(Worker):
         room = WORKERS * 2 - len(self._inflight)
         idle = self.idle
         if self._claimed:
-            # Only calls this daemon claimed: a row waiting for a worker may be a dead node's, to take over.
-            await self.store.write(
-                partial(campaigns.renew_send_claims, send_ids=sorted(self._claimed), now=clock.iso()), small=True
-            )
+            # Calls still in flight (a long retry) keep their claim: another daemon on the same database
+            # (PostgreSQL) takes over only the calls of one that stopped renewing, i.e. died. Only calls this
+            # daemon claimed: a row waiting for a worker may be a dead node's, to take over.
+            with contextlib.suppress(StoreError):  # the database is down: the calls go on, renewed once it is back
+                await self.store.write(
+                    partial(campaigns.renew_send_claims, send_ids=sorted(self._claimed), now=clock.iso()), small=True
+                )
         if room > 0:
             rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:
@@ -616,15 +619,12 @@ def cancel_held(db: Connection, campaign_id: int, *, by: str) -> dict:
 
 def expire_held(db: Connection) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
-    # Only the campaigns this call cancels: another node's sweep may have cancelled one since it was read, and
-    # marking it again would owe its sender a second e-mail (and give its share of the day back twice).
-    expired = [
-        campaign_id
-        for campaign_id in guards.expired_held(db, clock.iso())
-        if guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
-    ]
-    for campaign_id in expired:
-        guards.mark_expired(db, campaign_id)
+    expired = []
+    for campaign_id in guards.expired_held(db, clock.iso()):
+        # Only the daemon whose release moved it tells its sender (another may have expired it first).
+        if guards.release(db, campaign_id, status=CampaignStatus.CANCELLED):
+            guards.mark_expired(db, campaign_id)
+            expired.append(campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
     return expired

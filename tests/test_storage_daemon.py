@@ -173,3 +173,20 @@ async def test_the_commands_use_the_postgresql_database(make_daemon, pg_url, tmp
     code, _, err = await run("db", "backup", str(tmp_path / "copy.db"))
     assert code == 1 and "pg_dump" in err
     assert PG_PASSWORD not in out + err
+
+
+async def test_a_database_that_cannot_be_reached_is_one_line_without_the_password(tmp_path, postgres):
+    from relay import config as config_mod
+    from relay.daemon import Daemon
+    from relay.errors import RelayError
+    from tests.conftest import write_config
+
+    wrong = f"postgresql://octorelay:wrong-password-42@127.0.0.1:{postgres.port}/t1"
+    path = write_config(tmp_path / "c.toml", tmp_path, extra=f'[storage]\nurl = "{wrong}"\n')
+    daemon = Daemon(config_mod.load(path, env={}), config_path=str(path))
+    with pytest.raises(RelayError) as caught:
+        await daemon.start()
+    await daemon.stop()
+    message = str(caught.value)
+    assert message.startswith("storage.url: cannot open the database postgresql://octorelay:***@127.0.0.1:")
+    assert "wrong-password-42" not in message and "\n" not in message

@@ -240,3 +240,20 @@ def test_storage_url_and_password_keys(tmp_path, capsys):
         path.write_text(f'[storage]\nurl = "{bad}"\n')
         with pytest.raises(ConfigError, match="storage.url"):
             config_mod.load(path, env={})
+
+
+async def test_held_campaigns_move_once_whoever_sweeps(engine_store):
+    """Expiry and the approval e-mail's state are compare-and-set: of two daemons sweeping, one acts."""
+    [send_id] = await engine_store.write(partial(_campaign, sends=1))
+    await engine_store.write(
+        lambda db: db.execute("UPDATE campaigns SET status = 'held', approval_mailed = 0 WHERE id = 1")
+    )
+    asked = await asyncio.gather(
+        *(engine_store.write(partial(guards.mark_mailed, campaign_id=1, done=False)) for _ in range(4))
+    )
+    assert asked.count(True) == 1
+    released = await asyncio.gather(
+        *(engine_store.write(partial(guards.release, campaign_id=1, status="cancelled")) for _ in range(4))
+    )
+    assert released.count(True) == 1
+    assert not await engine_store.write(partial(guards.mark_mailed, campaign_id=1, done=False))  # never back

@@ -481,8 +481,10 @@ def renew_send_claims(db: Connection, send_ids: list[int], *, now: str) -> int:
         return 0
     until = clock.iso(clock.parse_iso(now) + timedelta(seconds=SEND_LEASE))
     marks = ", ".join("?" * len(send_ids))
+    mine, node = ("AND claimed_by = ?", [db.node]) if is_postgres(db) else ("", [])
     return db.execute(
-        f"UPDATE sends SET claimed_until = ? WHERE status = 'sending' AND id IN ({marks})", [until, *send_ids]
+        f"UPDATE sends SET claimed_until = ? WHERE status = 'sending' AND id IN ({marks}) {mine}",
+        [until, *send_ids, *node],
     ).rowcount
 
 

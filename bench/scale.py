@@ -209,9 +209,7 @@ def rewind_digest(path: Path, name: str, events: int) -> int:
         with immediate_transaction(db):  # the daemon writes meanwhile: take the write lock first
             digests.init_digests(db, [name])
             current = digests.watermark(db, name)
-            digests.advance(
-                db, sub=name, expected=current.last_callback_id, since=current.last_run_at, to=min(ids) - 1
-            )
+            digests.advance(db, sub=name, expected=current.last_callback_id, since=current.last_run_at, to=min(ids) - 1)
     finally:
         db.close()
     return len(ids)

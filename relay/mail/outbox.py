@@ -35,7 +35,7 @@ from relay.mail.render import POLICY
 from relay.metrics import Metrics
 from relay.statuses import Delivery
 from relay.storage import outbox as outbox_table
-from relay.storage.database import Connection, Store
+from relay.storage.database import Connection, Store, StoreError
 from relay.workers import Worker
 
 log = logging.getLogger("relay.outbox")
@@ -146,7 +146,8 @@ class Outbox(Worker):
                 log.info("outbox: %d e-mails pending at start; delivering them now", count)
         if self._inflight:
             until = clock.iso(clock.now() + timedelta(seconds=self._lease()))
-            await self.store.write(partial(outbox_table.renew_claims, ids=self.busy, until=until), small=True)
+            with contextlib.suppress(StoreError):  # the database is down: renewed once it is back
+                await self.store.write(partial(outbox_table.renew_claims, ids=self.busy, until=until), small=True)
         free = CONCURRENCY - len(self._inflight)
         rows = []
         if free > 0:

@@ -134,6 +134,9 @@ class Outbox(Worker):
         self.failed = 0
         self.retried = 0
         self._released = False
+        # E-mails claimed and not yet settled: their leases are renewed. Not `busy`, which holds a task until it
+        # ends: a lease renewed after the settle would push a retry's backoff out to a whole lease.
+        self._delivering: set[int] = set()
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
 
     # ------------------------------------------------------------ the loop
@@ -144,10 +147,11 @@ class Outbox(Worker):
             self._released = True
             if count:
                 log.info("outbox: %d e-mails pending at start; delivering them now", count)
-        if self._inflight:
+        if self._delivering:
             until = clock.iso(clock.now() + timedelta(seconds=self._lease()))
+            ids = sorted(self._delivering)
             with contextlib.suppress(StoreError):  # the database is down: renewed once it is back
-                await self.store.write(partial(outbox_table.renew_claims, ids=self.busy, until=until), small=True)
+                await self.store.write(partial(outbox_table.renew_claims, ids=ids, until=until), small=True)
         free = CONCURRENCY - len(self._inflight)
         rows = []
         if free > 0:
@@ -155,6 +159,7 @@ class Outbox(Worker):
                 partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=self.busy)
             )
         for row in rows:
+            self._delivering.add(row["id"])
             self.spawn(row["id"], self._deliver(row))
         if rows and len(self._inflight) < CONCURRENCY:
             return 0  # there may be more due right now
@@ -185,6 +190,7 @@ class Outbox(Worker):
         except Exception as exc:  # noqa: BLE001 - a bug or an odd error must not lose the message
             log.exception("outbox: e-mail %s: unexpected error; will retry", row["id"])
             outcome = Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
+        self._delivering.discard(row["id"])  # writes run in order: no renewal after this settle
         try:
             # Retried until it commits: the mail server's answer is kept in memory meanwhile, so a database
             # that is down for a while (a restart, a failover, a full disk) does not make a delivered e-mail go

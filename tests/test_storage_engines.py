@@ -71,14 +71,15 @@ async def test_a_digest_run_moves_its_watermark_once(engine_store):
     for i in range(3):
         await engine_store.write(partial(callbacks.store_callback, cb=reply(text=f"r{i}")))
     top = await engine_store.read(callbacks.newest_id)
+    since = (await engine_store.read(partial(digests.watermark, name="daily"))).last_run_at  # as a run reads it
     moved = await asyncio.gather(
-        *(engine_store.write(partial(digests.advance, sub="daily", expected=0, to=top)) for _ in range(6))
+        *(engine_store.write(partial(digests.advance, sub="daily", expected=0, since=since, to=top)) for _ in range(6))
     )
     assert moved.count(True) == 1
     assert (await engine_store.read(partial(digests.watermark, name="daily"))).last_callback_id == top
     # A subscription never started: its first run creates the row, once.
     firsts = await asyncio.gather(
-        *(engine_store.write(partial(digests.advance, sub="new", expected=0, to=top)) for _ in range(4))
+        *(engine_store.write(partial(digests.advance, sub="new", expected=0, since=None, to=top)) for _ in range(4))
     )
     assert firsts.count(True) == 1
 

@@ -378,3 +378,21 @@ async def test_an_e_mail_delivered_longer_than_its_lease_is_not_taken_over_by_an
         assert len(_to(sink, "team@example.org")) == 1
     finally:
         await other.stop()
+
+
+def test_the_haproxy_recipe_is_a_valid_configuration(tmp_path, ca):
+    """`haproxy -c` accepts deploy/haproxy.cfg as shipped, with a test certificate in place of the real one
+    (CI installs haproxy; the test skips without it)."""
+    import shutil
+    import subprocess
+
+    haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if not haproxy:
+        pytest.skip("haproxy not installed (apt-get install haproxy)")
+    pem = tmp_path / "cert.pem"
+    ca.issue_cert("sms-relay.example.org").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    cfg = (Path(__file__).parent.parent / "deploy" / "haproxy.cfg").read_text()
+    cfg = cfg.replace("/etc/haproxy/certs/sms-relay.example.org.pem", str(pem))
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    checked = subprocess.run([haproxy, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -205,7 +205,9 @@ def cmd_check_config(config, args) -> int:
     )
     print(f"  api_login {o.api_login or '(not set)'}, api_key {key_state}")
     print(f"  defaults: type {o.type}, purpose {o.purpose}, replies {'on' if o.with_replies else 'off'}")
-    print(f"http: listening on {config.http.listen}, public URL {config.http.public_url}")
+    print(
+        f"http: listening on {config.http.listen}, public URL {config.http.public_url}, node {config.http.node_name}"
+    )
     host = urllib.parse.urlsplit(config.http.public_url).hostname or ""
     if o.mode != "emulator" and (host == "localhost" or host.startswith("127.") or host == "::1"):
         print("  warning: http.public_url is a loopback address: Octopush cannot reach it for callbacks")
@@ -216,7 +218,7 @@ def cmd_check_config(config, args) -> int:
     print(
         f"smtp_in: listening on {s.listen} for NUMBER@{s.domain}; senders {', '.join(s.allowed_senders)}; "
         f"AUTH {'required' if s.require_auth else 'off'}; "
-        f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed'}"
+        f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed (kept in the database)'}"
     )
     logins = ", ".join(
         f"{name} (as {', '.join(user.senders)})" if user.senders else f"{name} (as any allowed sender)"

@@ -188,13 +188,22 @@ def reply_body(i: int, salt: str = "") -> bytes:
     )
 
 
-async def closed_loop(url: str, *, count: int, concurrency: int, salt: str, time_limit: float = 60.0) -> dict:
+def _target(url: str | list[str]):
+    """Request i's URL: one server, or several nodes taken in turn (a round-robin load balancer)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    return lambda i: urls[i % len(urls)]
+
+
+async def closed_loop(
+    url: str | list[str], *, count: int, concurrency: int, salt: str, time_limit: float = 60.0
+) -> dict:
     """`count` POSTs by `concurrency` workers over keep-alive connections; rate and latencies."""
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
     counter = iter(range(count))
+    target = _target(url)
     deadline = time.monotonic() + time_limit
     headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -208,7 +217,7 @@ async def closed_loop(url: str, *, count: int, concurrency: int, salt: str, time
                 body = reply_body(i, salt)
                 t = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=headers) as resp:
+                    async with session.post(target(i), data=body, headers=headers) as resp:
                         await resp.read()
                         ok = resp.status == 200
                 except aiohttp.ClientError:
@@ -230,7 +239,7 @@ async def closed_loop(url: str, *, count: int, concurrency: int, salt: str, time
     }
 
 
-async def paced(url: str, *, rate: float, seconds: float, salt: str, max_inflight: int = 256) -> dict:
+async def paced(url: str | list[str], *, rate: float, seconds: float, salt: str, max_inflight: int = 256) -> dict:
     """Open-loop load: request i is due at t0 + i/rate.
 
     Latency counts from when it was due (no coordinated omission).
@@ -243,6 +252,7 @@ async def paced(url: str, *, rate: float, seconds: float, salt: str, max_infligh
     errors = 0
     headers = {"Content-Type": "application/json"}
     sem = asyncio.Semaphore(max_inflight)
+    target = _target(url)
     connector = aiohttp.TCPConnector(limit=max_inflight)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -251,7 +261,7 @@ async def paced(url: str, *, rate: float, seconds: float, salt: str, max_infligh
             async with sem:
                 t = time.perf_counter()
                 try:
-                    async with session.post(url, data=reply_body(i, salt), headers=headers) as resp:
+                    async with session.post(target(i), data=reply_body(i, salt), headers=headers) as resp:
                         await resp.read()
                         ok = resp.status == 200
                 except aiohttp.ClientError:

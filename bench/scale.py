@@ -208,8 +208,8 @@ def rewind_digest(path: Path, name: str, events: int) -> int:
         ids = [r["id"] for r in callbacks.replies(db, kinds=("reply", "stop"), limit=events)]
         with immediate_transaction(db):  # the daemon writes meanwhile: take the write lock first
             digests.init_digests(db, [name])
-            current = digests.watermark(db, name).last_callback_id
-            digests.advance(db, sub=name, expected=current, to=min(ids) - 1)
+            current = digests.watermark(db, name)
+            digests.advance(db, sub=name, expected=current.last_callback_id, since=current.last_run_at, to=min(ids) - 1)
     finally:
         db.close()
     return len(ids)

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--older-than", required=True, metavar="AGE", help="30 (days), 12h, 7d, 4w, or an ISO 8601 date/time"
     )
+    copy = dbsub.add_parser(
+        "copy", parents=[common], help="copy the SQLite database into an empty PostgreSQL database (several nodes)"
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="postgresql://user@host:5432/database (an empty database)"
+    )
     sub.add_parser("hash-password", parents=[common], help="hash a password for ui_users or smtp_in.users")
     octopush = sub.add_parser("octopush", parents=[common], help="the Octopush account: callbacks, credit")
     octosub = octopush.add_subparsers(dest="octopush_command", required=True, metavar="ACTION")
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 config.http.callback_token,
                 config.http.api_token,
                 config.smtp_out.password,
+                config.storage.password,
             ],
         )
         if quiet:
@@ -138,6 +145,8 @@ def _existing_db(config):
     """A read-only connection to the database, or None when there is none yet: commands that read create nothing."""
     from relay.storage.database import connect
 
+    if config.storage.url:
+        return _postgres_db(config, create=False)
     path = config.storage.path
     if path.parent.exists() and not path.parent.is_dir():
         raise RelayError(f"{path.parent} is not a directory (storage.path = {path})")
@@ -146,6 +155,32 @@ def _existing_db(config):
     if not path.is_file():
         raise RelayError(f"{path} is not a database file (storage.path)")
     return connect(path, readonly=True)
+
+
+def _postgres_db(config, *, create: bool):
+    """A connection to `[storage] url` (its tables made first when `create`); None when reading a database no
+    daemon has set up yet."""
+    from relay.storage import engine
+
+    st = config.storage
+    db = engine.connect(path=st.path, url=st.url, password=st.password, readonly=not create)
+    if not create and not db.has_schema():
+        db.close()
+        return None
+    return db
+
+
+def _writable_db(config, missing: str):
+    """A connection for a command that writes beside the daemon, migrated; `missing` is said when SQLite's file
+    is not there (a command never creates it)."""
+    from relay.storage.database import connect, migrate
+
+    if config.storage.url:
+        return _postgres_db(config, create=True)
+    if not config.storage.path.exists():
+        raise RelayError(f"no database at {config.storage.path} (storage.path): {missing}")
+    migrate(config.storage.path)
+    return connect(config.storage.path)
 
 
 # ------------------------------------------------------------------ commands
@@ -170,7 +205,9 @@ def cmd_check_config(config, args) -> int:
     )
     print(f"  api_login {o.api_login or '(not set)'}, api_key {key_state}")
     print(f"  defaults: type {o.type}, purpose {o.purpose}, replies {'on' if o.with_replies else 'off'}")
-    print(f"http: listening on {config.http.listen}, public URL {config.http.public_url}")
+    print(
+        f"http: listening on {config.http.listen}, public URL {config.http.public_url}, node {config.http.node_name}"
+    )
     host = urllib.parse.urlsplit(config.http.public_url).hostname or ""
     if o.mode != "emulator" and (host == "localhost" or host.startswith("127.") or host == "::1"):
         print("  warning: http.public_url is a loopback address: Octopush cannot reach it for callbacks")
@@ -181,7 +218,7 @@ def cmd_check_config(config, args) -> int:
     print(
         f"smtp_in: listening on {s.listen} for NUMBER@{s.domain}; senders {', '.join(s.allowed_senders)}; "
         f"AUTH {'required' if s.require_auth else 'off'}; "
-        f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed'}"
+        f"TLS {'certificate ' + s.tls_cert if s.tls_cert else 'self-signed (kept in the database)'}"
     )
     logins = ", ".join(
         f"{name} (as {', '.join(user.senders)})" if user.senders else f"{name} (as any allowed sender)"
@@ -215,7 +252,7 @@ def cmd_check_config(config, args) -> int:
     where = f"Maildir {out.maildir}" if out.transport == "maildir" else f"SMTP {out.host}:{out.port} ({out.security})"
     print(f"smtp_out: {where}, from {out.sender}")
     print(
-        f"storage: {config.storage.path}"
+        f"storage: {config.storage.engine} {config.storage.where}"
         + (f", keeps {config.storage.retention_days} days" if config.storage.retention_days else ", keeps everything")
     )
     for name, members in groups.items():
@@ -252,8 +289,8 @@ def cmd_callback_url(config, args) -> int:
                 db.close()
     if not token:
         raise RelayError(
-            f"no callback token yet: the daemon makes one at its first start (octorelay run) in {config.storage.path}, "
-            "or set http.callback_token"
+            "no callback token yet: the daemon makes one at its first start (octorelay run) in "
+            f"{config.storage.where}, or set http.callback_token"
         )
     print(f"{config.http.public_url}/octopush/{token}")
     return 0
@@ -289,7 +326,7 @@ def cmd_replies(config, args) -> int:
         else:
             table = list(rows)
             if not table:
-                print("no replies" + ("" if db is not None else f" (no database yet at {config.storage.path})"))
+                print("no replies" + ("" if db is not None else f" (no database yet at {config.storage.where})"))
             else:
                 _replies_table(table, tz)
     finally:
@@ -358,7 +395,7 @@ async def _send(config, args) -> int:
     from relay.sending import Guards, SendQueue, SendRequest, queue_campaign
     from relay.statuses import CampaignStatus, Origin, Purpose, SendStatus, SmsType
     from relay.storage import campaigns, meta
-    from relay.storage.database import Store
+    from relay.storage.engine import open_store
 
     o = config.octopush
     groups = load_groups(config.groups, config.smtp_in.region, config.source)
@@ -409,7 +446,7 @@ async def _send(config, args) -> int:
     request, delayed = marketing.schedule(request, o, config.smtp_in.region)
     request.validate()
     had_database = config.storage.path.exists()
-    store = Store(config.storage.path)
+    store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)
     await store.start()
     try:
         stored, callback_url = None, None
@@ -498,7 +535,7 @@ async def _digest(config, args) -> int:
     from relay.mail.outbox import Outbox
     from relay.mail.render import Renderer
     from relay.notify import Notifier
-    from relay.storage.database import Store
+    from relay.storage.engine import open_store
     from relay.storage.outbox import mail_state
 
     sub = config.subscription(args.name)  # a clear error before anything starts
@@ -509,7 +546,7 @@ async def _digest(config, args) -> int:
         )
     if args.dry_run:
         return _digest_preview(config, sub)
-    store = Store(config.storage.path)
+    store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)
     await store.start()
     outbox = Outbox(config.smtp_out, store)
     try:
@@ -522,7 +559,8 @@ async def _digest(config, args) -> int:
         )
         msg = await notifier.run_digest(args.name)
         if msg is None:
-            print(f"digest {args.name}: nothing new since the last run; nothing sent")
+            # Also what a run started beside another one (the daemon, another node) finds: it sent them.
+            print(f"digest {args.name}: nothing new since the last run, or another run just sent it; nothing sent")
             return 0
         row_id = (await store.read(partial(mail_state, message_id=msg["Message-ID"]))).id
         # Deliver this digest only; whatever else is pending belongs to the daemon.
@@ -575,6 +613,11 @@ def cmd_db_backup(config, args) -> int:
     from relay.storage import database
     from relay.storage.database import connect
 
+    if config.storage.url:
+        raise RelayError(
+            "db backup copies SQLite's file; this relay's database is PostgreSQL (storage.url): back it up with "
+            "pg_dump, or PostgreSQL's own continuous archiving"
+        )
     if not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path)")
     db = connect(config.storage.path, readonly=True)
@@ -589,7 +632,6 @@ def cmd_db_backup(config, args) -> int:
 
 
 def cmd_db_purge(config, args) -> int:
-    from relay.storage.database import connect, migrate
 
     value = args.older_than.strip()
     try:
@@ -600,15 +642,74 @@ def cmd_db_purge(config, args) -> int:
         raise RelayError(f"--older-than: expected days (30), 12h, 7d, 4w or an ISO 8601 date: {exc}") from None
     if cutoff > clock.now() - timedelta(hours=1):
         raise RelayError("--older-than: must reach at least 1 hour back (it deletes everything older)")
-    if not config.storage.path.exists():
-        raise RelayError(f"no database at {config.storage.path} (storage.path): nothing to purge")
-    migrate(config.storage.path)
-    db = connect(config.storage.path)
+    db = _writable_db(config, "nothing to purge")
     try:
         counts = _purge_in_batches(db, cutoff=clock.iso(cutoff), digests=[s.name for s in config.digests])
     finally:
         db.close()
     print(f"purged {counts['callbacks']} callbacks, {counts['outbox']} sent e-mails, {counts['messages']} message ids")
+    return 0
+
+
+def cmd_db_copy(config, args) -> int:
+    """`db copy --to URL`: the SQLite database at storage.path into an empty PostgreSQL database (SPEC §8)."""
+    from relay.logs import mask_url
+    from relay.storage import database, postgres
+    from relay.storage.copy import copy_database, refuse_unless_empty, source_tables
+
+    url = args.to.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError as exc:
+        raise RelayError(f"--to: not a URL ({exc}): {mask_url(url)}") from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise RelayError(f"--to: expected postgresql://user@host:5432/database, not {mask_url(url)}")
+    source = config.storage.path
+    if not source.exists():
+        raise RelayError(f"no database at {source} (storage.path): nothing to copy")
+    # The daemon's own lock, held for the whole copy: a running daemon makes the command stop here, and a
+    # daemon started meanwhile waits (exits 1 naming this command's pid) instead of writing rows it would miss.
+    lock = database.DaemonLock(source)
+    try:
+        asyncio.run(lock.start())
+    except RelayError as exc:
+        raise RelayError(f"db copy needs the daemon stopped: {exc}") from None
+    import psycopg
+
+    bare = url
+    if has_password:  # the user without the password
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        bare = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}"))
+    try:
+        database.migrate(source)  # the source at today's schema, as the target's is
+        password = "" if has_password else config.storage.password
+        dst = postgres.connect(url, password=password)
+        src = database.connect(source, readonly=True)
+        try:
+            # Before the target gets any table of ours: another application's database stays untouched.
+            refuse_unless_empty(dst, source_tables(src))
+            postgres.migrate(url, password=password)
+            print(f"copying {source} into {bare}", flush=True)
+            print(f"  {'table':<18} {'SQLite':>10} {'PostgreSQL':>11}")
+            copied = copy_database(
+                src, dst, progress=lambda c: print(f"  {c.table:<18} {c.source:>10,} {c.target:>11,}", flush=True)
+            )
+        finally:
+            src.close()
+            dst.close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise RelayError(f"db copy into {bare} failed, nothing was kept: {reason}") from None
+    except sqlite3.Error as exc:
+        raise RelayError(f"db copy: cannot read {source}: {exc}") from None
+    finally:
+        asyncio.run(lock.stop())
+    rows = sum(c.source for c in copied)
+    print(
+        f"done: {rows:,} rows in {len(copied)} tables, every count verified. Now set [storage] url = "
+        f'"{bare}" and its password on every node, and start them.'
+    )
     return 0
 
 
@@ -642,12 +743,8 @@ MIN_PASSWORD = 10
 def cmd_campaign_approve(config, args) -> int:
     """`campaign approve ID`: the campaign-status logic is sending.py's; the daemon's queue sends it."""
     from relay import sending
-    from relay.storage.database import connect, migrate
 
-    if not config.storage.path.exists():
-        raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
-    migrate(config.storage.path)
-    db = connect(config.storage.path)
+    db = _writable_db(config, f"there is no campaign {args.id}")
     who = f"the command line ({getpass.getuser()})"
     try:
         with db.atomic():
@@ -690,6 +787,7 @@ SECRETS_USED: dict[str, tuple[str, ...]] = {
     "digest": ("smtp_out.password",),
     "db-backup": (),
     "db-purge": (),
+    "db-copy": ("storage.password",),
 }
 
 
@@ -728,8 +826,11 @@ def stored_token(config, *, create: bool) -> str | None:
         return config.http.callback_token
     if not create:
         return read_meta(config, "callback_token")
-    migrate(config.storage.path)
-    db = connect(config.storage.path)
+    if config.storage.url:
+        db = _postgres_db(config, create=True)
+    else:
+        migrate(config.storage.path)  # `octopush setup` makes the token, and the database, if need be
+        db = connect(config.storage.path)
     try:
         with db.atomic():
             return meta.ensure_callback_token(db)
@@ -742,9 +843,14 @@ def read_meta(config, key: str) -> str | None:
     from relay.storage import meta
     from relay.storage.database import connect
 
-    if not config.storage.path.exists():
+    if config.storage.url:
+        db = _postgres_db(config, create=False)
+        if db is None:
+            return None
+    elif not config.storage.path.exists():
         return None
-    db = connect(config.storage.path, readonly=True)
+    else:
+        db = connect(config.storage.path, readonly=True)
     try:
         return meta.meta_get(db, key)
     except sqlite3.Error:  # a database from before the meta table
@@ -835,13 +941,13 @@ async def _cancel(config, args) -> int:
     from relay.sending import cancel_campaign
     from relay.statuses import MailKind
     from relay.storage import meta
-    from relay.storage.database import Store
+    from relay.storage.engine import open_store
     from relay.storage.outbox import pending_mail_of
 
-    if not config.storage.path.exists():
+    if not config.storage.url and not config.storage.path.exists():
         raise RelayError(f"no database at {config.storage.path} (storage.path): there is no campaign {args.id}")
     o = config.octopush
-    store = Store(config.storage.path)
+    store = open_store(path=config.storage.path, url=config.storage.url, password=config.storage.password)
     await store.start()
     outbox = None
     try:
@@ -890,6 +996,7 @@ COMMANDS = {
     "callback-url": cmd_callback_url,
     "db-backup": cmd_db_backup,
     "db-purge": cmd_db_purge,
+    "db-copy": cmd_db_copy,
     "octopush-setup": cmd_octopush_setup,
     "octopush-balance": cmd_octopush_balance,
     "campaign-cancel": cmd_campaign_cancel,

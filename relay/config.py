@@ -10,9 +10,12 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import time
@@ -22,7 +25,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from relay import numbers
 from relay.errors import ConfigError
+from relay.logs import mask_url
 from relay.octopush.rules import TYPES, has_stop_mention
+
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 DEFAULT_NAME = "built-in defaults"
 ENV_CONFIG = "OCTORELAY_CONFIG"
@@ -83,6 +89,7 @@ class Http:
     ui_users: dict[str, str] = field(repr=False)
     request_timeout: float
     max_connections: int
+    node_name: str  # which daemon answers (/healthz, logs): the host's name unless set, for several nodes (SPEC §8)
 
 
 @dataclass(frozen=True)
@@ -141,8 +148,19 @@ class Limits:
 
 @dataclass(frozen=True)
 class Storage:
-    path: Path
+    path: Path  # SQLite's file, and beside it the state directory (ignored as a database when `url` is set)
     retention_days: int
+    url: str = ""  # postgresql://…: several daemons share this database (SPEC §8)
+    password: str = field(default="", repr=False)
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.url else "sqlite"
+
+    @property
+    def where(self) -> str:
+        """The database as messages name it: the file, or the URL without its password."""
+        return mask_url(self.url) if self.url else str(self.path)
 
     @property
     def state_dir(self) -> Path:
@@ -410,7 +428,10 @@ def _validate(
         ui_users=h.mapping("ui_users"),
         request_timeout=h.positive("request_timeout"),
         max_connections=h.positive("max_connections", int),
+        node_name=h.get("node_name", str).strip() or socket.gethostname(),
     )
+    if not NODE_NAME.fullmatch(http.node_name):
+        h.fail("node_name", f"{http.node_name!r}: use 1 to 64 letters, digits, '.', '-' or '_'")
     if not http.listen.loopback and not http.ui_users:
         h.fail("ui_users", f"listen = {str(http.listen)!r} is not loopback: add ui_users for the web interface")
     for user, hashed in http.ui_users.items():
@@ -494,8 +515,22 @@ def _validate(
         if not numbers.is_region(code):
             lm.fail("countries", f"{code!r} is not an ISO country code (e.g. FR, BE)")
 
-    st = _section(raw, source, "storage")
-    storage = Storage(path=path(st.get("path", str)), retention_days=st.positive("retention_days", int, zero=True))
+    st = _section(raw, source, "storage", secrets)
+    url = st.get("url", str).strip()
+    if url:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            st.fail("url", f"is not a valid URL ({exc}): {mask_url(url)!r}")
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            st.fail("url", f"must be postgresql://user@host:5432/database, not {mask_url(url)!r}")
+    storage = Storage(
+        path=path(st.get("path", str)),
+        retention_days=st.positive("retention_days", int, zero=True),
+        url=url,
+        password=st.secret("password", env, "OCTORELAY_DB_PASSWORD"),
+    )
 
     lg = _section(raw, source, "log")
     log = Log(
@@ -522,7 +557,7 @@ def _validate(
         templates_dir=templates_dir,
         groups=groups,
         subscriptions=subscriptions,
-        unread_secrets=tuple(c.unread + h.unread + o.unread),
+        unread_secrets=tuple(c.unread + h.unread + o.unread + st.unread),
     )
 
 

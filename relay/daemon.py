@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import signal
 import sqlite3
 from functools import partial
@@ -36,7 +37,8 @@ from relay.octopush.emulator import Emulator
 from relay.scheduler import Scheduler
 from relay.sending import SendQueue, estimate_cost
 from relay.storage import digests, meta
-from relay.storage.database import DaemonLock, Store
+from relay.storage.database import DaemonLock, StoreError
+from relay.storage.engine import open_store
 from relay.web.access import AccessLogger
 from relay.web.app import create_app
 from relay.web.connections import CappedSite
@@ -52,9 +54,11 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
-        self.lock = DaemonLock(config.storage.path)
+        # One daemon per SQLite file; on PostgreSQL any number of daemons share the database (SPEC §8).
+        self.lock = DaemonLock(config.storage.path) if config.storage.engine == "sqlite" else None
         self.logins = LoginGuard()  # failed logins per address, shared by the web interface and SMTP AUTH
-        self.store = Store(config.storage.path)
+        storage = config.storage
+        self.store = open_store(path=storage.path, url=storage.url, password=storage.password)
         self.ready = False  # every component is up: /healthz stops answering "starting"
         self.callback_token = ""
         self.groups = load_groups(config.groups, config.smtp_in.region, config.source)
@@ -92,11 +96,18 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         try:
-            await self._up(self.lock)
+            if self.lock:
+                await self._up(self.lock)
             await self._up(self.store)
+        except StoreError as exc:  # PostgreSQL: it names the database, never its password
+            raise RelayError(f"storage.url: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise RelayError(f"storage.path: cannot open the database {cfg.storage.path}: {exc}") from None
         self.callback_token = cfg.http.callback_token or await self.store.write(meta.ensure_callback_token)
+        # Shared by every node on this database: a form served by one is accepted by the others.
+        csrf_secret = await self.store.write(
+            partial(meta.meta_setdefault, key="csrf_secret", value=secrets.token_hex(32))
+        )
         # A new digest starts here, before any listener accepts: every callback acknowledged from now on is
         # in one of its runs.
         await self.store.write(partial(digests.init_digests, names=[sub.name for sub in cfg.digests]))
@@ -137,6 +148,7 @@ class Daemon:
             octopush=self.client,
             ready=lambda: self.ready,
             gauges=self.housekeeping.refresh_gauges,
+            csrf_secret=bytes.fromhex(csrf_secret),
         )
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=logging.getLogger("relay.http"))
         await self._runner.setup()
@@ -181,7 +193,11 @@ class Daemon:
         check_open_files(cfg)
         systemd.ready(f"HTTP {self.http_url}, SMTP {self.smtp.address_text}")
         log.info(
-            "octorelay ready: HTTP %s, SMTP %s, Octopush %s", self.http_url, self.smtp.address_text, cfg.octopush.mode
+            "octorelay ready: node %s, HTTP %s, SMTP %s, Octopush %s",
+            cfg.http.node_name,
+            self.http_url,
+            self.smtp.address_text,
+            cfg.octopush.mode,
         )
 
     async def _up(self, component) -> None:

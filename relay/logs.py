@@ -19,6 +19,20 @@ def mask(path: str) -> str:
     return _TOKEN_PATH.sub("/octopush/***", path)
 
 
+def mask_url(url: str) -> str:
+    """A database URL with its password (if it holds one) replaced by ***: what a message may show."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "postgresql://***"
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data = {

@@ -396,11 +396,15 @@ class Notifier(Worker):
         mail = self._alert(residual_credit=float(credit), sms=sms)
         mail.data = serialise(mail.message)
 
-        def queue(db: Connection) -> None:
+        def queue(db: Connection) -> bool:
+            # Compare-and-set on what was read: of several nodes checking the same credit, one says it.
+            if not meta.meta_replace(db, "low_credit_alerted", old=alerted, new=level):
+                return False
             remember(db, mail)
-            meta.meta_set(db, "low_credit_alerted", level)
+            return True
 
-        await self.store.write(queue)
+        if not await self.store.write(queue):
+            return False
         self.outbox.wake()
         return True
 
@@ -431,8 +435,9 @@ class Notifier(Worker):
             mail = await asyncio.to_thread(self._approval, campaign, estimate, expired)
 
             def queue(db: Connection, mail=mail, campaign_id=campaign_id, expired=expired) -> None:
-                remember(db, mail)
-                guards.mark_mailed(db, campaign_id, done=expired)
+                # Another daemon on the same database (PostgreSQL) may have swept it first: then no second e-mail.
+                if guards.mark_mailed(db, campaign_id, done=expired):
+                    remember(db, mail)
 
             await self.store.write(queue)
             self.outbox.wake()
@@ -468,14 +473,24 @@ class Notifier(Worker):
 
     # ------------------------------------------------------------ digests
 
-    async def run_digest(self, name: str, *, dry_run: bool = False, now: datetime | None = None):
+    async def run_digest(
+        self,
+        name: str,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        due: Callable[[str | None], bool] | None = None,
+    ):
         """Build the digest of the events since the watermark; queue it and advance the watermark together.
 
         More than `DIGEST_PART` events (a catch-up after weeks) go in several e-mails, "(part 2 of 7)", each
         queued with the watermark advanced to its last event: memory and e-mail size stay bounded, and a
         crash between two parts sends neither one twice nor skips one. Returns the first message (queued,
         or only built with dry_run, which builds the first part only), or None when the run was empty and
-        `send_empty` is off.
+        `send_empty` is off, or when another run (another node) moved the watermark first.
+
+        `due(last_run_at)` is a scheduled run's question "is a run still owed since then?": nodes that all
+        fire the same cron slot send it once, also when one fires after another has finished.
         """
         sub = self.config.subscription(name)
         async with self._digest_lock:
@@ -483,10 +498,19 @@ class Notifier(Worker):
             await self.store.write(partial(digests.init_digests, names=[sub.name]))
             snapshot = await self.store.read(partial(_digest_events, sub=sub))
             until = now or clock.now()
+            if due is not None and not due(snapshot["since"]):
+                log.info("digest %s: this scheduled run was already sent (by another node)", sub.name)
+                return None
             if not snapshot["rows"] and not sub.send_empty:
                 if not dry_run:
                     await self.store.write(
-                        partial(digests.advance, sub=sub.name, expected=snapshot["watermark"], to=snapshot["top"])
+                        partial(
+                            digests.advance,
+                            sub=sub.name,
+                            expected=snapshot["watermark"],
+                            since=snapshot["since"],
+                            to=snapshot["top"],
+                        )
                     )
                 return None
             parts = max(1, -(-snapshot["total"] // DIGEST_PART))
@@ -514,7 +538,10 @@ class Notifier(Worker):
         mail = Mail(MailKind.DIGEST, sub.to, msg, data=await asyncio.to_thread(serialise, msg))
 
         def queue(db: Connection) -> bool:
-            if not digests.advance(db, sub=sub.name, expected=snapshot["watermark"], to=snapshot["end"]):
+            moved = digests.advance(
+                db, sub=sub.name, expected=snapshot["watermark"], since=snapshot["since"], to=snapshot["end"]
+            )
+            if not moved:
                 return False
             remember(db, mail)
             return True

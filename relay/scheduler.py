@@ -55,7 +55,7 @@ class Scheduler:
         sweeps: Mapping[str, Callable[[], object]],
         check_credit: Job,
         purge: Job,
-        run_digest: Callable[[str], Awaitable[object]],
+        run_digest: Callable[..., Awaitable[object]],  # (name, due=...)
     ):
         self.config, self.store, self.sweeps = config, store, sweeps
         self.check_credit, self.purge, self.run_digest = check_credit, purge, run_digest
@@ -114,7 +114,14 @@ class Scheduler:
                 )
 
     async def _digest(self, name: str) -> None:
+        sub = self.config().subscription(name)
+
+        def due(last_run_at: str | None) -> bool:
+            # A slot fell since the last run. Every node fires the same slot: one that fires after another
+            # node's run finds that run's time past the slot, and sends nothing.
+            return last_run_at is None or missed(sub, last_run_at, clock.now())
+
         try:
-            await self.run_digest(name)
+            await self.run_digest(name, due=due)
         except Exception:  # noqa: BLE001 - a job logs; the next run tries again
             log.exception("digest %s failed", name)

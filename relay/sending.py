@@ -32,6 +32,9 @@ from relay.workers import Worker
 
 log = logging.getLogger("relay.sending")
 WORKERS = 4
+# How often a daemon renews its claims of the calls it is making (a call may retry for `retry_for`): well within
+# the claim's lease, so that another node takes over only the calls of a daemon that stopped renewing (died).
+RENEW_EVERY = campaigns.SEND_LEASE / 3
 # SPEC §5: a scheduled campaign to fewer numbers than this goes to Octopush at once with its send_at (Octopush can
 # cancel it until 10 minutes before); a larger one waits in our own queue until its time, cancellable until then.
 HAND_OVER_BELOW = 3
@@ -312,6 +315,7 @@ class SendQueue(Worker):
         self.metrics = metrics
         self._slots = asyncio.Semaphore(WORKERS)
         self._finished: dict[int, asyncio.Future] = {}
+        self._claimed: set[int] = set()  # calls this daemon claimed and is making now: their claims are renewed
 
     async def start(self) -> None:
         if self.only_campaign is None:
@@ -338,6 +342,14 @@ class SendQueue(Worker):
     async def run_once(self) -> float:
         room = WORKERS * 2 - len(self._inflight)
         idle = self.idle
+        if self._claimed:
+            # Calls still in flight (a long retry) keep their claim: another daemon on the same database
+            # (PostgreSQL) takes over only the calls of one that stopped renewing, i.e. died. Only calls this
+            # daemon claimed: a row waiting for a worker may be a dead node's, to take over.
+            with contextlib.suppress(StoreError):  # the database is down: the calls go on, renewed once it is back
+                await self.store.write(
+                    partial(campaigns.renew_send_claims, send_ids=sorted(self._claimed), now=clock.iso()), small=True
+                )
         if room > 0:
             rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:
@@ -346,6 +358,8 @@ class SendQueue(Worker):
         due = await self.store.read(campaigns.next_scheduled_send)
         if due:
             idle = min(idle, max(0.05, (clock.parse_iso(due) - clock.now()).total_seconds()))
+        if self._inflight:  # calls being made (or about to be): back soon to renew their claims
+            idle = min(idle, RENEW_EVERY)
         return idle
 
     async def _send(self, send_id: int) -> None:
@@ -397,6 +411,13 @@ class SendQueue(Worker):
         claimed = await self.store.write(partial(_claim, send_id=send_id), small=True)
         if claimed is None:
             return
+        self._claimed.add(send_id)
+        try:
+            await self._make_call(send_id, claimed)
+        finally:
+            self._claimed.discard(send_id)
+
+    async def _make_call(self, send_id: int, claimed: campaigns.ClaimedSend) -> None:
         campaign = Campaign(
             text=claimed["text"],
             recipients=tuple(
@@ -598,10 +619,12 @@ def cancel_held(db: Connection, campaign_id: int, *, by: str) -> dict:
 
 def expire_held(db: Connection) -> list[int]:
     """Cancel the held campaigns whose `approve_within` has passed; their ids (their senders are told)."""
-    expired = guards.expired_held(db, clock.iso())
-    for campaign_id in expired:
-        guards.release(db, campaign_id, status=CampaignStatus.CANCELLED)
-        guards.mark_expired(db, campaign_id)
+    expired = []
+    for campaign_id in guards.expired_held(db, clock.iso()):
+        # Only the daemon whose release moved it tells its sender (another may have expired it first).
+        if guards.release(db, campaign_id, status=CampaignStatus.CANCELLED):
+            guards.mark_expired(db, campaign_id)
+            expired.append(campaign_id)
     if expired:
         log.info("held campaign(s) %s not approved in time: cancelled", ", ".join(f"#{i}" for i in expired))
     return expired

@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import textwrap
 import time
 import tomllib
@@ -20,6 +25,7 @@ from relay import config as config_mod
 from relay.daemon import Daemon
 from relay.octopush.emulator import Emulator
 from relay.storage.database import Store
+from relay.storage.engine import open_store
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
@@ -47,6 +53,156 @@ def fast_backoff(monkeypatch):
 async def store(tmp_path):
     """A started Store on a real SQLite file, `tmp_path / "octorelay.db"`, migrated; stopped after the test."""
     s = Store(tmp_path / "octorelay.db")
+    await s.start()
+    yield s
+    await s.stop()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+# CI sets OCTORELAY_TEST_POSTGRES=required: there a missing PostgreSQL fails the run instead of skipping its tests.
+POSTGRES_REQUIRED = os.environ.get("OCTORELAY_TEST_POSTGRES") == "required"
+PG_USER = "octorelay"
+PG_PASSWORD = "test-db-password-31"  # the role's password: the tests log in with it, as a deployment would
+
+
+def postgres_bin() -> Path | None:
+    """Debian's server binaries (the newest version installed), else whatever pg_ctl is on the PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("pg_ctl")
+    return Path(on_path).parent if on_path else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster in a temporary directory, on a free loopback port, for one test session.
+
+    PostgreSQL refuses to run as root, so as root (CI) the cluster belongs to `nobody` and its commands run
+    through runuser. Logins over TCP need the password (scram-sha-256), as in production; the tests' own
+    administration goes through the cluster's unix socket.
+    """
+
+    def __init__(self, bindir: Path):
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="octorelay-pg-"))
+        self.data = self.root / "data"
+        self.sockets = self.root / "run"
+        self.sockets.mkdir()
+        self.user = "nobody" if os.geteuid() == 0 else None
+        if self.user:
+            import pwd
+
+            entry = pwd.getpwnam(self.user)
+            for path in (self.root, self.sockets):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._databases = 0
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if self.user:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=self.root, timeout=120)
+
+    def init(self) -> None:
+        pwfile = self.root / "pw"
+        pwfile.write_text("unused-superuser-password\n")
+        if self.user:
+            shutil.chown(pwfile, self.user)
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+            f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
+        )  # fmt: skip
+        self.start()
+        self.admin(f"CREATE ROLE {PG_USER} LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c max_connections=300"
+            " -c fsync=off -c full_page_writes=off"  # a throwaway cluster: speed over crash safety
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def admin(self, sql: str, dbname: str = "postgres") -> None:
+        import psycopg
+
+        with psycopg.connect(host=str(self.sockets), port=self.port, user="postgres", dbname=dbname) as conn:
+            conn.autocommit = True
+            conn.execute(sql)
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self) -> str:
+        """A new empty database owned by the test role; its URL (the password is PG_PASSWORD)."""
+        self._databases += 1
+        name = f"t{self._databases}"
+        self.admin(f"CREATE DATABASE {name} OWNER {PG_USER}")
+        return self.url(name)
+
+    def cleanup(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The session's PostgreSQL server; its tests skip without the binaries (fail when CI requires them)."""
+    bindir = postgres_bin()
+    reason = None
+    if bindir is None:
+        reason = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            reason = "psycopg is not installed: pip install 'psycopg[binary]' psycopg-pool"
+    if reason:
+        if POSTGRES_REQUIRED:
+            pytest.fail(f"OCTORELAY_TEST_POSTGRES=required but {reason}")
+        pytest.skip(reason)
+    server = PostgresServer(bindir)
+    try:
+        server.init()
+    except subprocess.CalledProcessError as exc:
+        server.cleanup()
+        pytest.fail(f"could not start a PostgreSQL cluster: {exc.stderr or exc.stdout}")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """A new empty PostgreSQL database for this test: its URL, without the password (PG_PASSWORD)."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_engine(request) -> str:
+    """Each test that takes it runs on both engines."""
+    return request.param
+
+
+@pytest.fixture
+def storage_toml(request, storage_engine) -> str:
+    """Config text for `make_daemon`/`write_config`: "" on SQLite, the `[storage]` url and password on PostgreSQL."""
+    if storage_engine == "sqlite":
+        return ""
+    url = request.getfixturevalue("pg_url")
+    return f'[storage]\nurl = "{url}"\npassword = "{PG_PASSWORD}"\n'
+
+
+@pytest.fixture
+async def engine_store(request, storage_engine, tmp_path):
+    """A started Store on `storage_engine`: a real SQLite file, or a new PostgreSQL database; stopped after."""
+    url = request.getfixturevalue("pg_url") if storage_engine == "postgresql" else ""
+    s = open_store(path=tmp_path / "octorelay.db", url=url, password=PG_PASSWORD if url else "")
     await s.start()
     yield s
     await s.stop()

@@ -289,7 +289,6 @@ async def test_files_are_private_whatever_the_umask(spawn, tmp_path):
 
     assert mode(state) == 0o700 and mode(state.parent) == 0o700
     names = ["octorelay.db", "octorelay.db-wal", "octorelay.db-shm", "octorelay.db.lock"]
-    names += ["smtp-selfsigned.key", "smtp-selfsigned.crt"]
     assert {name: oct(mode(state / name)) for name in names} == {name: "0o600" for name in names}
     assert mode(tmp_path / "backup.db") == 0o600
 

@@ -44,7 +44,8 @@ async def test_the_scheduler_runs_on_narrow_handles(tmp_path):
     digests: list[str] = []
     credit = asyncio.Event()
 
-    async def run_digest(name: str) -> None:
+    async def run_digest(name: str, *, due) -> None:
+        assert due(two_days_ago)  # a slot fell since the last run
         digests.append(name)
 
     async def check_credit() -> None:

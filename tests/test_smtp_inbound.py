@@ -9,12 +9,15 @@ import ssl
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
+from functools import partial
 
 import aiosmtplib
 import pytest
 
 from relay import clock
+from relay.mail.smtp_inbound import SELF_SIGNED_KEY
 from relay.passwords import make_hash
+from relay.storage import meta
 from tests.conftest import wait_for
 
 FROM = "alice@example.org"
@@ -329,7 +332,10 @@ async def test_self_signed_starttls_without_certificate(daemon):
     await client.send_message(message(to, "over TLS"), sender=FROM, recipients=[to])
     await client.quit()
     await wait_for(lambda: sent(daemon))
-    assert (daemon.config.storage.state_dir / "smtp-selfsigned.crt").exists()
+    # Kept in the database, where every node sharing it finds the same one (SPEC §8), not in one node's files.
+    pem = await daemon.store.read(partial(meta.meta_get, key=SELF_SIGNED_KEY))
+    assert "PRIVATE KEY" in pem and "CERTIFICATE" in pem
+    assert not list(daemon.config.storage.state_dir.glob("smtp-selfsigned*"))
 
 
 async def test_marketing_to_opted_out_number(daemon, sink):

@@ -128,9 +128,10 @@ async def test_a_stop_that_times_out_still_commits_and_answers_queued_writes(sto
     check.close()
 
 
-async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
+async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(engine_store):
     """`notify.store_callback` links the campaign before the insert and asks `needs_mail` what the notifier would
     send: storage never calls back into routing."""
+    store = engine_store  # on SQLite and on PostgreSQL
 
     def seed(db):
         now = clock.iso()
@@ -191,8 +192,9 @@ async def test_a_callback_is_stored_routed_when_no_one_gets_it_at_once(store):
     assert rows == [(to_author.id, 1, 0), (to_no_one.id, 2, 1), (to_no_one.id + 1, None, 1), (unrecognised.id, None, 1)]
 
 
-async def test_a_reply_with_a_ticket_we_do_not_know_is_not_linked_by_its_number(store):
+async def test_a_reply_with_a_ticket_we_do_not_know_is_not_linked_by_its_number(engine_store):
     """SPEC §4.1: the number fallback is for replies without a ticket, or to a send Octopush gave no ticket (120)."""
+    store = engine_store  # on SQLite and on PostgreSQL
 
     def seed(db):
         for cid, ticket, number in [(1, "sms_1", "+33600000001"), (2, None, "+33600000002")]:

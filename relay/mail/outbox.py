@@ -35,12 +35,16 @@ from relay.mail.render import POLICY
 from relay.metrics import Metrics
 from relay.statuses import Delivery
 from relay.storage import outbox as outbox_table
-from relay.storage.database import Connection, Store
+from relay.storage.database import Connection, Store, StoreError
 from relay.workers import Worker
 
 log = logging.getLogger("relay.outbox")
 
 CONCURRENCY = 4  # messages delivered at once, one SMTP connection each
+# Seconds a claimed e-mail is hidden from other claims, renewed every third of it while its delivery lasts:
+# a dead daemon's e-mails are taken over within a minute of its death (SPEC §8), a live one's never.
+LEASE = 45.0
+RENEW_EVERY = LEASE / 3
 IDLE_WAIT = 60.0  # seconds between looks at the table when nothing is due (wake() cuts it short)
 STOP_GRACE = 10.0  # seconds stop() lets deliveries in flight finish
 
@@ -130,8 +134,10 @@ class Outbox(Worker):
         self.failed = 0
         self.retried = 0
         self._released = False
+        # E-mails claimed and not yet settled: their leases are renewed. Not `busy`, which holds a task until it
+        # ends: a lease renewed after the settle would push a retry's backoff out to a whole lease.
+        self._delivering: set[int] = set()
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
-
 
     # ------------------------------------------------------------ the loop
 
@@ -141,6 +147,11 @@ class Outbox(Worker):
             self._released = True
             if count:
                 log.info("outbox: %d e-mails pending at start; delivering them now", count)
+        if self._delivering:
+            until = clock.iso(clock.now() + timedelta(seconds=self._lease()))
+            ids = sorted(self._delivering)
+            with contextlib.suppress(StoreError):  # the database is down: renewed once it is back
+                await self.store.write(partial(outbox_table.renew_claims, ids=ids, until=until), small=True)
         free = CONCURRENCY - len(self._inflight)
         rows = []
         if free > 0:
@@ -148,6 +159,7 @@ class Outbox(Worker):
                 partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=self.busy)
             )
         for row in rows:
+            self._delivering.add(row["id"])
             self.spawn(row["id"], self._deliver(row))
         if rows and len(self._inflight) < CONCURRENCY:
             return 0  # there may be more due right now
@@ -158,11 +170,13 @@ class Outbox(Worker):
                 self.metrics.outbox_depth.set(state["pending"])
             if state["next"] is not None:
                 wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
+        if self._inflight:  # deliveries under way: back soon to renew their leases
+            wait = min(wait, RENEW_EVERY)
         return wait
 
     def _lease(self) -> float:
-        """Seconds a claimed row is hidden from other claims while it is being delivered."""
-        return self.config.timeout * 4 + 30
+        """Seconds a claimed row is hidden from other claims; renewed while it is being delivered."""
+        return LEASE
 
     # ------------------------------------------------------------ one message
 
@@ -176,9 +190,14 @@ class Outbox(Worker):
         except Exception as exc:  # noqa: BLE001 - a bug or an odd error must not lose the message
             log.exception("outbox: e-mail %s: unexpected error; will retry", row["id"])
             outcome = Outcome(Delivery.RETRY, f"{type(exc).__name__}: {exc}")
+        self._delivering.discard(row["id"])  # writes run in order: no renewal after this settle
         try:
-            final = await self.store.write(
-                partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age)
+            # Retried until it commits: the mail server's answer is kept in memory meanwhile, so a database
+            # that is down for a while (a restart, a failover, a full disk) does not make a delivered e-mail go
+            # again. Only a death of this process between the 250 and the commit still can (SPEC §8).
+            final = await self.write_until_committed(
+                partial(_settle, row_id=row["id"], outcome=outcome, max_age=self.config.max_age),
+                f"outbox: e-mail {row['id']}: recording the outcome",
             )
         except asyncio.CancelledError:
             raise

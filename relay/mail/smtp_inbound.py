@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import ssl
+import tempfile
 import unicodedata
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -61,11 +62,12 @@ from relay.sending import (
     request_key,
 )
 from relay.statuses import Origin, Purpose
-from relay.storage import campaigns, guards
-from relay.storage.database import Store, private_dir
+from relay.storage import campaigns, guards, meta
+from relay.storage.database import Store
 
 log = logging.getLogger("relay.smtp")
 
+SELF_SIGNED_KEY = "smtp_selfsigned_pem"  # meta: the STARTTLS key and certificate made when tls_cert is empty
 OK = "250 OK"
 SENDER_REFUSED = "550 5.7.1 Sender not allowed to send SMS through this relay"
 NOT_YOUR_ADDRESS = "550 5.7.1 Login {login} may not send as {address}: use one of its own addresses"
@@ -716,13 +718,28 @@ class SmtpListener:
     async def start(self) -> None:
         config = self.config()
         cfg = config.smtp_in
-        self._tls = await asyncio.to_thread(tls_context, cfg.tls_cert, cfg.tls_key, config.storage.state_dir)
+        if cfg.tls_cert:
+            self._tls = await asyncio.to_thread(tls_context, cfg.tls_cert, cfg.tls_key)
+        else:
+            self._tls = await asyncio.to_thread(pem_context, await self._self_signed(config.storage.state_dir))
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(self._protocol, host=cfg.listen.host, port=cfg.listen.port)
         except OSError as exc:
             raise RelayError(f"smtp_in.listen: cannot listen on {cfg.listen}: {exc.strerror}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
+
+    async def _self_signed(self, state_dir: Path) -> str:
+        """The self-signed key and certificate every node shares: made once, by whichever node starts first,
+        and kept in the database (SPEC §8: all nodes agree; §5 kept it in the state directory, which one
+        node's disk cannot be for the others). A certificate an older version left in the state directory is
+        taken over. The database is as private as the files were (0600), and the key is never logged."""
+        pem = await self.store.read(partial(meta.meta_get, key=SELF_SIGNED_KEY))
+        if pem:
+            return pem
+        made = await asyncio.to_thread(legacy_self_signed, state_dir) or await asyncio.to_thread(make_self_signed)
+        # Insert-if-absent: when two nodes start at once, both end up with the first one's.
+        return await self.store.write(partial(meta.meta_setdefault, key=SELF_SIGNED_KEY, value=made))
 
     def _protocol(self) -> asyncio.Protocol:
         cfg = self.config().smtp_in
@@ -755,13 +772,8 @@ class SmtpListener:
         await self.child.close()
 
 
-def tls_context(cert: str, key: str, state_dir: Path) -> ssl.SSLContext:
-    """The configured certificate, else a self-signed one made once and kept in the state directory."""
-    if not cert:
-        cert_path, key_path = state_dir / "smtp-selfsigned.crt", state_dir / "smtp-selfsigned.key"
-        if not (cert_path.exists() and key_path.exists()):
-            make_self_signed(cert_path, key_path)
-        cert, key = str(cert_path), str(key_path)
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The configured certificate and key (PEM files)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)
@@ -770,13 +782,40 @@ def tls_context(cert: str, key: str, state_dir: Path) -> ssl.SSLContext:
     return context
 
 
-def make_self_signed(cert_path: Path, key_path: Path) -> None:
+def pem_context(pem: str) -> ssl.SSLContext:
+    """A context from a stored key and certificate (one PEM text). `ssl` loads a chain only from a file: a
+    private file in a private temporary directory, gone once loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory(prefix="octorelay-tls-") as folder:  # 0700
+        path = Path(folder) / "selfsigned.pem"
+        _write_private(path, pem.encode("ascii"))
+        try:
+            context.load_cert_chain(path)
+        except (OSError, ssl.SSLError) as exc:
+            # Never the PEM itself: it holds the private key.
+            raise RelayError(
+                f"the self-signed STARTTLS certificate stored in the database cannot be loaded ({exc}); "
+                "set smtp_in.tls_cert/tls_key, or delete the meta key 'smtp_selfsigned_pem' to make a new one"
+            ) from None
+    return context
+
+
+def legacy_self_signed(state_dir: Path) -> str | None:
+    """The key and certificate an older version made in the state directory, so that an upgrade keeps them."""
+    cert_path, key_path = state_dir / "smtp-selfsigned.crt", state_dir / "smtp-selfsigned.key"
+    try:
+        return key_path.read_text("ascii") + cert_path.read_text("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def make_self_signed() -> str:
+    """A new EC key and a ten-year self-signed certificate for it, as one PEM text (key first)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    private_dir(cert_path.parent)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "octorelay")])
     now = datetime.now(UTC)
@@ -794,8 +833,7 @@ def make_self_signed(cert_path: Path, key_path: Path) -> None:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_private(key_path, key_pem)
-    _write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+    return (key_pem + certificate.public_bytes(serialization.Encoding.PEM)).decode("ascii")
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, TypedDict
 
 from relay import clock
 from relay.octopush.callbacks import Callback
-from relay.storage.database import Connection, insert
+from relay.storage.database import Connection, insert, is_postgres
 
 LINK_WINDOW_DAYS = 30
 NO_COUNTRY = "-"  # `country` filter value for callbacks whose number has no country
@@ -51,7 +51,7 @@ def store_callback(
         return Stored(existing[0], False, False)
     if cb.kind == "stop":
         db.execute(
-            "INSERT OR IGNORE INTO optouts (number, at, callback_id) VALUES (?, ?, ?)",
+            "INSERT INTO optouts (number, at, callback_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             [cb.number, row["occurred_at"], callback_id],
         )
     elif cb.kind == "delivery":
@@ -171,7 +171,7 @@ def replies(
     `before` (`occurred_at`, `id` of the last row of a previous call) continues from there: a keyset page
     costs the same wherever it starts, and a row stored meanwhile never shifts one into the next page twice.
     """
-    where, params = _reply_filter(since=since, until=until, country=country, number=number, text=text, kinds=kinds)
+    where, params = _reply_filter(db, since=since, until=until, country=country, number=number, text=text, kinds=kinds)
     if before is not None:
         where += " AND cb.occurred_at <= ? AND (cb.occurred_at < ? OR cb.id < ?)"
         params += [before[0], before[0], before[1]]
@@ -211,11 +211,12 @@ def reply_counts(db: Connection) -> list[tuple[str, int]]:
 
 
 def count_replies(db: Connection, **filters: Any) -> int:
-    where, params = _reply_filter(**filters)
+    where, params = _reply_filter(db, **filters)
     return db.execute(f"SELECT count(*) FROM callbacks cb WHERE {where}", params).fetchone()[0]
 
 
 def _reply_filter(
+    db: Connection,
     *,
     since: str | None = None,
     until: str | None = None,
@@ -237,11 +238,12 @@ def _reply_filter(
     elif country:
         clauses.append("cb.country = ?")
         params.append(country.upper())
+    like = "ILIKE" if is_postgres(db) else "LIKE"  # SQLite's LIKE ignores (ASCII) case, PostgreSQL's does not
     if number:
-        clauses.append("cb.number LIKE ?")
+        clauses.append(f"cb.number {like} ?")
         params.append(f"%{number.strip()}%")
     if text:
-        clauses.append("cb.text LIKE ?")
+        clauses.append(f"cb.text {like} ?")
         params.append(f"%{text}%")
     return " AND ".join(clauses), params
 
@@ -255,7 +257,7 @@ class CountrySummary(TypedDict):
 
 def country_summary(db: Connection, **filters: Any) -> list[CountrySummary]:
     """Per country under the reply filters: replies, distinct numbers, last reply; most replies first."""
-    where, params = _reply_filter(**filters)
+    where, params = _reply_filter(db, **filters)
     sql = f"""SELECT coalesce(cb.country, '') AS country, count(*) AS replies, count(DISTINCT cb.number) AS numbers,
                      max(cb.occurred_at) AS last_at
               FROM callbacks cb WHERE {where} GROUP BY 1 ORDER BY replies DESC, country"""
@@ -264,7 +266,7 @@ def country_summary(db: Connection, **filters: Any) -> list[CountrySummary]:
 
 def reply_hours(db: Connection, **filters: Any) -> list[tuple[str, str, int]]:
     """(UTC hour "2026-11-24T08", country, replies) under the reply filters: the chart buckets them into local days."""
-    where, params = _reply_filter(**filters)
+    where, params = _reply_filter(db, **filters)
     sql = f"""SELECT substr(cb.occurred_at, 1, 13) AS hour, coalesce(cb.country, ''), count(*)
               FROM callbacks cb WHERE {where} AND cb.occurred_at IS NOT NULL GROUP BY 1, 2"""
     return [(r[0], r[1], r[2]) for r in db.execute(sql, params).fetchall()]
@@ -280,10 +282,12 @@ def country_counts(db: Connection, **filters: Any) -> list[tuple[str, int]]:
     if not any(filters.values()):
         found = reply_counts(db)  # kept by triggers: no scan
     else:
-        where, params = _reply_filter(**filters)
+        where, params = _reply_filter(db, **filters)
         # A text or number filter reads each reply's row: in date order those rows sit together on disk,
         # in country order every one is a seek (twice as slow measured on 50,000).
         order = "INDEXED BY idx_callbacks_kind_occurred_at" if filters.get("text") or filters.get("number") else ""
+        if is_postgres(db):
+            order = ""  # no index hints in PostgreSQL: its planner has the statistics
         sql = f"SELECT cb.country, count(*) FROM callbacks cb {order} WHERE {where} GROUP BY cb.country"
         found = db.execute(sql, params).fetchall()
     counts: dict[str, int] = {}
@@ -390,7 +394,15 @@ def unrouted(db: Connection, *, limit: int) -> list[Event]:
 
 
 def newest_id(db: Connection) -> int:
-    """The id of the newest callback (0: none yet): ids only grow, so digests keep their place by it."""
+    """The id of the newest callback (0: none yet): ids only grow, so digests keep their place by it.
+
+    On PostgreSQL an id is handed out at INSERT, not at COMMIT: a smaller id may still commit after a larger
+    one is seen. The SHARE lock waits for the inserts in flight (and holds new ones for this transaction's
+    few milliseconds), so no callback commits later under the id this returns. (A command's statement outside
+    a transaction, a preview, takes no lock: a lock ends with its transaction.)
+    """
+    if is_postgres(db) and db.in_transaction:
+        db.execute("LOCK TABLE callbacks IN SHARE MODE")
     return db.execute("SELECT coalesce(max(id), 0) FROM callbacks").fetchone()[0]
 
 

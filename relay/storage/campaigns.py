@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import NamedTuple, TypedDict
 
 from relay import clock
 from relay.errors import CannotCancel
-from relay.storage.database import Connection, insert, insert_many
+from relay.storage.database import Connection, insert, insert_many, is_postgres
+
+# Seconds a daemon's claim of a send holds on PostgreSQL. Past it another daemon takes the call over: the same
+# request_id, so Octopush answers an earlier success with code 120 and nothing is sent twice (SPEC §8: a dead
+# node's work within 60 s). A daemon working longer on one call renews it (`renew_send_claims`).
+SEND_LEASE = 45
 
 
 class _Sms(TypedDict):
@@ -129,8 +135,8 @@ class Campaign(_CampaignColumns):
 def remember_message(db: Connection, message_id: str, *, number: str, campaign_id: int | None, direction: str) -> None:
     """Keep a Message-ID with its conversation, so an answer to it finds the number and campaign."""
     db.execute(
-        "INSERT OR IGNORE INTO messages (message_id, number, campaign_id, direction, created_at) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO messages (message_id, number, campaign_id, direction, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [message_id, number, campaign_id, direction, clock.iso()],
     )
 
@@ -387,7 +393,17 @@ def add_recipients(db: Connection, rows: list[NewRecipient]) -> None:
 
 
 def requeue_interrupted_sends(db: Connection) -> None:
-    """At start: a call left `sending` by a crash goes again (its request_id makes that safe)."""
+    """At start: a call left `sending` by a crash goes again (its request_id makes that safe).
+
+    On PostgreSQL other daemons may be sending right now: only calls whose claim ran out go back to the queue.
+    """
+    if is_postgres(db):
+        db.execute(
+            "UPDATE sends SET status = 'pending' "
+            "WHERE status = 'sending' AND (claimed_until IS NULL OR claimed_until < ?)",
+            [clock.iso()],
+        )
+        return
     db.execute("UPDATE sends SET status = 'pending' WHERE status = 'sending'")
 
 
@@ -400,9 +416,13 @@ def due_sends(db: Connection, *, now: str, exclude: list[int], limit: int, campa
     """The next pending calls due at `now`, in id order, but those in `exclude`; of one campaign, or all."""
     skip = f"AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
     mine = "AND campaign_id = ?" if campaign is not None else ""
-    sql = f"""SELECT id FROM sends WHERE status = 'pending' AND (not_before IS NULL OR not_before <= ?) {skip} {mine}
-              ORDER BY id LIMIT ?"""
-    params = [now, *exclude, *([campaign] if campaign is not None else []), limit]
+    due = "status = 'pending' AND (not_before IS NULL OR not_before <= ?)"
+    params = [now]
+    if is_postgres(db):  # and the calls of a daemon that died: their claim ran out
+        due = f"({due} OR (status = 'sending' AND claimed_until < ?))"
+        params.append(now)
+    sql = f"SELECT id FROM sends WHERE {due} {skip} {mine} ORDER BY id LIMIT ?"
+    params += [*exclude, *([campaign] if campaign is not None else []), limit]
     return [r[0] for r in db.execute(sql, params)]
 
 
@@ -422,11 +442,19 @@ class ClaimedSend(_Sms):
 
 
 def claim_send(db: Connection, *, send_id: int, now: str) -> ClaimedSend | None:
-    """Mark a pending call due at `now` as being sent (one more attempt); None when it is not (any more)."""
+    """Mark a pending call due at `now` as being sent (one more attempt); None when it is not (any more).
+
+    One UPDATE that checks the status: of two daemons claiming the same call, the second waits for the first's
+    commit and then finds it taken. On PostgreSQL the claim names its daemon and holds for SEND_LEASE; a call
+    whose claim ran out (its daemon died) may be claimed again.
+    """
+    pg = is_postgres(db)
+    until = clock.iso(clock.parse_iso(now) + timedelta(seconds=SEND_LEASE))
+    taken_over = " OR (status = 'sending' AND claimed_until < ?)" if pg else ""
     cur = db.execute(
-        """UPDATE sends SET status = 'sending', attempts = attempts + 1
-           WHERE id = ? AND status = 'pending' AND (not_before IS NULL OR not_before <= ?)""",
-        [send_id, now],
+        f"""UPDATE sends SET status = 'sending', attempts = attempts + 1, claimed_by = ?, claimed_until = ?
+            WHERE id = ? AND ((status = 'pending' AND (not_before IS NULL OR not_before <= ?)){taken_over})""",
+        [getattr(db, "node", None), until, send_id, now, *([now] if pg else [])],
     )
     if not cur.rowcount:
         return None
@@ -447,6 +475,19 @@ def claim_send(db: Connection, *, send_id: int, now: str) -> ClaimedSend | None:
     return ClaimedSend(**row)
 
 
+def renew_send_claims(db: Connection, send_ids: list[int], *, now: str) -> int:
+    """Extend this daemon's claims on calls it is still making (a long retry): another daemon leaves them alone."""
+    if not send_ids:
+        return 0
+    until = clock.iso(clock.parse_iso(now) + timedelta(seconds=SEND_LEASE))
+    marks = ", ".join("?" * len(send_ids))
+    mine, node = ("AND claimed_by = ?", [db.node]) if is_postgres(db) else ("", [])
+    return db.execute(
+        f"UPDATE sends SET claimed_until = ? WHERE status = 'sending' AND id IN ({marks}) {mine}",
+        [until, *send_ids, *node],
+    ).rowcount
+
+
 def record_send_sent(
     db: Connection,
     send_id: int,
@@ -459,7 +500,8 @@ def record_send_sent(
     at: str,
 ) -> None:
     db.execute(
-        """UPDATE sends SET status = 'sent', ticket = ?, already_sent = ?, sms_needed = ?, cost = ?,
+        # A ticket already recorded stays: a call taken over from a daemon thought dead gets code 120 and none.
+        """UPDATE sends SET status = 'sent', ticket = coalesce(ticket, ?), already_sent = ?, sms_needed = ?, cost = ?,
                             residual_credit = ?, sent_at = ? WHERE id = ?""",
         [ticket, int(already_sent), sms_needed, cost, residual_credit, at, send_id],
     )

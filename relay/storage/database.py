@@ -39,7 +39,8 @@ log = logging.getLogger("relay.storage")
 T = TypeVar("T")
 
 # The handle every storage function takes (`Store.read` and `Store.write` pass it): callers hand it on and never
-# build SQL with it. Today a sqlite-utils database on one connection; a PostgreSQL engine brings its own.
+# build SQL with it. A sqlite-utils database on one connection, or on PostgreSQL a `postgres.PgConnection`, which
+# offers the same few methods (`execute`, `query`, `executemany`, `atomic`). `is_postgres` tells them apart.
 Connection: TypeAlias = Database
 MAX_BATCH = 512
 MAX_SMALL_BATCH = 128
@@ -169,7 +170,12 @@ def connect(path: Path, *, readonly: bool = False) -> Connection:
 @contextlib.contextmanager
 def immediate_transaction(db: Connection) -> Iterator[None]:
     """One transaction for a command writing beside the daemon (outside a `Store`): the write lock first, since
-    a deferred BEGIN could not upgrade past another connection's commit; rolled back on any error."""
+    a deferred BEGIN could not upgrade past another connection's commit; rolled back on any error.
+    On PostgreSQL, a plain transaction."""
+    if is_postgres(db):
+        with db.atomic():
+            yield
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -414,6 +420,11 @@ class Store:
                 job.future.set_exception(outcome[i][1])
 
 
+def is_postgres(db: Connection) -> bool:
+    """Whether `db` is a PostgreSQL connection: the engine switch of the few statements whose dialects differ."""
+    return getattr(db, "dialect", "sqlite") == "postgresql"
+
+
 def _insert_sql(verb: str, table: str, columns) -> str:
     return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
@@ -423,13 +434,19 @@ def insert(db: Connection, table: str, row: Mapping[str, Any], *, or_ignore: boo
 
     sqlite-utils' insert() reads the schema on every call, which the hot paths feel.
     """
+    if is_postgres(db):  # no lastrowid: the id comes back from RETURNING (no row when the conflict ignored it)
+        sql = _insert_sql("INSERT", table, row) + (" ON CONFLICT DO NOTHING" if or_ignore else "") + " RETURNING id"
+        found = db.execute(sql, list(row.values())).fetchone()
+        return found[0] if found else None
     cur = db.execute(_insert_sql("INSERT OR IGNORE" if or_ignore else "INSERT", table, row), list(row.values()))
     return cur.lastrowid if cur.rowcount else None
 
 
 def insert_many(db: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """Plain INSERTs of rows that all have the same keys."""
-    if rows:
+    if rows and is_postgres(db):
+        db.executemany(_insert_sql("INSERT", table, rows[0]), [list(r.values()) for r in rows])
+    elif rows:
         db.conn.executemany(_insert_sql("INSERT", table, rows[0]), [list(r.values()) for r in rows])
 
 

@@ -10,18 +10,18 @@ from relay.storage.database import Connection
 
 
 def init_digests(db: Connection, names: list[str]) -> dict[str, str | None]:
-    """A digest seen for the first time starts from now, not from the first callback ever; each one's last run."""
+    """A digest seen for the first time starts from now, not from the first callback ever; each one's last run.
+
+    Insert-if-absent: two nodes starting at once on one database start it once, and neither fails.
+    """
     top = newest_id(db)
-    result = {}
+    now = clock.iso()
     for name in names:
-        row = db.execute("SELECT last_run_at FROM digests WHERE name = ?", [name]).fetchone()
-        if row is None:
-            now = clock.iso()
-            db.execute("INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?)", [name, top, now])
-            result[name] = now
-        else:
-            result[name] = row[0]
-    return result
+        db.execute(
+            "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
+            [name, top, now],
+        )
+    return {name: watermark(db, name).last_run_at for name in names}
 
 
 class Watermark(NamedTuple):
@@ -63,16 +63,28 @@ def events(db: Connection, *, after: int, upto: int, kinds: list[str], countries
     ]
 
 
-def advance(db: Connection, *, sub: str, expected: int, to: int) -> bool:
-    """Move a digest's watermark from `expected` to `to`; False when someone else moved it."""
-    row = db.execute("SELECT last_callback_id FROM digests WHERE name = ?", [sub]).fetchone()
-    current = row[0] if row else 0
-    if current != expected:
-        return False
-    db.execute(
-        "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET last_callback_id = excluded.last_callback_id, "
-        "last_run_at = excluded.last_run_at",
-        [sub, to, clock.iso()],
-    )
-    return True
+def advance(db: Connection, *, sub: str, expected: int, since: str | None, to: int) -> bool:
+    """Move a digest's watermark from (`expected`, `since`), as the run read it, to `to` and now; False when
+    someone else moved it first.
+
+    One conditional UPDATE, not a read and then a write: of two runs at once (two nodes, or the daemon and
+    `octorelay digest`), the second waits for the first's row lock, finds the watermark moved, and sends nothing.
+    The time is compared too: a run that found no new callback moves only the time, and that still counts.
+    """
+    moved = db.execute(
+        "UPDATE digests SET last_callback_id = ?, last_run_at = ? "
+        "WHERE name = ? AND last_callback_id = ? AND COALESCE(last_run_at, '') = ?",
+        [to, clock.iso(), sub, expected, since or ""],
+    ).rowcount
+    if moved:
+        return True
+    if expected == 0 and since is None and watermark(db, sub) is None:  # never started: this run starts it
+        return (
+            db.execute(
+                "INSERT INTO digests (name, last_callback_id, last_run_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO NOTHING",
+                [sub, to, clock.iso()],
+            ).rowcount
+            == 1
+        )
+    return False

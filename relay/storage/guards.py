@@ -24,7 +24,7 @@ def used_since(db: Connection, since: str, *, sender: str | None = None) -> int:
         )
     else:
         sql = (
-            "SELECT coalesce(sum(sms_budget), 0) FROM campaigns WHERE sender_email = ? COLLATE NOCASE "
+            "SELECT coalesce(sum(sms_budget), 0) FROM campaigns WHERE lower(sender_email) = lower(?) "
             f"AND origin = 'email' AND created_at >= ? AND {_SPENDING}"
         )
         params = [sender, since]
@@ -35,7 +35,7 @@ def top_sender_since(db: Connection, since: str) -> int:
     """The most any one e-mail sender used since `since` (for /metrics)."""
     row = db.execute(
         f"""SELECT coalesce(max(used), 0) FROM (SELECT sum(sms_budget) AS used FROM campaigns
-            WHERE origin = 'email' AND created_at >= ? AND {_SPENDING} GROUP BY lower(sender_email))""",
+            WHERE origin = 'email' AND created_at >= ? AND {_SPENDING} GROUP BY lower(sender_email)) AS per_sender""",
         [since],
     ).fetchone()
     return row[0]
@@ -72,8 +72,17 @@ def approval_mail_due(db: Connection, limit: int = 20) -> list[int]:
     ]
 
 
-def mark_mailed(db: Connection, campaign_id: int, *, done: bool) -> None:
-    db.execute("UPDATE campaigns SET approval_mailed = ? WHERE id = ?", [2 if done else 1, campaign_id])
+def mark_mailed(db: Connection, campaign_id: int, *, done: bool) -> bool:
+    """The approval e-mail (or, `done`, the expiry's) is queued; False when another sweep marked it first.
+
+    A compare-and-set: the state only moves forward (0 asked-to-be -> 1 asked -> 2 nothing owed), so of two
+    daemons sweeping at once, the second's update finds it moved and its e-mail can be left out.
+    """
+    state = 2 if done else 1
+    cur = db.execute(
+        "UPDATE campaigns SET approval_mailed = ? WHERE id = ? AND approval_mailed < ?", [state, campaign_id, state]
+    )
+    return cur.rowcount > 0
 
 
 def expired_held(db: Connection, now: str) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple, TypedDict
 
-from relay.storage.database import Connection, insert
+from relay.storage.database import Connection, insert, is_postgres
 
 
 def pending_mail_of(db: Connection, *, campaign_id: int, kind: str) -> list[int]:
@@ -61,8 +61,15 @@ def add_mail(
 
 
 def make_pending_due(db: Connection, now: str) -> int:
-    """Every pending e-mail due at `now` (those in backoff, or leased by a process that died); how many pend."""
-    db.execute("UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?", [now, now])
+    """Every pending e-mail due at `now` (those in backoff, or leased by a process that died); how many pend.
+
+    On PostgreSQL a lease may be another running daemon's: only e-mails in backoff are made due (a dead
+    daemon's leases run out by themselves).
+    """
+    leased = " AND claimed_by IS NULL" if is_postgres(db) else ""
+    db.execute(
+        f"UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at > ?{leased}", [now, now]
+    )
     return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
 
 
@@ -81,7 +88,13 @@ def claim_due(
     """Up to `limit` e-mails due at `now`, oldest first, hidden from other claims until `until`.
 
     `only`: among these ids alone; `busy`: never these (still in flight, even past their lease).
+    On PostgreSQL the rows are locked as they are read, and rows another node is claiming at this moment are
+    skipped (`FOR UPDATE SKIP LOCKED`): each e-mail goes to one node; the lease hides it after the commit.
     """
+    if only is not None and not only:
+        return []
+    pg = is_postgres(db)
+    node = getattr(db, "node", None)  # PostgreSQL's daemon name: its lease is not another daemon's to lift
     mine = f" AND id IN ({', '.join('?' * len(only))})" if only is not None else ""
     if busy:
         mine += f" AND id NOT IN ({', '.join('?' * len(busy))})"
@@ -89,16 +102,16 @@ def claim_due(
     ids = [
         r[0]
         for r in db.execute(
-            "SELECT id FROM outbox INDEXED BY idx_outbox_claim"
+            f"SELECT id FROM outbox {'' if pg else 'INDEXED BY idx_outbox_claim'}"
             " WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-            f"{mine} ORDER BY id LIMIT ?",
+            f"{mine} ORDER BY id LIMIT ?{' FOR UPDATE SKIP LOCKED' if pg else ''}",
             [now, *(only or []), *(busy or []), limit],
         )
     ]
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))
-    db.execute(f"UPDATE outbox SET next_attempt_at = ? WHERE id IN ({marks})", [until, *ids])
+    db.execute(f"UPDATE outbox SET next_attempt_at = ?, claimed_by = ? WHERE id IN ({marks})", [until, node, *ids])
     return [
         ClaimedMail(**r)
         for r in db.query(
@@ -106,6 +119,22 @@ def claim_due(
             ids,
         )
     ]
+
+
+def renew_claims(db: Connection, ids: list[int], *, until: str) -> int:
+    """Extend this daemon's leases on the e-mails it is delivering: another node takes over only a dead one's.
+
+    Only rows still pending and claimed by this daemon (`node`, on PostgreSQL): a lease another node took
+    over after this one ran out is not extended. (Issue 20, from the workers' side of the claims.)
+    """
+    if not ids:
+        return 0
+    marks = ", ".join("?" * len(ids))
+    return db.execute(
+        f"UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND id IN ({marks}) "
+        "AND COALESCE(claimed_by, '') = ?",
+        [until, *ids, getattr(db, "node", None) or ""],
+    ).rowcount
 
 
 class Attempts(NamedTuple):
@@ -125,7 +154,7 @@ def record_delivered(db: Connection, mail_id: int, *, attempts: int, error: str 
     threads answers); only what may still be sent, or what failed, keeps it."""
     db.execute(
         "UPDATE outbox SET attempts = ?, last_error = ?, status = 'sent', sent_at = ?, message = ?, "
-        "next_attempt_at = NULL WHERE id = ?",
+        "next_attempt_at = NULL, claimed_by = NULL WHERE id = ?",
         [attempts, error, at, b"", mail_id],
     )
 
@@ -133,7 +162,8 @@ def record_delivered(db: Connection, mail_id: int, *, attempts: int, error: str 
 def record_failed(db: Connection, mail_id: int, *, attempts: int, error: str | None) -> None:
     """Failed for good: it stays, with its body, for the Attention page."""
     db.execute(
-        "UPDATE outbox SET attempts = ?, last_error = ?, status = 'failed' WHERE id = ?", [attempts, error, mail_id]
+        "UPDATE outbox SET attempts = ?, last_error = ?, status = 'failed', claimed_by = NULL WHERE id = ?",
+        [attempts, error, mail_id],
     )
 
 
@@ -143,12 +173,13 @@ def record_retry(
     """Tried again at `next_at`; `recipients`: only these are left (the others accepted it)."""
     if recipients is None:
         db.execute(
-            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, claimed_by = NULL WHERE id = ?",
             [attempts, error, next_at, mail_id],
         )
     else:
         db.execute(
-            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, recipients = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, recipients = ?, claimed_by = NULL "
+            "WHERE id = ?",
             [attempts, error, next_at, json.dumps(recipients), mail_id],
         )
 

@@ -293,3 +293,12 @@ def m012_callback_counts(db: Database) -> None:
                ON CONFLICT (kind, country) DO UPDATE SET n = n + 1;
            END"""
     )
+
+
+@migrations()
+def m013_claims(db: Database) -> None:
+    """Who holds a claim of work and until when, so several daemons on one database (PostgreSQL) take each piece
+    of work once and a dead one's claims are taken over when their lease runs out. (pg_schema.py: the same.)"""
+    db["sends"].add_column("claimed_by", str)  # the daemon (host:pid) calling Octopush for it
+    db["sends"].add_column("claimed_until", str)  # UTC ISO: past this, another daemon may take it over
+    db["outbox"].add_column("claimed_by", str)  # the daemon delivering it (its lease is next_attempt_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from functools import partial
 
@@ -15,6 +16,7 @@ from relay.web.access import api_allowed
 from relay.web.keys import CONFIG, GAUGES, METRICS, OCTOPUSH, READY, STORE
 
 STALE_OUTBOX = timedelta(minutes=10)
+HEALTH_READ_TIMEOUT = 3.0  # seconds: an unreachable database makes the probe say so, not hang the load balancer
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -92,16 +94,22 @@ async def api_campaign(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Read-only: a probe never writes (no commit, no fsync); the writer's last commit tells its state."""
+    """Read-only: a probe never writes (no commit, no fsync); the writer's last commit tells its state.
+
+    It names the node that answers (`http.node_name`): behind a load balancer, several daemons share one
+    database, and the database being unreachable from this node makes it `degraded`.
+    """
     store = request.app[STORE]
     problems = []
     database = store.health()
     if database != "ok":
         problems.append("database")
     try:
-        depth = await store.read(queues.depths)
+        depth = await asyncio.wait_for(store.read(queues.depths), HEALTH_READ_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - health must answer whatever broke
-        depth = {"error": str(exc)}
+        depth = {"error": describe_failure(exc)}
+        if database == "ok":
+            database = f"unreachable: {depth['error']}"
         problems.append("database")
     oldest = depth.get("outbox_oldest_pending")
     if oldest and clock.parse_iso(oldest) < clock.now() - STALE_OUTBOX:
@@ -109,12 +117,20 @@ async def healthz(request: web.Request) -> web.Response:
     status = "starting" if not request.app[READY]() else "degraded" if problems else "ok"
     body = {
         "status": status,
-        "problems": problems,
+        "node": request.app[CONFIG]().http.node_name,
+        "problems": sorted(set(problems)),
         "database": database,
         **depth,
         "last_octopush_call": last_octopush_call(request.app[OCTOPUSH]),
     }
     return json_response(body, status=200 if status == "ok" else 503)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed read in one line; a timeout has no message of its own."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {HEALTH_READ_TIMEOUT:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def last_octopush_call(client: object) -> dict | None:

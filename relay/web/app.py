@@ -30,6 +30,7 @@ def create_app(
     octopush: OctopushClient,
     ready: Callable[[], bool],
     gauges: Callable[[], Awaitable[None]],
+    csrf_secret: bytes | None = None,
 ) -> web.Application:
     """The application, with each handle under its own typed key (relay/web/keys.py)."""
     app = web.Application(client_max_size=callbacks.MAX_BODY, middlewares=[client_deadline])
@@ -50,5 +51,5 @@ def create_app(
     app.router.add_get("/metrics", api.metrics, name="metrics")
     app.router.add_get("/api/replies", api.api_replies, name="api_replies")
     app.router.add_get("/api/campaigns/{ticket}", api.api_campaign, name="api_campaign")
-    routes.setup(app)
+    routes.setup(app, csrf_secret=csrf_secret)
     return app

@@ -32,10 +32,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Csrf:
-    """This process's CSRF secret: a restart invalidates open forms, which then answer 403 and a reload fixes."""
+    """The CSRF secret. The daemon's comes from the database, so that a form one node served is accepted by
+    every node behind the load balancer, and by the same node after a restart; without one, a random secret
+    of this process's own."""
 
-    def __init__(self) -> None:
-        self.secret = secrets.token_bytes(32)
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret or secrets.token_bytes(32)
 
     def token(self, nonce: str, user: str) -> str:
         return hmac.new(self.secret, f"{user}\x1f{nonce}".encode(), hashlib.sha256).hexdigest()

@@ -11,9 +11,9 @@ from relay.web.views import TEMPLATES, Templates
 CAMPAIGN = r"/campaigns/{id:\d{1,18}}"  # beyond SQLite's integers: the router's 404
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, *, csrf_secret: bytes | None = None) -> None:
     """Add the web interface's state and routes to the daemon's application."""
-    app[CSRF] = Csrf()
+    app[CSRF] = Csrf(csrf_secret)
     app[TEMPLATES] = Templates()
     router = app.router
     router.add_get("/", views.index, name="index")

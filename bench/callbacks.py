@@ -92,8 +92,9 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]] | None:
-    """py-spy record of `pid` (raw collapsed stacks); returns the top functions by self and by inclusive share."""
+def profile(pid: int, seconds: float, out: Path, *, gil: bool = False) -> list[tuple[str, float]] | None:
+    """py-spy record of `pid` (raw collapsed stacks; `gil`: only the thread holding the GIL); returns the top
+    functions by self and by inclusive share."""
     spy = shutil.which("py-spy")
     if not spy:
         print("py-spy not found (pip install py-spy); skipping the profile")
@@ -113,7 +114,7 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]] | No
         str(out),
         "--nonblocking",
         "--threads",
-    ]
+    ] + (["--gil"] if gil else [])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if res.returncode != 0 or not out.exists():
         print("py-spy failed:", res.stderr.strip()[-500:])

@@ -22,7 +22,7 @@ from relay import backoff, clock, sending
 from relay.config import Config, Subscription
 from relay.mail.outbox import Outbox, queue_message, serialise
 from relay.mail.parsing import strip_prefixes
-from relay.mail.render import Renderer, build_message, country_label, intl, make_msgid
+from relay.mail.render import Renderer, build_message, compose, country_label, intl, make_msgid
 from relay.octopush.callbacks import Callback, is_e164
 from relay.octopush.client import personalise, placeholders, stored_recipient
 from relay.octopush.errors import ALERT_CODES
@@ -107,14 +107,13 @@ class Notifier(Worker):
         return done
 
     def _render_all(self, rows: list[dict]) -> tuple[dict[int, list[Mail]], dict[int, str]]:
-        """Render a batch of notifications (in a worker thread: Jinja2 is CPU work): ({id: mails}, {id: why not})."""
+        """Render a batch of notifications (one worker thread hop per batch: rendering is CPU work), each e-mail
+        made as its bytes at once (`compose`): ({id: mails}, {id: why not})."""
         mails: dict[int, list[Mail]] = {}
         failed: dict[int, str] = {}
         for row in rows:
             try:
                 mails[row["id"]] = self._mails_for(row)
-                for mail in mails[row["id"]]:
-                    mail.data = serialise(mail.message)
             except Exception as exc:  # noqa: BLE001 - this row's failure, counted by _commit
                 log.warning("notifier: callback #%d: cannot make its e-mails", row["id"], exc_info=True)
                 mails.pop(row["id"], None)
@@ -194,7 +193,7 @@ class Notifier(Worker):
             label = strip_prefixes(row.get("label") or "") or "your SMS"
             text, html = self.renderer.render("reply", event=event, subscription=None)
             original = row.get("message_id") or ""
-            msg = build_message(
+            msg = compose(
                 sender=self.config.smtp_out.sender,
                 to=[row["sender_email"]],
                 subject=f"Re: {label}",
@@ -205,7 +204,9 @@ class Notifier(Worker):
                 references=thread(row.get("thread_refs"), original),
                 reply_to=event["reply_to"],
             )
-            mails.append(Mail(MailKind.REPLY, (row["sender_email"],), msg, row["number"], row.get("campaign_id")))
+            mails.append(
+                Mail(MailKind.REPLY, (row["sender_email"],), msg, row["number"], row.get("campaign_id"), msg.data)
+            )
         notified = {m.to[0].lower() for m in mails}  # the author already has the threaded e-mail
         for sub in self.config.subscriptions:
             if sub.mode != "instant" or not matches(sub, row):
@@ -221,7 +222,7 @@ class Notifier(Worker):
                 CallbackKind.STOP: f"STOP from {who}",
                 CallbackKind.DELIVERY: f"SMS {event['status']} to {who}",
             }[row["kind"]]
-            msg = build_message(
+            msg = compose(
                 sender=self.config.smtp_out.sender,
                 to=list(to),
                 subject=subject,
@@ -230,7 +231,7 @@ class Notifier(Worker):
                 message_id=make_msgid(domain),
                 reply_to=event["reply_to"] if row["kind"] != CallbackKind.DELIVERY else None,
             )
-            mails.append(Mail(MailKind.REPLY, to, msg, row["number"], row.get("campaign_id")))
+            mails.append(Mail(MailKind.REPLY, to, msg, row["number"], row.get("campaign_id"), msg.data))
         return mails
 
     # ------------------------------------------------------------ confirmations

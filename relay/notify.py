@@ -191,7 +191,7 @@ class Notifier(Worker):
             tz = clock.region_timezone(self.config.smtp_in.region)
             event = self._event(row, tz)
             label = strip_prefixes(row.get("label") or "") or "your SMS"
-            text, html = self.renderer.render("reply", event=event, subscription=None)
+            text, html = self.renderer.render_event("reply", event, None)
             original = row.get("message_id") or ""
             msg = compose(
                 sender=self.config.smtp_out.sender,
@@ -215,7 +215,7 @@ class Notifier(Worker):
             if not to:
                 continue
             event = self._event(row, sub.tz)
-            text, html = self.renderer.render("reply", event=event, subscription=sub.name)
+            text, html = self.renderer.render_event("reply", event, sub.name)
             who = intl(row["number"]) + (f" ({event['contact']})" if event["contact"] else "")
             subject = {
                 CallbackKind.REPLY: f"SMS reply from {who}",

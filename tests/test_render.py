@@ -297,3 +297,41 @@ def test_non_ascii_subject_is_encoded_and_long_references_stay_readable():
     assert got["Subject"] == "Re: Réunion 日本語 — العربية"
     assert got["References"].split() == [long_id, "<b@example.org>", long_id]
     assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+# ------------------------------------------------------------------ skeletons (render_event)
+
+
+VARIANTS = [
+    {},
+    {"contact": ""},
+    {"answered": None, "ticket": ""},
+    {"reply_to": "", "country": "", "country_name": ""},
+    {"text": 'a <b> & "c" \'d\' ' + "long words " * 20},  # escaped, and truncated in the preheader
+    {"text": "Zoë 日本語 😀", "contact": "O'Brien & <Sons>"},
+    {"kind": "stop", "text": "STOP"},
+    {"kind": "delivery", "text": "", "status": "DELIVERED", "answered": None},
+    {"kind": "delivery", "text": "", "status": "", "answered": None},
+    {"text": "two\nlines"},  # split into quoted lines: Jinja2 renders it
+    {"answered": "a\r\nb", "text": "x\ry"},
+    {"number": "not a number", "text": "\ue000 0 \ue001"},
+]
+
+
+@pytest.mark.parametrize("over", VARIANTS)
+@pytest.mark.parametrize("subscription", ["ops", None])
+def test_render_event_matches_a_full_render(renderer, over, subscription):
+    for number in ("+33612345678", "+447400123456"):  # the same shape twice, with other values
+        values = event(**{"number": number, "reply_to": f"{number}@sms.example.org", **over})
+        assert renderer.render_event("reply", values, subscription) == renderer.render(
+            "reply", event=values, subscription=subscription
+        )
+
+
+def test_an_overridden_template_is_always_rendered_in_full(tmp_path):
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "reply.txt").write_text("{{ event.text|upper }} {{ (event.number ~ 'x')|length }}\n")
+    custom = Renderer(tmp_path)
+    values = event()
+    assert custom.render_event("reply", values, "ops") == custom.render("reply", event=values, subscription="ops")
+    assert custom.render_event("reply", values, "ops")[0] == "OK, SEE YOU AT 10 13\n"

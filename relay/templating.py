@@ -126,9 +126,10 @@ def make_env(override: Path | None = None, *, kind: Literal["mail", "web"]) -> j
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=kind == "mail",
-        # E-mail templates are read once: a reload (SIGHUP) makes a new Renderer, and checking every template's
-        # mtime at each e-mail cost 6% of the daemon's time under a flood of instant notifications.
-        auto_reload=kind != "mail",
+        # Packaged e-mail templates are read once: checking every template's mtime at each e-mail cost 6% of the
+        # daemon's time under a flood of instant notifications. An override directory is still watched, so an
+        # operator's fix to a template shows at the next e-mail (the Attention page's Retry relies on it).
+        auto_reload=kind != "mail" or override is not None,
     )
     env.filters.update(FILTERS)
     return env

@@ -200,7 +200,9 @@ def migrate(path: Path) -> list[str]:
         db.close()
 
 
-class _Job:
+class Job:
+    """One write waiting for its batch: the function, its caller's future, and whether it may run on the loop."""
+
     __slots__ = ("fn", "future", "small")
 
     def __init__(self, fn, future, small):
@@ -215,7 +217,7 @@ class Store:
         self.commits = 0
         self.writes = 0
         self.last_error: str | None = None
-        self._jobs: list[_Job] = []
+        self._jobs: list[Job] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -272,7 +274,7 @@ class Store:
         if self._task is None or self._task.done() or self._stopping:
             raise StoreError("the store is not started")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(fn, future, small))
+        self._jobs.append(Job(fn, future, small))
         self._wake.set()
         return await future
 
@@ -322,9 +324,9 @@ class Store:
                 log.exception("database writer: unexpected error")
                 self._rollback()
                 outcome = StoreError(f"the database could not commit: {exc}")
-            self._settle(batch, outcome)
+            settle(batch, outcome)
 
-    async def _run_small(self, loop, batch: list[_Job]):
+    async def _run_small(self, loop, batch: list[Job]):
         """BEGIN IMMEDIATE and the writes here, COMMIT (the fsync) in the writer thread.
 
         The daemon is normally the only writer, so the lock is free at once; when another process (the CLI)
@@ -346,7 +348,7 @@ class Store:
             raise
         return await loop.run_in_executor(self._writer, self._commit, applied)
 
-    def _apply(self, batch: list[_Job]) -> list[tuple[bool, Any]] | sqlite3.Error:
+    def _apply(self, batch: list[Job]) -> list[tuple[bool, Any]] | sqlite3.Error:
         """Each write in its own savepoint (a fixed name): one bad write does not spoil the others.
 
         Only a fault of the database itself (`database_fault`: disk full, read-only, I/O...) ends the batch;
@@ -371,7 +373,7 @@ class Store:
             return exc
         return results
 
-    def _transaction(self, batch: list[_Job]):
+    def _transaction(self, batch: list[Job]):
         """In the writer thread: the whole batch."""
         try:
             self._db.conn.execute("BEGIN IMMEDIATE")
@@ -405,19 +407,22 @@ class Store:
         log.error("database commit failed: %s", self.last_error)
         return StoreError(f"the database {self.path} could not commit: {exc}")
 
-    @staticmethod
-    def _settle(batch: list[_Job], outcome) -> None:
-        for i, job in enumerate(batch):
-            if job.future.done():
-                continue  # its caller was cancelled; the write itself stands
-            if isinstance(outcome, StoreError):
-                job.future.set_exception(outcome)
-            elif outcome[i][0]:
-                job.future.set_result(outcome[i][1])
-            elif isinstance(outcome[i][1], StopIteration):  # a future refuses StopIteration
-                job.future.set_exception(RuntimeError(f"the write raised {outcome[i][1]!r}"))
-            else:
-                job.future.set_exception(outcome[i][1])
+
+
+def settle(batch: list[Job], outcome: list[tuple[bool, Any]] | StoreError) -> None:
+    """Answer each write of a committed (or failed) batch: its result, its own exception, or the batch's fault.
+    Both engines' writers use it."""
+    for i, job in enumerate(batch):
+        if job.future.done():
+            continue  # its caller was cancelled; the write itself stands
+        if isinstance(outcome, StoreError):
+            job.future.set_exception(outcome)
+        elif outcome[i][0]:
+            job.future.set_result(outcome[i][1])
+        elif isinstance(outcome[i][1], StopIteration):  # a future refuses StopIteration
+            job.future.set_exception(RuntimeError(f"the write raised {outcome[i][1]!r}"))
+        else:
+            job.future.set_exception(outcome[i][1])
 
 
 def is_postgres(db: Connection) -> bool:

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from relay.logs import mask_url as masked
 from relay.storage import pg_schema
-from relay.storage.database import StoreError
+from relay.storage.database import Job, StoreError, settle
 
 log = logging.getLogger("relay.storage")
 T = TypeVar("T")
@@ -165,13 +165,6 @@ def migrate(url: str, *, password: str = "") -> list[str]:
             conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
 
 
-class _Job:
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn, future):
-        self.fn, self.future = fn, future
-
-
 class PgStore:
     """A pool of PostgreSQL connections; writes are committed in groups, each answered after its COMMIT.
 
@@ -194,7 +187,7 @@ class PgStore:
         self.last_error: str | None = None
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self._jobs: list[_Job] = []
+        self._jobs: list[Job] = []
         self._wake: asyncio.Event | None = None
         self._writers: list[asyncio.Task] = []
         self._running = False
@@ -247,7 +240,7 @@ class PgStore:
         if not self._running:
             raise StoreError("the store is not started")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(fn, future))
+        self._jobs.append(Job(fn, future, small=False))
         self._wake.set()
         return await future
 
@@ -285,17 +278,9 @@ class PgStore:
             except Exception as exc:  # noqa: BLE001 - the writer outlives a bug; this batch's callers hear of it
                 log.exception("database writer: unexpected error")
                 outcome = StoreError(f"the database could not commit: {exc}")
-            for i, job in enumerate(batch):
-                if job.future.done():
-                    continue  # its caller was cancelled; the write itself stands
-                if isinstance(outcome, StoreError):
-                    job.future.set_exception(outcome)
-                elif outcome[i][0]:
-                    job.future.set_result(outcome[i][1])
-                else:
-                    job.future.set_exception(outcome[i][1])
+            settle(batch, outcome)
 
-    def _transaction(self, batch: list[_Job]) -> list[tuple[bool, Any]] | StoreError:
+    def _transaction(self, batch: list[Job]) -> list[tuple[bool, Any]] | StoreError:
         """In a thread: the batch in one transaction, each write in its own savepoint; retried whole after a
         deadlock or serialization failure (nothing of it was committed)."""
         for attempt in range(RETRIES):

@@ -25,6 +25,7 @@ from relay.errors import ConfigError
 from relay.mail.smtp_inbound import SELF_SIGNED_KEY, make_self_signed
 from relay.storage import digests, guards, meta
 from tests.conftest import wait_for, write_config
+from tests.test_notify import post, to
 
 
 async def healthz(daemon) -> tuple[int, dict]:
@@ -139,17 +140,6 @@ def _reply(i: int) -> dict:
     return {"number": "+33600000001", "text": f"reply {i}", "reception_date": f"2026-11-04 11:00:{i:02d}"}
 
 
-async def _post(daemon, *bodies: dict) -> None:
-    async with aiohttp.ClientSession() as http:
-        for body in bodies:
-            async with http.post(f"{daemon.http_url}/octopush/{daemon.callback_token}", json=body) as resp:
-                assert resp.status == 200
-
-
-def _to(sink, address: str) -> list:
-    return [m for _, rcpt, m in sink.messages if rcpt == [address]]
-
-
 def _second_notifier(daemon):
     """Another node's notifier: its own worker on the same database."""
     from relay.notify import Notifier
@@ -159,14 +149,14 @@ def _second_notifier(daemon):
 
 async def test_two_digest_runs_at_once_send_one_e_mail(make_daemon, sink, storage_toml):
     daemon = await make_daemon(storage_toml + DIGEST, smtp_port=sink.port)
-    await _post(daemon, _reply(1), _reply(2))
+    await post(daemon, _reply(1), _reply(2))
     other = _second_notifier(daemon)
     first, second = await asyncio.gather(daemon.notifier.run_digest("ops"), other.run_digest("ops"))
     assert (first is None) != (second is None)  # one run sent it; the other found the watermark moved
-    mail = (await wait_for(lambda: _to(sink, "ops@example.org")))[0]
+    mail = (await wait_for(lambda: to(sink, "ops@example.org")))[0]
     assert mail["Subject"] == "2 SMS replies \u2014 ops"
     await asyncio.sleep(0.3)
-    assert len(_to(sink, "ops@example.org")) == 1
+    assert len(to(sink, "ops@example.org")) == 1
 
 
 async def test_a_scheduled_slot_that_another_node_already_ran_sends_nothing(make_daemon, sink, storage_toml):
@@ -179,16 +169,16 @@ async def test_a_scheduled_slot_that_another_node_already_ran_sends_nothing(make
     )
     await daemon.scheduler._digest("ops")  # this node's run of today's 08:00 slot
     await daemon.scheduler._digest("ops")  # another node's, a little later: already sent
-    await wait_for(lambda: _to(sink, "ops@example.org"))
+    await wait_for(lambda: to(sink, "ops@example.org"))
     await asyncio.sleep(0.3)
-    assert len(_to(sink, "ops@example.org")) == 1
+    assert len(to(sink, "ops@example.org")) == 1
 
 
 async def test_octorelay_digest_beside_the_daemon_sends_once_and_exits_0(make_daemon, sink, tmp_path, storage_toml):
     """SPEC §8: a run started by hand while another runs sends nothing (or everything), exit 0 either way."""
     digest = DIGEST.replace("send_empty = true", "send_empty = false")
     daemon = await make_daemon(storage_toml + digest, smtp_port=sink.port)
-    await _post(daemon, _reply(1), _reply(2), _reply(3))
+    await post(daemon, _reply(1), _reply(2), _reply(3))
     root = str(Path(__file__).resolve().parent.parent)  # this checkout's code, whatever is installed
     command = asyncio.create_subprocess_exec(
         sys.executable, "-m", "relay", "digest", "ops", "-c", str(tmp_path / "octorelay.toml"),
@@ -199,9 +189,9 @@ async def test_octorelay_digest_beside_the_daemon_sends_once_and_exits_0(make_da
     await daemon.notifier.run_digest("ops")
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
-    await wait_for(lambda: _to(sink, "ops@example.org"))
+    await wait_for(lambda: to(sink, "ops@example.org"))
     await asyncio.sleep(0.3)
-    assert len(_to(sink, "ops@example.org")) == 1, out.decode()
+    assert len(to(sink, "ops@example.org")) == 1, out.decode()
 
 
 async def test_a_held_campaign_expires_once_and_its_sender_is_told_once(make_daemon, sink, storage_toml):
@@ -230,13 +220,13 @@ async def test_a_low_credit_alert_from_two_nodes_at_once_is_said_once(make_daemo
         '[[subscriptions]]\nname = "t"\nto = ["team@example.org"]\nmode = "instant"\n',
         smtp_port=sink.port,
     )
-    await wait_for(lambda: _to(sink, "team@example.org"))  # the check at start
+    await wait_for(lambda: to(sink, "team@example.org"))  # the check at start
     other = _second_notifier(daemon)
     said = await asyncio.gather(*(n.check_credit(7.5) for n in (daemon.notifier, other, other)))
     assert said.count(True) == 1
-    await wait_for(lambda: len(_to(sink, "team@example.org")) == 2)
+    await wait_for(lambda: len(to(sink, "team@example.org")) == 2)
     await asyncio.sleep(0.3)
-    assert len(_to(sink, "team@example.org")) == 2
+    assert len(to(sink, "team@example.org")) == 2
 
 
 async def test_a_digest_watermark_moves_once_from_what_a_run_read(engine_store):
@@ -364,7 +354,7 @@ async def test_an_e_mail_delivered_longer_than_its_lease_is_not_taken_over_by_an
         f'[storage]\nurl = "{pg_url}"\npassword = "{PG_PASSWORD}"\n[smtp_out]\ntimeout = 10\n' + instant,
         smtp_port=sink.port,
     )
-    await _post(daemon, _reply(1))
+    await post(daemon, _reply(1))
     pending = "SELECT count(*) FROM outbox WHERE status = 'pending' AND claimed_by IS NOT NULL"
     await wait_for(lambda: daemon.store.read(lambda db: db.execute(pending).fetchone()[0]))  # being delivered
     other = outbox_mod.Outbox(daemon.config.smtp_out, daemon.store)
@@ -373,9 +363,9 @@ async def test_an_e_mail_delivered_longer_than_its_lease_is_not_taken_over_by_an
         for _ in range(25):
             other.wake()
             await asyncio.sleep(0.2)
-        await wait_for(lambda: _to(sink, "team@example.org"), timeout=15)
+        await wait_for(lambda: to(sink, "team@example.org"), timeout=15)
         await asyncio.sleep(1)
-        assert len(_to(sink, "team@example.org")) == 1
+        assert len(to(sink, "team@example.org")) == 1
     finally:
         await other.stop()
 

@@ -343,13 +343,10 @@ class SendQueue(Worker):
         room = WORKERS * 2 - len(self._inflight)
         idle = self.idle
         if self._claimed:
-            # Calls still in flight (a long retry) keep their claim: another daemon on the same database
-            # (PostgreSQL) takes over only the calls of one that stopped renewing, i.e. died. Only calls this
-            # daemon claimed: a row waiting for a worker may be a dead node's, to take over.
-            with contextlib.suppress(StoreError):  # the database is down: the calls go on, renewed once it is back
-                await self.store.write(
-                    partial(campaigns.renew_send_claims, send_ids=sorted(self._claimed), now=clock.iso()), small=True
-                )
+            # Calls still in flight (a long retry) keep their claim. Only calls this daemon claimed: a row
+            # waiting for a worker may be a dead node's, to take over.
+            renew = partial(campaigns.renew_send_claims, send_ids=sorted(self._claimed), now=clock.iso())
+            await self.renew_leases(renew, RENEW_EVERY)
         if room > 0:
             rows = await self.store.read(partial(_pending, exclude=self.busy, limit=room, campaign=self.only_campaign))
             for row in rows:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from functools import partial
 from typing import Any
@@ -39,6 +40,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._inflight: dict[int, asyncio.Task] = {}
+        self._renewed = 0.0  # time.monotonic() of the last lease renewal
 
     # ------------------------------------------------------------ lifecycle
 
@@ -110,6 +112,21 @@ class Worker:
         # Only now may the next claim pick the row again (one given back after an error, say).
         self._inflight.pop(row_id, None)
         self._wake.set()
+
+    async def renew_leases(self, write, every: float) -> None:
+        """Extend the leases of the rows this worker has in flight (`write`), about every `every` seconds.
+
+        Another daemon on the same database takes over only the rows of one that stopped renewing, i.e. died
+        (SPEC §8). Called at each pass, it writes at most twice per `every`, not at every wake: under a flood
+        the passes come many times a second. A database fault is let pass: the rows go on, and a later pass
+        renews them once it is back.
+        """
+        now = time.monotonic()
+        if now - self._renewed < every / 2:
+            return
+        self._renewed = now
+        with contextlib.suppress(StoreError):
+            await self.store.write(write, small=True)
 
     # ------------------------------------------------------------ rows that keep failing
 

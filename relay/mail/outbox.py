@@ -35,7 +35,7 @@ from relay.mail.render import POLICY
 from relay.metrics import Metrics
 from relay.statuses import Delivery
 from relay.storage import outbox as outbox_table
-from relay.storage.database import Connection, Store, StoreError
+from relay.storage.database import Connection, Store
 from relay.workers import Worker
 
 log = logging.getLogger("relay.outbox")
@@ -148,15 +148,14 @@ class Outbox(Worker):
             if count:
                 log.info("outbox: %d e-mails pending at start; delivering them now", count)
         if self._delivering:
-            until = clock.iso(clock.now() + timedelta(seconds=self._lease()))
-            ids = sorted(self._delivering)
-            with contextlib.suppress(StoreError):  # the database is down: renewed once it is back
-                await self.store.write(partial(outbox_table.renew_claims, ids=ids, until=until), small=True)
+            until = clock.iso(clock.now() + timedelta(seconds=LEASE))
+            renew = partial(outbox_table.renew_claims, ids=sorted(self._delivering), until=until)
+            await self.renew_leases(renew, RENEW_EVERY)
         free = CONCURRENCY - len(self._inflight)
         rows = []
         if free > 0:
             rows = await self.store.write(
-                partial(_claim, limit=free, lease=self._lease(), only=self.only, busy=self.busy)
+                partial(_claim, limit=free, lease=LEASE, only=self.only, busy=self.busy)
             )
         for row in rows:
             self._delivering.add(row["id"])
@@ -173,10 +172,6 @@ class Outbox(Worker):
         if self._inflight:  # deliveries under way: back soon to renew their leases
             wait = min(wait, RENEW_EVERY)
         return wait
-
-    def _lease(self) -> float:
-        """Seconds a claimed row is hidden from other claims; renewed while it is being delivered."""
-        return LEASE
 
     # ------------------------------------------------------------ one message
 

@@ -122,6 +122,7 @@ class Daemon:
         self.client = client_for(cfg.octopush, self.emulator.base_url if self.emulator else None)
         await self._up(self.client)
 
+        await asyncio.to_thread(self.renderer.warm)
         self.notifier = Notifier(cfg, self.store, self.outbox, self.renderer, contacts(self.groups), self.metrics)
         self.sender = SendQueue(
             self.store,
@@ -251,6 +252,7 @@ class Daemon:
             new = config_mod.load(self.config_path)
             groups = load_groups(new.groups, new.smtp_in.region, new.source)
             renderer = Renderer(new.templates_dir)
+            await asyncio.to_thread(renderer.warm)
         except Exception as exc:  # noqa: BLE001 - a reload never takes the daemon down
             log.error("reload refused, the running configuration stays: %s", exc)
             systemd.ready("reload refused")

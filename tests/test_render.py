@@ -6,6 +6,7 @@ import email
 import email.policy
 from datetime import UTC, datetime
 
+import jinja2
 import pytest
 
 from relay.mail.render import POLICY, Renderer, build_message, country_name, country_name_iso, intl, make_msgid
@@ -335,3 +336,30 @@ def test_an_overridden_template_is_always_rendered_in_full(tmp_path):
     values = event()
     assert custom.render_event("reply", values, "ops") == custom.render("reply", event=values, subscription="ops")
     assert custom.render_event("reply", values, "ops")[0] == "OK, SEE YOU AT 10 13\n"
+
+
+def test_warm_compiles_every_template_before_the_first_e_mail(caplog):
+    """Compiled at start (and reload), not on the event loop's first callbacks; skeletons render the same after."""
+    renderer = Renderer()
+    renderer.warm()
+    loaded = []
+    loader = renderer.env.loader  # the skeletons' environment shares it
+    get_source = loader.get_source
+    loader.get_source = lambda env, name: loaded.append(name) or get_source(env, name)
+    values = event()
+    digest = {"name": "ops", "count": 0, "summary": "-", "group_by": "date", "groups": [], "since": "-", "until": "-"}
+    renderer.render("digest", **digest)
+    assert renderer.render_event("reply", values, "ops") == renderer.render("reply", event=values, subscription="ops")
+    assert loaded == []  # nothing left to load or compile
+    assert "does not compile" not in caplog.text
+
+
+def test_warm_logs_a_broken_override_and_leaves_its_error_to_the_e_mail(tmp_path, caplog):
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "alert.txt").write_text("{% if %}\n")
+    custom = Renderer(tmp_path)
+    custom.warm()
+    assert "mail/alert.txt does not compile" in caplog.text
+    assert custom.render_event("reply", event(), "ops")  # the others work
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        custom.render("alert", text="x")

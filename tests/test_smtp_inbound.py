@@ -15,7 +15,7 @@ import aiosmtplib
 import pytest
 
 from relay import clock
-from relay.mail.smtp_inbound import SELF_SIGNED_KEY
+from relay.mail.smtp_inbound import SELF_SIGNED_KEY, FairReader
 from relay.passwords import make_hash
 from relay.storage import meta
 from tests.conftest import wait_for
@@ -451,3 +451,27 @@ async def test_the_confirmation_shows_what_the_sms_said_when_the_clean_up_left_t
     assert [s["text"] for s in sent(daemon) if "Rendez" in s["text"]] == ["Rendez-vous à 9h."]
     untouched = by_label["SMS sent: plain"].get_body(("plain",)).get_content()
     assert "Only your new words" not in untouched and "  > Nothing to leave out" in untouched
+
+
+async def test_a_long_data_lets_the_loop_run_between_slices():
+    """One socket read brings up to 256 KiB; aiosmtpd reads DATA from it line by line. The FairReader yields
+    to the loop every SLICE bytes, so callbacks are served while a large e-mail comes in (issue 14, HIGH 1)."""
+    reader = FairReader(limit=1001)
+    line = b"x" * 76 + b"\r\n"
+    count = 256 * 1024 // len(line)
+    reader.feed_data(line * count + b".\r\n")
+    turns = 0
+
+    async def tick():
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    started = turns
+    lines = [await reader.readuntil(b"\r\n") for _ in range(count + 1)]
+    ticker.cancel()
+    assert lines[-1] == b".\r\n" and len(b"".join(lines)) == count * len(line) + 3
+    assert turns - started >= count * len(line) // FairReader.SLICE - 1

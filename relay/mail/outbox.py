@@ -154,9 +154,7 @@ class Outbox(Worker):
         free = CONCURRENCY - len(self._inflight)
         rows = []
         if free > 0:
-            rows = await self.store.write(
-                partial(_claim, limit=free, lease=LEASE, only=self.only, busy=self.busy)
-            )
+            rows = await self.store.write(partial(_claim, limit=free, lease=LEASE, only=self.only, busy=self.busy))
         for row in rows:
             self._delivering.add(row["id"])
             self.spawn(row["id"], self._deliver(row))

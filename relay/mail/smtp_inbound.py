@@ -21,7 +21,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import getaddresses
 from functools import partial
 from pathlib import Path
 
@@ -34,19 +33,15 @@ from relay.guard import ConnectionCap, LoginGuard, printable
 from relay.mail import proof
 from relay.mail.offload import ChildParser
 from relay.mail.parsing import (
-    Body,
     NotOurDomain,
     Rejected,
-    Tags,
     extract_text,
-    header_text,
-    is_automatic,
     parse_message,
     parse_recipient,
-    parse_subject,
     sender_glob_allows,
 )
 from relay.mail.proof import NotProven
+from relay.mail.reading import address_of, read_message
 from relay.metrics import Metrics
 from relay.octopush.client import Recipient, with_stop_mention
 from relay.octopush.errors import ValidationError
@@ -79,8 +74,6 @@ NO_RECIPIENT = "554 5.5.1 No valid recipients"
 TRY_LATER = "451 4.3.0 The relay cannot store this message now; try again later"
 SESSION_OVER = "421 4.4.2 This session has lasted too long; reconnect to go on"
 TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections to this relay; try again later\r\n"
-# A message's MIME parts may nest this deep (real mail: under 10); deeper is refused as unreadable.
-MAX_DEPTH = 50
 DUPLICATE_WINDOW = timedelta(hours=24)
 # Up to this size an e-mail is parsed on the event loop (0.2-1 ms for real clients' mail; 8 ms for the worst
 # HTML we found): a worker thread's hand-off cost more. A larger one (HTML to text) is parsed in a thread,
@@ -137,12 +130,6 @@ def not_allowed(reason: str) -> str:
     return f"550 5.7.1 {ascii_line(reason)}"
 
 
-def address_of(text: str) -> str:
-    """The bare, lower-case address of a header or envelope value ("" when there is none)."""
-    pairs = getaddresses([text or ""])
-    return pairs[0][1].strip().lower() if pairs else ""
-
-
 @dataclass
 class Pending:
     """What MAIL and RCPT collected for this envelope: the login, numbers with their contact fields."""
@@ -150,6 +137,29 @@ class Pending:
     recipients: dict[str, Recipient] = field(default_factory=dict)
     login: str = ""
     approval: int | None = None  # an answer to an approval e-mail: the campaign it names
+
+
+class FairReader(asyncio.StreamReader):
+    """A StreamReader that lets the loop run between slices of a long DATA.
+
+    aiosmtpd reads DATA a line at a time from what one socket read brought (256 KiB, ~3,300 lines, ~15 ms of
+    work): the loop ran nothing else meanwhile, and a callback that needs a few turns of the loop waited
+    several such slices while a 5 MB e-mail came in. Yielding every 32 KiB bounds a slice to ~2 ms.
+    """
+
+    SLICE = 32768
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._unyielded = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        self._unyielded += len(line)
+        if self._unyielded >= self.SLICE:
+            self._unyielded = 0
+            await asyncio.sleep(0)
+        return line
 
 
 class RelaySMTP(SMTP):
@@ -167,6 +177,10 @@ class RelaySMTP(SMTP):
 
     def __init__(self, handler: Handler, *, listener: SmtpListener, **kwargs):
         super().__init__(handler, **kwargs)
+        # The same protocol, reading from a FairReader instead of the plain StreamReader aiosmtpd made.
+        asyncio.StreamReaderProtocol.__init__(
+            self, FairReader(limit=self.line_length_limit, loop=self.loop), self._cb_client_connected, self.loop
+        )
         self.listener = listener
         self._session_timer: asyncio.TimerHandle | None = None
         listener.cap.held += 1  # counted from its creation, so a burst of accepts cannot overshoot the cap
@@ -534,100 +548,6 @@ class Handler:
         return await self.listener.store.read(lookup)
 
 
-MAX_THREAD = 50  # Message-IDs of References kept: the chain's newest; a header can be as long as a message
-
-
-@dataclass
-class Parsed:
-    """What DATA needs from the message."""
-
-    message_id: str = ""
-    references: list[str] = field(default_factory=list)  # In-Reply-To and References, oldest first
-    thread: list[str] = field(default_factory=list)  # its References, else its In-Reply-To (RFC 5322 §3.6.4)
-    automatic: str | None = None
-    rejected: str | None = None
-    unreadable: str | None = None  # why the structure cannot be read: 554, never a retry
-    tags: Tags | None = None
-    body: Body | None = None
-
-
-def read_message(data: bytes, mail_from: str, region: str, *, own_address: str = "", own_domain: str = "") -> Parsed:
-    """What DATA needs, from a parse that cannot fail: a structure it cannot read is `unreadable`.
-
-    Reading the same bytes again gives the same result, so a failure here is answered 554 (permanent), not
-    a 4xx that the sender's MTA would retry for days.
-    """
-    try:
-        return _read_message(data, mail_from, region, own_address, own_domain)
-    except RecursionError:  # the stdlib parser recurses once per nesting level
-        return Parsed(unreadable="its MIME parts are nested too deep")
-    except Exception:  # noqa: BLE001 - any other parser failure on these bytes would recur at every retry
-        log.exception("cannot read a message's structure; answered 554")
-        return Parsed(unreadable="its structure is broken")
-
-
-def nests_deeper_than(data: bytes, limit: int) -> bool:
-    """Whether the raw message's multiparts may nest deeper than `limit`, told before the stdlib parser runs:
-    its cost grows with the depth squared (2 s of CPU for 1,000 levels), so a deep message is refused unparsed.
-
-    An upper bound from the bytes alone: each `boundary=` opens a level until its closing `--boundary--`
-    line (the parser's own errors and slowness stay the backstop for what this misses). Nearly all mail has
-    fewer `multipart/` mentions than `limit` and is not scanned at all.
-    """
-    if data.lower().count(b"multipart/") <= limit:
-        return False
-    stack: list[bytes] = []
-    for line in data.split(b"\n"):
-        found = line.lower().find(b"boundary")
-        value = line[found + 8 :].lstrip() if found >= 0 else b""
-        if value[:1] in (b"=", b"*"):  # `boundary=x`, `boundary = x` (the stdlib reads both), `boundary*0=x`
-            stack.append(value.partition(b"=")[2].strip().split(b";")[0].strip(b"\"' \t\r"))
-            if len(stack) > limit:
-                return True
-        elif line.startswith(b"--"):
-            closing = line.rstrip()[2:]
-            if closing.endswith(b"--") and closing[:-2] in stack:  # closes that level and every one inside it
-                while stack.pop() != closing[:-2]:
-                    pass
-    return False
-
-
-def mime_depth(msg) -> int:
-    """How deep the MIME parts nest, counted without recursion."""
-    deepest, stack = 0, [(msg, 1)]
-    while stack:
-        part, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if depth > MAX_DEPTH:
-            break
-        payload = part.get_payload() if part.is_multipart() else None
-        if isinstance(payload, list):
-            stack.extend((p, depth + 1) for p in payload)
-    return deepest
-
-
-def _read_message(data: bytes, mail_from: str, region: str, own_address: str, own_domain: str) -> Parsed:
-    if nests_deeper_than(data, MAX_DEPTH):
-        return Parsed(unreadable=f"its MIME parts are nested more than {MAX_DEPTH} deep")
-    msg = parse_message(data)
-    if mime_depth(msg) > MAX_DEPTH:
-        return Parsed(unreadable=f"its MIME parts are nested more than {MAX_DEPTH} deep")
-    automatic = is_automatic(msg, mail_from) or _from_ourselves(msg, mail_from, own_address, own_domain)
-    if automatic:
-        return Parsed(automatic=automatic)
-    parsed = Parsed(
-        message_id=header_text(msg, "Message-ID"),
-        references=f"{header_text(msg, 'In-Reply-To')} {header_text(msg, 'References')}".split(),
-        thread=(header_text(msg, "References") or header_text(msg, "In-Reply-To")).split()[-MAX_THREAD:],
-    )
-    try:
-        parsed.tags = parse_subject(header_text(msg, "Subject"), region=region)
-        parsed.body = extract_text(msg)
-    except Rejected as exc:
-        parsed.rejected = exc.reason
-    return parsed
-
-
 _APPROVAL = re.compile(r"approve-([0-9]{1,18})")
 APPROVE_WORDS = {"yes", "oui", "ok", "okay"}
 CANCEL_WORDS = {"no", "non"}
@@ -646,16 +566,6 @@ def first_word(text: str) -> str:
     """The answer's first word, lower-case, without punctuation: "Yes!" and "OK," read as yes and ok."""
     words = text.split(maxsplit=1)
     return words[0].strip(".,;:!?()\"'").lower() if words else ""
-
-
-def _from_ourselves(msg, mail_from: str, own_address: str, own_domain: str) -> str | None:
-    """Mail from the relay's own smtp_out.from address, or with a Message-ID in its domain: a loop."""
-    if own_address and own_address in (address_of(mail_from), address_of(header_text(msg, "From"))):
-        return f"sent from the relay's own address {own_address} (mail loop)"
-    message_id = header_text(msg, "Message-ID").strip().strip("<>").lower()
-    if own_domain and message_id.endswith("@" + own_domain):
-        return "a Message-ID this relay made (mail loop)"
-    return None
 
 
 class MailLoop(RelayError):

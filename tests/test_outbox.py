@@ -425,3 +425,73 @@ async def test_a_delivery_past_its_lease_is_not_claimed_again_by_its_own_process
     assert taken == [first, second]
     again = await store.write(lambda db: [r["id"] for r in claim(db, limit=10, lease=0, busy=[first])])
     assert again == [second]
+
+
+# ------------------------------------------------------------------ sessions kept open
+
+
+class SessionLog:
+    """A mail server's view of the outbox's sessions: each e-mail with its session, each QUIT; it may answer
+    421 (and the client then closes) to the MAIL of a session's e-mail after the `hang_up_after`th."""
+
+    def __init__(self, hang_up_after: int | None = None):
+        self.hang_up_after = hang_up_after
+        self.mails: list[int] = []  # id() of the session each accepted e-mail came on
+        self.quits = 0
+        self._count: dict[int, int] = {}
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self._count[id(session)] = self._count.get(id(session), 0) + 1
+        if self.hang_up_after is not None and self._count[id(session)] > self.hang_up_after:
+            return "421 4.7.0 Too many messages for this session, closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.mails.append(id(session))
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        self.quits += 1
+        return "221 Bye"
+
+
+async def deliver_one_by_one(store, box, count: int) -> list[dict]:
+    done = []
+    for _ in range(count):
+        outbox_id = await queue(store)
+        box.wake()
+        done.append(await status_is(store, outbox_id, "sent"))
+    return done
+
+
+async def test_e_mails_one_after_another_share_one_session(store, serve, make_outbox, tmp_path):
+    server = SessionLog()
+    box = make_outbox(smtp_out(tmp_path, await serve(server)))
+    await box.start()
+    await deliver_one_by_one(store, box, 5)
+    assert len(server.mails) == 5 and len(set(server.mails)) == 1  # one connect, EHLO and QUIT for five
+    await box.stop()
+    await wait_for(lambda: server.quits == 1)  # stopping says QUIT on the kept session
+
+
+async def test_a_kept_session_the_server_closed_is_replaced_at_once(store, serve, make_outbox, tmp_path):
+    server = SessionLog(hang_up_after=2)
+    box = make_outbox(smtp_out(tmp_path, await serve(server)))
+    await box.start()
+    done = await deliver_one_by_one(store, box, 5)
+    assert len(server.mails) == 5 and len(set(server.mails)) == 3  # 2 + 2 + 1 e-mails per session
+    assert [row["attempts"] for row in done] == [1] * 5  # the 421 cost no retry and no backoff
+    assert all(row["last_error"] is None for row in done)
+
+
+async def test_an_idle_session_is_closed_after_keep_open(store, serve, make_outbox, tmp_path, monkeypatch):
+    monkeypatch.setattr(outbox_mod, "KEEP_OPEN", 0.3)
+    server = SessionLog()
+    box = make_outbox(smtp_out(tmp_path, await serve(server)))
+    await box.start()
+    await deliver_one_by_one(store, box, 1)
+    await wait_for(lambda: server.quits == 1)  # the loop wakes to close it, with no e-mail to send
+    await deliver_one_by_one(store, box, 1)
+    assert len(set(server.mails)) == 2  # the next e-mail opened a new one

@@ -47,6 +47,7 @@ LEASE = 45.0
 RENEW_EVERY = LEASE / 3
 IDLE_WAIT = 60.0  # seconds between looks at the table when nothing is due (wake() cuts it short)
 STOP_GRACE = 10.0  # seconds stop() lets deliveries in flight finish
+KEEP_OPEN = 5.0  # seconds an idle session with the mail server is kept for the next e-mail
 
 
 def serialise(msg: EmailMessage) -> bytes:
@@ -104,6 +105,90 @@ def _classify_refusals(refused: dict[str, tuple[int, str]], recipients: Sequence
     return Outcome(Delivery.FAILED, detail)
 
 
+# ------------------------------------------------------------------ sessions with the mail server
+
+
+class Sessions:
+    """Sessions with the outgoing mail server, kept open from one e-mail to the next, as MTAs keep theirs.
+
+    A new session costs a TCP connect, the greeting, EHLO, STARTTLS and its TLS handshake, AUTH, and a QUIT at
+    the end; a kept one costs MAIL, RCPT and DATA. There is at most one per delivery in flight (CONCURRENCY),
+    and one idle for KEEP_OPEN seconds is closed: far sooner than a server drops an idle client (five
+    minutes, RFC 5321 §4.5.3.2.7).
+    """
+
+    def __init__(self, config: SmtpOut, tls_context: ssl.SSLContext | None):
+        self.config = config
+        self.tls_context = tls_context
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (session, time.monotonic() it was put back)
+        self._closing: set[asyncio.Task] = set()
+
+    async def take(self, *, new: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+        """An open session and whether it was kept from an earlier e-mail; `new`: never a kept one."""
+        now = time.monotonic()
+        while self._idle and not new:
+            session, since = self._idle.pop()
+            if session.is_connected and now - since < KEEP_OPEN:
+                return session, True
+            self._quit(session)
+        cfg = self.config
+        tls_context = None
+        if cfg.security in ("tls", "starttls"):
+            tls_context = self.tls_context or ssl.create_default_context()
+        session = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            username=cfg.username or None,
+            password=cfg.password or None,
+            use_tls=cfg.security == "tls",
+            # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
+            start_tls=cfg.security == "starttls",
+            tls_context=tls_context,
+            timeout=cfg.timeout,
+        )
+        await session.connect()
+        return session, False
+
+    def put_back(self, session: aiosmtplib.SMTP) -> None:
+        self._idle.append((session, time.monotonic()))
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def close_idle(self) -> None:
+        """QUIT the sessions idle for KEEP_OPEN seconds (the outbox's loop calls it when it wakes)."""
+        now = time.monotonic()
+        stale = [session for session, since in self._idle if now - since >= KEEP_OPEN]
+        self._idle = [(session, since) for session, since in self._idle if now - since < KEEP_OPEN]
+        for session in stale:
+            self._quit(session)
+
+    async def close(self) -> None:
+        for session, _ in self._idle:
+            self._quit(session)
+        self._idle = []
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _quit(self, session: aiosmtplib.SMTP) -> None:
+        """Say QUIT in the background (a slow server must not hold a delivery), else just close."""
+        if not session.is_connected:
+            session.close()
+            return
+        task = asyncio.create_task(self._polite_quit(session))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _polite_quit(session: aiosmtplib.SMTP) -> None:
+        try:
+            async with asyncio.timeout(2):
+                await session.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            session.close()
+
+
 # ------------------------------------------------------------------ the worker
 
 
@@ -138,10 +223,16 @@ class Outbox(Worker):
         # ends: a lease renewed after the settle would push a retry's backoff out to a whole lease.
         self._delivering: set[int] = set()
         self._envelope_from = email.utils.parseaddr(config.sender)[1] or config.sender
+        self._sessions = Sessions(config, tls_context)
 
     # ------------------------------------------------------------ the loop
 
+    async def stop(self, timeout: float | None = None) -> None:
+        await super().stop(timeout)
+        await self._sessions.close()
+
     async def run_once(self) -> float:
+        self._sessions.close_idle()
         if not self._released and self.only is None:
             count = await self.store.write(_release)
             self._released = True
@@ -169,6 +260,8 @@ class Outbox(Worker):
                 wait = min(wait, max(0.0, (clock.parse_iso(state["next"]) - clock.now()).total_seconds()))
         if self._inflight:  # deliveries under way: back soon to renew their leases
             wait = min(wait, RENEW_EVERY)
+        if self._sessions.idle:  # back to close the sessions no e-mail needed
+            wait = min(wait, KEEP_OPEN)
         return wait
 
     # ------------------------------------------------------------ one message
@@ -209,28 +302,10 @@ class Outbox(Worker):
         return await self._send_smtp(row["message"], recipients)
 
     async def _send_smtp(self, message: bytes, recipients: list[str]) -> Outcome:
-        cfg = self.config
-        security = cfg.security
-        tls_context = None
-        if security in ("tls", "starttls"):
-            tls_context = self.tls_context or ssl.create_default_context()
         try:
             # aiosmtplib's timeout is per command; this bounds the whole delivery within the row's lease.
-            async with asyncio.timeout(cfg.timeout * 4):
-                refused, _ = await aiosmtplib.send(
-                    message,
-                    sender=self._envelope_from,
-                    recipients=recipients,
-                    hostname=cfg.host,
-                    port=cfg.port,
-                    username=cfg.username or None,
-                    password=cfg.password or None,
-                    use_tls=security == "tls",
-                    # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
-                    start_tls=security == "starttls",
-                    tls_context=tls_context,
-                    timeout=cfg.timeout,
-                )
+            async with asyncio.timeout(self.config.timeout * 4):
+                refused = await self._sendmail(message, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return _classify_refusals({e.recipient: (e.code, e.message) for e in exc.recipients}, recipients)
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -246,6 +321,30 @@ class Outbox(Worker):
         if refused:
             return _classify_refusals({r: (resp.code, resp.message) for r, resp in refused.items()}, recipients)
         return Outcome(Delivery.SENT)
+
+    async def _sendmail(self, message: bytes, recipients: list[str]) -> dict:
+        """Send on a kept session, else a new one; the refused recipients. A kept session the server closed
+        meanwhile (it hung up, or answered 421) is replaced by a new one at once, once: a retry after a backoff
+        would resend the same way, only later. A session that failed otherwise is closed, never kept."""
+        session, kept = await self._sessions.take()
+        try:
+            refused, _ = await session.sendmail(self._envelope_from, recipients, message)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            session.close()
+            closed = isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)) or getattr(exc, "code", 0) == 421
+            if not (kept and closed):
+                raise
+            session, _ = await self._sessions.take(new=True)
+            try:
+                refused, _ = await session.sendmail(self._envelope_from, recipients, message)
+            except BaseException:
+                session.close()
+                raise
+        except BaseException:
+            session.close()
+            raise
+        self._sessions.put_back(session)
+        return refused
 
     def _count(self, row: dict, final: dict, outcome: Outcome, seconds: float) -> None:
         kind = row["kind"] or "other"

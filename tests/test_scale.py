@@ -88,10 +88,22 @@ def test_purge_batches_delete_exactly_the_old_rows_and_each_stays_small(tmp_path
 
 
 def _counts_are_exact(db) -> None:
-    """The counts the triggers keep equal a count of the rows."""
+    """The counts the triggers keep equal a count of the rows, and the summary read from them equals one scan."""
     kept = {(k, c): n for k, c, n in db.execute("SELECT kind, country, n FROM callback_counts WHERE n != 0")}
     actual = db.execute("SELECT kind, coalesce(country, ''), count(*) FROM callbacks GROUP BY 1, 2").fetchall()
     assert kept == {(k, c): n for k, c, n in actual}
+    numbers = db.execute("SELECT country, number, n FROM reply_numbers ORDER BY 1, 2").fetchall()
+    actual = db.execute(
+        "SELECT coalesce(country, ''), number, count(*) FROM callbacks WHERE kind = 'reply' AND number IS NOT NULL "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    assert [tuple(r) for r in numbers] == [tuple(r) for r in actual]  # and no row left at 0
+    # since="0" makes country_summary count every reply itself; without filters it reads the kept counts.
+    assert callbacks.country_summary(db) == callbacks.country_summary(db, since="0")
+    for country in ("DE", "FR", callbacks.NO_COUNTRY):
+        assert callbacks.country_summary(db, country=country) == callbacks.country_summary(
+            db, country=country, since="0"
+        )
 
 
 def test_reply_counts_follow_inserts_updates_deletes_and_migration(tmp_path):
@@ -100,14 +112,20 @@ def test_reply_counts_follow_inserts_updates_deletes_and_migration(tmp_path):
     db = connect(path)
     _fill(db.conn, 40)
     db.execute("UPDATE callbacks SET country = 'DE' WHERE id % 3 = 0")
+    db.execute("UPDATE callbacks SET country = 'FR', occurred_at = ? WHERE id % 3 = 1", [NEW])
+    db.execute("UPDATE callbacks SET number = '+3360000000' || (id % 4) WHERE id % 2 = 0")
     db.execute("UPDATE callbacks SET kind = 'stop' WHERE id % 5 = 0")
+    db.execute("UPDATE callbacks SET country = country WHERE id % 6 = 0")  # an update that changes nothing
     db.execute("DELETE FROM callbacks WHERE id % 4 = 0")
     _counts_are_exact(db)
-    # The migration counts what an older database holds.
+    # The migrations count what an older database holds.
     db.execute("DROP TABLE callback_counts")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm012_callback_counts'")
+    db.execute("DROP TABLE reply_numbers")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name IN ('m012_callback_counts', 'm014_reply_numbers')")
     for trigger in ("insert", "delete", "update"):
         db.execute(f"DROP TRIGGER callback_counts_{trigger}")
+    for trigger in ("insert", "delete", "update_old", "update_new"):
+        db.execute(f"DROP TRIGGER reply_numbers_{trigger}")
     db.close()
     migrate(path)
     db = connect(path)
@@ -265,3 +283,38 @@ async def test_the_daemons_purge_runs_batch_after_batch_to_the_end(make_daemon):
         lambda db: db.execute("SELECT count(*) FROM callbacks WHERE received_at = ? AND routed = 1", [OLD]).fetchone()
     )
     assert left[0] == 0
+
+
+def test_the_country_chart_reads_its_window_and_totals_every_reply(tmp_path):
+    """Only the newest MAX_DAYS days are read and drawn; the legend counts every reply, and says older days exist."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from relay.templating import country_label
+    from relay.web import chart, pages
+
+    path = tmp_path / "c.db"
+    migrate(path)
+    db = connect(path)
+    start = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    for day in range(200):
+        at = clock.iso(start + timedelta(days=day))
+        for j, country in enumerate(("FR", "DE", "GB") if day % 2 else ("FR",)):
+            db.execute(
+                "INSERT INTO callbacks (kind, dedup_key, number, country, text, received_at, occurred_at, routed) "
+                "VALUES ('reply', ?, ?, ?, 'x', ?, ?, 1)",
+                [f"k{day}-{j}", f"+336000{j:05d}", country, at, at],
+            )
+    graph = pages.load_replies(db, f=pages.ReplyFilter(view="country"), tz=ZoneInfo("Europe/Paris"))["chart"]
+    assert graph.days == chart.MAX_DAYS and graph.truncated
+    assert graph.last == (start + timedelta(days=199)).date()
+    assert {label: n for _, label, n in graph.legend} == {
+        country_label("FR"): 200,
+        country_label("DE"): 100,
+        country_label("GB"): 100,
+    }
+    assert sum(1 for bar in graph.bars if bar.title.endswith(f"{country_label('FR')}, 1")) == chart.MAX_DAYS
+    # One country's view: its own span and totals.
+    one = pages.load_replies(db, f=pages.ReplyFilter(view="country", country="DE"), tz=ZoneInfo("Europe/Paris"))
+    assert {label: n for _, label, n in one["chart"].legend} == {country_label("DE"): 100}
+    db.close()

@@ -256,12 +256,48 @@ class CountrySummary(TypedDict):
 
 
 def country_summary(db: Connection, **filters: Any) -> list[CountrySummary]:
-    """Per country under the reply filters: replies, distinct numbers, last reply; most replies first."""
+    """Per country under the reply filters: replies, distinct numbers, last reply; most replies first.
+
+    Unfiltered, or for one country, from the counts the triggers keep (m012, m014) and the last reply read from
+    the end of (kind, country, occurred_at): no reply is read. A text or number filter reads the matching ones.
+    """
+    if not (filters.get("text") or filters.get("number") or filters.get("since") or filters.get("until")):
+        return _kept_summary(db, filters.get("country"))
     where, params = _reply_filter(db, **filters)
     sql = f"""SELECT coalesce(cb.country, '') AS country, count(*) AS replies, count(DISTINCT cb.number) AS numbers,
                      max(cb.occurred_at) AS last_at
               FROM callbacks cb WHERE {where} GROUP BY 1 ORDER BY replies DESC, country"""
     return [CountrySummary(**r) for r in db.query(sql, params)]
+
+
+def _kept_summary(db: Connection, country: str | None) -> list[CountrySummary]:
+    numbers = dict(db.execute("SELECT country, count(*) FROM reply_numbers GROUP BY country").fetchall())
+    found = []
+    for code, replies in reply_counts(db):
+        if country and code != ("" if country == NO_COUNTRY else country.upper()):
+            continue
+        found.append(
+            CountrySummary(country=code, replies=replies, numbers=numbers.get(code, 0), last_at=_last_reply(db, code))
+        )
+    return sorted(found, key=lambda r: (-r["replies"], r["country"]))
+
+
+def _last_reply(db: Connection, country: str) -> str | None:
+    """The newest reply's occurred_at in `country` ('' for none: stored as '' or NULL), from the index's end."""
+    sql = "SELECT max(occurred_at) FROM callbacks WHERE kind = 'reply' AND country "
+    found = [db.execute(sql + "= ?", [country]).fetchone()[0]]
+    if not country:
+        found.append(db.execute(sql + "IS NULL").fetchone()[0])
+    return max((at for at in found if at), default=None)
+
+
+def reply_span(db: Connection, **filters: Any) -> tuple[str | None, str | None]:
+    """The first and last reply's occurred_at under the reply filters; by index alone without a text or number."""
+    where, params = _reply_filter(db, **filters)
+    # Two queries: SQLite reads a lone min() or max() from the end of an index, not both in one SELECT.
+    first = db.execute(f"SELECT min(cb.occurred_at) FROM callbacks cb WHERE {where}", params).fetchone()[0]
+    last = db.execute(f"SELECT max(cb.occurred_at) FROM callbacks cb WHERE {where}", params).fetchone()[0]
+    return first, last
 
 
 def reply_hours(db: Connection, **filters: Any) -> list[tuple[str, str, int]]:

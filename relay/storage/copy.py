@@ -15,9 +15,10 @@ from relay.errors import RelayError
 from relay.storage.database import Connection
 
 BATCH = 1000  # rows read from SQLite at a time
-# Kept by triggers on both engines (`callback_counts`: replies per kind and country): the target's own triggers
+# Kept by triggers on both engines (`callback_counts`: callbacks per kind and country; `reply_numbers`: replies
+# per country and number): the target's own triggers
 # rebuild it from the copied callbacks, and the verification compares it with the source's all the same.
-DERIVED = ("callback_counts",)
+DERIVED = ("callback_counts", "reply_numbers")
 # Bookkeeping of each engine's migrations: the target has its own.
 OWN_BOOKKEEPING = ("_sqlite_migrations", "octorelay_migrations")
 

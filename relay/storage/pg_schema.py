@@ -138,3 +138,44 @@ def m013_claims(db) -> None:
         ALTER TABLE outbox ADD COLUMN claimed_by {T}
         """,
     )
+
+
+@step
+def m014_reply_numbers(db) -> None:
+    """Replies per country and number, kept by a trigger (schema.py's m014_reply_numbers)."""
+    _run(
+        db,
+        """
+        CREATE TABLE reply_numbers (
+            country {T} NOT NULL, number {T} NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (country, number)
+        );
+        INSERT INTO reply_numbers (country, number, n)
+            SELECT coalesce(country, ''), number, count(*) FROM callbacks
+            WHERE kind = 'reply' AND number IS NOT NULL GROUP BY 1, 2
+        """,
+    )
+    db.execute(
+        """CREATE FUNCTION reply_numbers_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.kind = 'reply' AND OLD.number IS NOT NULL THEN
+                   UPDATE reply_numbers SET n = n - 1 WHERE country = coalesce(OLD.country, '') AND number = OLD.number;
+                   DELETE FROM reply_numbers
+                   WHERE country = coalesce(OLD.country, '') AND number = OLD.number AND n <= 0;
+               END IF;
+               IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.kind = 'reply' AND NEW.number IS NOT NULL THEN
+                   INSERT INTO reply_numbers (country, number, n) VALUES (coalesce(NEW.country, ''), NEW.number, 1)
+                   ON CONFLICT (country, number) DO UPDATE SET n = reply_numbers.n + 1;
+               END IF;
+               RETURN NULL;
+           END $$"""
+    )
+    db.execute(
+        """CREATE TRIGGER reply_numbers_insert AFTER INSERT OR DELETE ON callbacks
+           FOR EACH ROW EXECUTE FUNCTION reply_numbers_keep()"""
+    )
+    db.execute(
+        """CREATE TRIGGER reply_numbers_update AFTER UPDATE OF kind, country, number ON callbacks
+           FOR EACH ROW WHEN (OLD.kind IS DISTINCT FROM NEW.kind OR OLD.country IS DISTINCT FROM NEW.country
+                              OR OLD.number IS DISTINCT FROM NEW.number)
+           EXECUTE FUNCTION reply_numbers_keep()"""
+    )

@@ -302,3 +302,39 @@ def m013_claims(db: Database) -> None:
     db["sends"].add_column("claimed_by", str)  # the daemon (host:pid) calling Octopush for it
     db["sends"].add_column("claimed_until", str)  # UTC ISO: past this, another daemon may take it over
     db["outbox"].add_column("claimed_by", str)  # the daemon delivering it (its lease is next_attempt_at)
+
+
+@migrations()
+def m014_reply_numbers(db: Database) -> None:
+    """Replies per country and number, kept by triggers: the country view's "Numbers" column without a scan.
+
+    Counting distinct numbers per country sorted every reply (420 ms at 300,000 callbacks, on every view of the
+    page); this table has a row per number that replied, and a row goes when its last reply does, so a copy
+    to PostgreSQL finds the same rows. (pg_schema.py: the same in plpgsql.)
+    """
+    db.execute(
+        """CREATE TABLE reply_numbers (country TEXT NOT NULL, number TEXT NOT NULL, n INTEGER NOT NULL,
+                                       PRIMARY KEY (country, number)) WITHOUT ROWID"""
+    )
+    db.execute(
+        """INSERT INTO reply_numbers (country, number, n)
+           SELECT coalesce(country, ''), number, count(*) FROM callbacks
+           WHERE kind = 'reply' AND number IS NOT NULL GROUP BY 1, 2"""
+    )
+    add = """INSERT INTO reply_numbers (country, number, n) VALUES (coalesce(new.country, ''), new.number, 1)
+             ON CONFLICT (country, number) DO UPDATE SET n = n + 1;"""
+    drop = """UPDATE reply_numbers SET n = n - 1 WHERE country = coalesce(old.country, '') AND number = old.number;
+              DELETE FROM reply_numbers WHERE country = coalesce(old.country, '') AND number = old.number AND n <= 0;"""
+    adds = "new.kind = 'reply' AND new.number IS NOT NULL"
+    drops = "old.kind = 'reply' AND old.number IS NOT NULL"
+    db.execute(f"CREATE TRIGGER reply_numbers_insert AFTER INSERT ON callbacks WHEN {adds} BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER reply_numbers_delete AFTER DELETE ON callbacks WHEN {drops} BEGIN {drop} END")
+    # An update that moves a reply (its kind, country or number) is a delete and an insert.
+    db.execute(
+        f"CREATE TRIGGER reply_numbers_update_old AFTER UPDATE OF kind, country, number ON callbacks WHEN {drops} "
+        f"BEGIN {drop} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER reply_numbers_update_new AFTER UPDATE OF kind, country, number ON callbacks WHEN {adds} "
+        f"BEGIN {add} END"
+    )

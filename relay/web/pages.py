@@ -108,18 +108,29 @@ def load_replies(db: Connection, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     view's sections: one pass over the matching replies, not one per question.
     """
     filters = f.filters()
-    menu = callbacks.country_counts(db, **{**filters, "country": None})
+    summary: list[dict] = []
+    if f.view == "country":
+        summary = callbacks.country_summary(db, **filters)
+    if summary and not f.country:  # the same counts: a search reads the replies once, not twice
+        menu = [(r["country"], r["replies"]) for r in summary]
+    else:
+        menu = callbacks.country_counts(db, **{**filters, "country": None})
     counts = dict(menu)
     total = counts.get(f.country, 0) if f.country else sum(counts.values())
     offset = (f.page - 1) * PAGE_SIZE
     sections: list[Section] = []
-    summary: list[dict] = []
     graph = None
     if f.view == "country":
-        summary = callbacks.country_summary(db, **filters)
-        graph = chart.build(
-            callbacks.reply_hours(db, **filters), tz, {r["country"]: country_label(r["country"]) for r in summary}
-        )
+        first, last = callbacks.reply_span(db, **filters)
+        if last is not None:
+            # The hours of the chart's window only, ranked and totalled by the summary's counts.
+            graph = chart.build(
+                callbacks.reply_hours(db, **filters, since=chart.window_start(last, tz)),
+                tz,
+                {r["country"]: country_label(r["country"]) for r in summary},
+                totals={r["country"]: r["replies"] for r in summary},
+                earliest=first,
+            )
         order = [(f.country, total)] if f.country else menu
         for row in callbacks.replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):
             if not sections or sections[-1].key != row["country"]:

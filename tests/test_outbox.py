@@ -431,11 +431,13 @@ async def test_a_delivery_past_its_lease_is_not_claimed_again_by_its_own_process
 
 
 class SessionLog:
-    """A mail server's view of the outbox's sessions: each e-mail with its session, each QUIT; it may answer
-    421 (and the client then closes) to the MAIL of a session's e-mail after the `hang_up_after`th."""
+    """A mail server's view of the outbox's sessions: each e-mail with its session, each QUIT; it may refuse
+    (`answer`: 421 and the client closes, or another 4xx) the MAIL of a session's e-mail after the
+    `hang_up_after`th."""
 
-    def __init__(self, hang_up_after: int | None = None):
+    def __init__(self, hang_up_after: int | None = None, answer: str = "421 4.7.0 Too many messages, closing"):
         self.hang_up_after = hang_up_after
+        self.answer = answer
         self.mails: list[int] = []  # id() of the session each accepted e-mail came on
         self.quits = 0
         self._count: dict[int, int] = {}
@@ -443,7 +445,7 @@ class SessionLog:
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self._count[id(session)] = self._count.get(id(session), 0) + 1
         if self.hang_up_after is not None and self._count[id(session)] > self.hang_up_after:
-            return "421 4.7.0 Too many messages for this session, closing"
+            return self.answer
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -476,13 +478,16 @@ async def test_e_mails_one_after_another_share_one_session(store, serve, make_ou
     await wait_for(lambda: server.quits == 1)  # stopping says QUIT on the kept session
 
 
-async def test_a_kept_session_the_server_closed_is_replaced_at_once(store, serve, make_outbox, tmp_path):
-    server = SessionLog(hang_up_after=2)
+@pytest.mark.parametrize(
+    "answer", ["421 4.7.0 Too many messages, closing", "452 4.5.3 Too many messages in this session"]
+)
+async def test_a_kept_session_the_server_refuses_is_replaced_at_once(store, serve, make_outbox, tmp_path, answer):
+    server = SessionLog(hang_up_after=2, answer=answer)
     box = make_outbox(smtp_out(tmp_path, await serve(server)))
     await box.start()
     done = await deliver_one_by_one(store, box, 5)
     assert len(server.mails) == 5 and len(set(server.mails)) == 3  # 2 + 2 + 1 e-mails per session
-    assert [row["attempts"] for row in done] == [1] * 5  # the 421 cost no retry and no backoff
+    assert [row["attempts"] for row in done] == [1] * 5  # the refused MAIL cost no retry and no backoff
     assert all(row["last_error"] is None for row in done)
 
 

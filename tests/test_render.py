@@ -357,9 +357,12 @@ def test_warm_compiles_every_template_before_the_first_e_mail(caplog):
 def test_warm_logs_a_broken_override_and_leaves_its_error_to_the_e_mail(tmp_path, caplog):
     (tmp_path / "mail").mkdir()
     (tmp_path / "mail" / "alert.txt").write_text("{% if %}\n")
+    (tmp_path / "mail" / ".reply.txt.swp").write_bytes(b"b0VIM 9.0\x00\xff\xfe")  # an editor's swap file
+    (tmp_path / "mail" / "reply.txt~").write_bytes(b"\xff\xfe")
     custom = Renderer(tmp_path)
     custom.warm()
     assert "mail/alert.txt does not compile" in caplog.text
+    assert "swp" not in caplog.text and "~" not in caplog.text  # not templates: not read
     assert custom.render_event("reply", event(), "ops")  # the others work
     with pytest.raises(jinja2.TemplateSyntaxError):
         custom.render("alert", text="x")

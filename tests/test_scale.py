@@ -318,3 +318,29 @@ def test_the_country_chart_reads_its_window_and_totals_every_reply(tmp_path):
     one = pages.load_replies(db, f=pages.ReplyFilter(view="country", country="DE"), tz=ZoneInfo("Europe/Paris"))
     assert {label: n for _, label, n in one["chart"].legend} == {country_label("DE"): 100}
     db.close()
+
+
+def test_the_chart_window_keeps_whole_days_in_a_half_hour_zone(tmp_path):
+    """Asia/Kolkata is UTC+5:30: the chart buckets whole UTC hours, so its window starts on a whole hour too and
+    its first bar holds a whole day of replies, like the others."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from relay.web import chart, pages
+
+    path = tmp_path / "c.db"
+    migrate(path)
+    db = connect(path)
+    start = datetime(2026, 8, 1, 0, 40, tzinfo=UTC)
+    for hour in range(70 * 24 + 19):  # the newest reply at 18:40Z, i.e. 00:10 on the next local day
+        at = clock.iso(start + timedelta(hours=hour))
+        db.execute(
+            "INSERT INTO callbacks (kind, dedup_key, number, country, text, received_at, occurred_at, routed) "
+            "VALUES ('reply', ?, '+33600000001', 'FR', 'x', ?, ?, 1)",
+            [f"k{hour}", at, at],
+        )
+    graph = pages.load_replies(db, f=pages.ReplyFilter(view="country"), tz=ZoneInfo("Asia/Kolkata"))["chart"]
+    per_bar = [int(bar.title.rsplit(", ", 1)[1]) for bar in graph.bars]
+    assert graph.days == chart.MAX_DAYS == len(per_bar)
+    assert per_bar[:-1] == [24] * (chart.MAX_DAYS - 1)  # the newest day has only begun
+    db.close()

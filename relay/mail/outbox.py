@@ -146,7 +146,11 @@ class Sessions:
             tls_context=tls_context,
             timeout=cfg.timeout,
         )
-        await session.connect()
+        try:
+            await session.connect()
+        except BaseException:  # a timeout or a cancel during the greeting, STARTTLS or AUTH: no open socket left
+            session.close()
+            raise
         return session, False
 
     def put_back(self, session: aiosmtplib.SMTP) -> None:
@@ -323,16 +327,21 @@ class Outbox(Worker):
         return Outcome(Delivery.SENT)
 
     async def _sendmail(self, message: bytes, recipients: list[str]) -> dict:
-        """Send on a kept session, else a new one; the refused recipients. A kept session the server closed
-        meanwhile (it hung up, or answered 421) is replaced by a new one at once, once: a retry after a backoff
-        would resend the same way, only later. A session that failed otherwise is closed, never kept."""
+        """Send on a kept session, else a new one; the refused recipients. A session that failed is closed,
+        never kept.
+
+        A kept session whose MAIL FROM the server refused for now (421 closing, or a 4xx such as "too many
+        messages in this session") is replaced by a new one at once: nothing of the message was sent. Any
+        other failure (a hang-up or a timeout after MAIL FROM: the server may have the message) is retried
+        after the backoff, as on a new session. A session the server closed while it was idle is never
+        taken: it reads as not connected.
+        """
         session, kept = await self._sessions.take()
         try:
             refused, _ = await session.sendmail(self._envelope_from, recipients, message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             session.close()
-            closed = isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)) or getattr(exc, "code", 0) == 421
-            if not (kept and closed):
+            if not (kept and isinstance(exc, aiosmtplib.SMTPSenderRefused) and 400 <= exc.code < 500):
                 raise
             session, _ = await self._sessions.take(new=True)
             try:

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
-import jinja2
 from markupsafe import Markup, escape
 
 # The formatting helpers are the templates' filters; those callers use are importable from here too.
@@ -67,7 +66,7 @@ class Renderer:
         that renders it: under load, callbacks then waited for the loop that long. A template that does not
         compile is only logged here; rendering it reports the error where it is used, as before.
         """
-        names = self.env.list_templates(filter_func=lambda name: name.startswith("mail/"))
+        names = self.env.list_templates(filter_func=_is_mail_template)
         envs = [(self.env, names)]
         if self._skeletons is not None:
             envs.append((self._skeletons.marking, [f"mail/{name}" for name in SKELETON_TEMPLATES]))
@@ -75,7 +74,7 @@ class Renderer:
             for name in templates:
                 try:
                     env.get_template(name)
-                except jinja2.TemplateError as exc:
+                except Exception as exc:  # noqa: BLE001 - syntax, encoding, permissions: never a reason not to start
                     log.warning("e-mail template %s does not compile: %s", name, exc)
 
     def render(self, template: str, /, **context) -> tuple[str, str]:
@@ -101,6 +100,12 @@ class Renderer:
             if filled is not None:
                 return filled
         return self.render(template, event=event, subscription=subscription)
+
+
+def _is_mail_template(name: str) -> bool:
+    """An e-mail template: not an editor's swap or backup file left beside one in an override directory."""
+    folder, _, base = name.rpartition("/")
+    return folder == "mail" and not base.startswith(".") and base.endswith((".txt", ".html"))
 
 
 # The templates whose skeletons are used: the instant notification's, with what they include.

@@ -142,10 +142,12 @@ def m013_claims(db) -> None:
 
 @step
 def m014_reply_numbers(db) -> None:
-    """Replies per country and number, kept by a trigger (schema.py's m014_reply_numbers)."""
+    """Replies per country and number, kept by a trigger (schema.py's m014_reply_numbers). Another node may be
+    storing callbacks meanwhile: the lock holds its inserts until the trigger exists, so none is missed."""
     _run(
         db,
         """
+        LOCK TABLE callbacks IN SHARE ROW EXCLUSIVE MODE;
         CREATE TABLE reply_numbers (
             country {T} NOT NULL, number {T} NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (country, number)
         );

@@ -59,8 +59,11 @@ def window_start(last: str, tz: ZoneInfo) -> str:
     Only these hours are read and grouped; two years of replies made 250,000 (hour, country) groups at 300,000
     callbacks, and the page took a second.
     """
-    day = clock.parse_iso(last).astimezone(tz).date() - timedelta(days=MAX_DAYS - 1)
-    return clock.iso(datetime.combine(day, time(), tz).astimezone(UTC))
+    # The day `build` puts the newest reply's hour in, and the window's first day's midnight floored to a
+    # whole UTC hour (half-hour zones): `build` buckets whole hours, and drops the part before that day.
+    newest = clock.parse_iso(last[:13] + ":00:00+00:00").astimezone(tz).date()
+    midnight = datetime.combine(newest - timedelta(days=MAX_DAYS - 1), time(), tz).astimezone(UTC)
+    return clock.iso(midnight.replace(minute=0, second=0, microsecond=0))
 
 
 def build(

@@ -146,6 +146,16 @@ def summarise(path: Path, top: int = 25):
     }
 
 
+def print_profile(prof: dict, under: str, *, self_top: int = 20, inclusive_top: int = 30) -> None:
+    """`summarise`'s result as the scripts print it: threads, then the top functions by self and inclusive share."""
+    total = prof["total"]
+    print(f"\npy-spy profile of the daemon under {under} ({total} samples):")
+    print("threads:", ", ".join(f"{t} {n / total:.0%}" for t, n in prof["threads"]))
+    if self_top:
+        print(c.table([[f, n / total * 100] for f, n in prof["self"][:self_top]], ["self time: function", "%"]))
+    print(c.table([[f, n / total * 100] for f, n in prof["inclusive"][:inclusive_top]], ["inclusive: function", "%"]))
+
+
 def _short(frame: str) -> str:
     # "func (path/to/file.py:123)" -> "func (file.py:123)"
     name, _, where = frame.partition(" (")
@@ -395,10 +405,7 @@ async def main() -> int:
     print()
     print(c.table([[n, v, t, c.verdict(ok)] for n, v, t, ok in checks], ["target", "measured", "target", "verdict"]))
     if prof:
-        print(f"\npy-spy profile of the daemon under closed-loop load ({prof['total']} samples, all threads):")
-        print("threads:", ", ".join(f"{t} {n / prof['total']:.0%}" for t, n in prof["threads"]))
-        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["self"][:20]], ["self time: function", "%"]))
-        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["inclusive"][:30]], ["inclusive: function", "%"]))
+        print_profile(prof, "closed-loop load, all threads")
     c.save(
         "callbacks",
         {"medians": med, "runs": results, "paced": pace, "wrk": by_wrk, "checks": checks, "profile": prof},

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
-from callbacks import WRK_SCRIPT, profile, wrk  # noqa: E402
+from callbacks import WRK_SCRIPT, print_profile, profile, wrk  # noqa: E402
 
 
 def fill_history(db_path: Path, count: int) -> float:
@@ -254,10 +254,7 @@ async def main() -> int:
     print()
     print(c.table([[n, v, t, c.verdict(ok)] for n, v, t, ok in checks], ["target", "measured", "target", "verdict"]))
     if prof:
-        print(f"\npy-spy profile of the daemon under wrk ({prof['total']} samples{', GIL only' if args.gil else ''}):")
-        print("threads:", ", ".join(f"{t} {n / prof['total']:.0%}" for t, n in prof["threads"]))
-        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["self"][:20]], ["self time: function", "%"]))
-        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["inclusive"][:30]], ["inclusive: function", "%"]))
+        print_profile(prof, "wrk, GIL only" if args.gil else "wrk")
     c.save("instant", {"medians": med, "runs": runs, "paced": paced, "order": order, "checks": checks}, args.json)
     return 0 if all(ok for *_, ok in checks) else 1
 

@@ -164,9 +164,9 @@ async def main() -> int:
     print()
     print(c.table([[n, v, t, c.verdict(ok)] for n, v, t, ok in checks], ["target", "measured", "target", "verdict"]))
     if prof:
-        print(f"\npy-spy profile of the daemon under SMTP load ({prof['total']} samples):")
-        print("threads:", ", ".join(f"{t} {n / prof['total']:.0%}" for t, n in prof["threads"]))
-        print(c.table([[f, n / prof["total"] * 100] for f, n in prof["inclusive"][:40]], ["inclusive: function", "%"]))
+        from callbacks import print_profile
+
+        print_profile(prof, "SMTP load", self_top=0, inclusive_top=40)
     c.save("smtp_in", {"medians": med, "runs": results, "drain_s": drains, "checks": checks}, args.json)
     return 0 if all(ok for *_, ok in checks) else 1
 

@@ -119,6 +119,9 @@ class Sessions:
 
     def __init__(self, config: SmtpOut, tls_context: ssl.SSLContext | None):
         self.config = config
+        # Made once, not at every new session: loading the system's CA certificates takes milliseconds.
+        if tls_context is None and config.security in ("tls", "starttls"):
+            tls_context = ssl.create_default_context()
         self.tls_context = tls_context
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (session, time.monotonic() it was put back)
         self._closing: set[asyncio.Task] = set()
@@ -132,9 +135,6 @@ class Sessions:
                 return session, True
             self._quit(session)
         cfg = self.config
-        tls_context = None
-        if cfg.security in ("tls", "starttls"):
-            tls_context = self.tls_context or ssl.create_default_context()
         session = aiosmtplib.SMTP(
             hostname=cfg.host,
             port=cfg.port,
@@ -143,7 +143,7 @@ class Sessions:
             use_tls=cfg.security == "tls",
             # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
             start_tls=cfg.security == "starttls",
-            tls_context=tls_context,
+            tls_context=self.tls_context if cfg.security in ("tls", "starttls") else None,
             timeout=cfg.timeout,
         )
         try:
@@ -163,10 +163,13 @@ class Sessions:
     def close_idle(self) -> None:
         """QUIT the sessions idle for KEEP_OPEN seconds (the outbox's loop calls it when it wakes)."""
         now = time.monotonic()
-        stale = [session for session, since in self._idle if now - since >= KEEP_OPEN]
-        self._idle = [(session, since) for session, since in self._idle if now - since < KEEP_OPEN]
-        for session in stale:
-            self._quit(session)
+        kept = []
+        for session, since in self._idle:
+            if now - since < KEEP_OPEN:
+                kept.append((session, since))
+            else:
+                self._quit(session)
+        self._idle = kept
 
     async def close(self) -> None:
         for session, _ in self._idle:
@@ -337,23 +340,17 @@ class Outbox(Worker):
         taken: it reads as not connected.
         """
         session, kept = await self._sessions.take()
-        try:
-            refused, _ = await session.sendmail(self._envelope_from, recipients, message)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            session.close()
-            if not (kept and isinstance(exc, aiosmtplib.SMTPSenderRefused) and 400 <= exc.code < 500):
-                raise
-            session, _ = await self._sessions.take(new=True)
+        while True:  # at most twice: a new session is not kept
             try:
                 refused, _ = await session.sendmail(self._envelope_from, recipients, message)
-            except BaseException:
+            except BaseException as exc:
                 session.close()
+                if kept and isinstance(exc, aiosmtplib.SMTPSenderRefused) and 400 <= exc.code < 500:
+                    session, kept = await self._sessions.take(new=True)
+                    continue
                 raise
-        except BaseException:
-            session.close()
-            raise
-        self._sessions.put_back(session)
-        return refused
+            self._sessions.put_back(session)
+            return refused
 
     def _count(self, row: dict, final: dict, outcome: Outcome, seconds: float) -> None:
         kind = row["kind"] or "other"

@@ -189,7 +189,6 @@ async def test_the_read_side_answers_the_same_on_both_engines(engine_store):
     kept = await read(partial(callbacks.country_summary))
     assert [(c["replies"], c["numbers"]) for c in kept] == [(2, 2), (1, 1)]
     assert kept == await read(partial(callbacks.country_summary, since="0"))
-    assert await read(partial(callbacks.reply_span)) == await read(partial(callbacks.reply_span, since="0"))
     assert len(await read(partial(callbacks.reply_hours))) == 2
     assert len(list(await read(lambda db: list(callbacks.iter_replies(db, chunk=1))))) == 3
     assert await read(partial(guards.used_since, since="2000-01-01", sender="A@Example.org")) == 0

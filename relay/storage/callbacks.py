@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import EllipsisType
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 from relay import clock
 from relay.octopush.callbacks import Callback
@@ -252,6 +252,7 @@ class CountrySummary(TypedDict):
     country: str  # '' for numbers without a country
     replies: int
     numbers: int  # distinct numbers
+    first_at: str | None
     last_at: str | None
 
 
@@ -265,7 +266,7 @@ def country_summary(db: Connection, **filters: Any) -> list[CountrySummary]:
         return _kept_summary(db, filters.get("country"))
     where, params = _reply_filter(db, **filters)
     sql = f"""SELECT coalesce(cb.country, '') AS country, count(*) AS replies, count(DISTINCT cb.number) AS numbers,
-                     max(cb.occurred_at) AS last_at
+                     min(cb.occurred_at) AS first_at, max(cb.occurred_at) AS last_at
               FROM callbacks cb WHERE {where} GROUP BY 1 ORDER BY replies DESC, country"""
     return [CountrySummary(**r) for r in db.query(sql, params)]
 
@@ -277,27 +278,25 @@ def _kept_summary(db: Connection, country: str | None) -> list[CountrySummary]:
         if country and code != ("" if country == NO_COUNTRY else country.upper()):
             continue
         found.append(
-            CountrySummary(country=code, replies=replies, numbers=numbers.get(code, 0), last_at=_last_reply(db, code))
+            CountrySummary(
+                country=code,
+                replies=replies,
+                numbers=numbers.get(code, 0),
+                first_at=_reply_end(db, code, "min"),
+                last_at=_reply_end(db, code, "max"),
+            )
         )
     return sorted(found, key=lambda r: (-r["replies"], r["country"]))
 
 
-def _last_reply(db: Connection, country: str) -> str | None:
-    """The newest reply's occurred_at in `country` ('' for none: stored as '' or NULL), from the index's end."""
-    sql = "SELECT max(occurred_at) FROM callbacks WHERE kind = 'reply' AND country "
+def _reply_end(db: Connection, country: str, end: Literal["min", "max"]) -> str | None:
+    """The first or last reply's occurred_at in `country` ('' for none: stored as '' or NULL), read from an end
+    of (kind, country, occurred_at): one query per end, as SQLite reads a lone min() or max() that way."""
+    sql = f"SELECT {end}(occurred_at) FROM callbacks WHERE kind = 'reply' AND country "
     found = [db.execute(sql + "= ?", [country]).fetchone()[0]]
     if not country:
         found.append(db.execute(sql + "IS NULL").fetchone()[0])
-    return max((at for at in found if at), default=None)
-
-
-def reply_span(db: Connection, **filters: Any) -> tuple[str | None, str | None]:
-    """The first and last reply's occurred_at under the reply filters; by index alone without a text or number."""
-    where, params = _reply_filter(db, **filters)
-    # Two queries: SQLite reads a lone min() or max() from the end of an index, not both in one SELECT.
-    first = db.execute(f"SELECT min(cb.occurred_at) FROM callbacks cb WHERE {where}", params).fetchone()[0]
-    last = db.execute(f"SELECT max(cb.occurred_at) FROM callbacks cb WHERE {where}", params).fetchone()[0]
-    return first, last
+    return (min if end == "min" else max)((at for at in found if at), default=None)
 
 
 def reply_hours(db: Connection, **filters: Any) -> list[tuple[str, str, int]]:

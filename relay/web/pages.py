@@ -121,7 +121,7 @@ def load_replies(db: Connection, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
     sections: list[Section] = []
     graph = None
     if f.view == "country":
-        first, last = callbacks.reply_span(db, **filters)
+        last = max((r["last_at"] for r in summary if r["last_at"]), default=None)
         if last is not None:
             # The hours of the chart's window only, ranked and totalled by the summary's counts.
             graph = chart.build(
@@ -129,7 +129,7 @@ def load_replies(db: Connection, *, f: ReplyFilter, tz: ZoneInfo) -> dict:
                 tz,
                 {r["country"]: country_label(r["country"]) for r in summary},
                 totals={r["country"]: r["replies"] for r in summary},
-                earliest=first,
+                earliest=min(r["first_at"] for r in summary if r["first_at"]),
             )
         order = [(f.country, total)] if f.country else menu
         for row in callbacks.replies_by_country(db, counts=order, limit=PAGE_SIZE, offset=offset, **filters):

@@ -186,6 +186,7 @@ class Daemon:
             check_credit=self.housekeeping.check_credit,
             purge=self.housekeeping.purge,
             run_digest=self.notifier.run_digest,
+            fold_counts=self.housekeeping.fold_counts if cfg.storage.url else None,
         )
         await self._up(self.scheduler)
         await self._up(self.watchdog)

@@ -1,4 +1,5 @@
-"""The periodic jobs that belong to no worker: the hourly credit check, the retention purge, the /metrics gauges.
+"""The periodic jobs that belong to no worker: the hourly credit check, the retention purge, the /metrics gauges,
+and on PostgreSQL the fold of the kept counts' deltas.
 
 Each is a method of one small object holding the few handles it needs, so the scheduler and the web app get
 these jobs without the daemon.
@@ -18,8 +19,8 @@ from relay.notify import Notifier
 from relay.octopush.client import OctopushClient
 from relay.octopush.errors import OctopushError, TemporaryError
 from relay.sending import Guards
-from relay.storage import guards, queues, retention
-from relay.storage.database import Store
+from relay.storage import callbacks, guards, queues, retention
+from relay.storage.database import Store, StoreError
 
 log = logging.getLogger("relay.daemon")
 PURGE_PAUSE = 0.02  # seconds at least between two purge batches
@@ -93,3 +94,13 @@ class Housekeeping:
         if any(totals.values()):
             log.info("purge: %(callbacks)d callbacks, %(outbox)d sent e-mails, %(messages)d message ids", totals)
         return totals
+
+    async def fold_counts(self) -> int:
+        """PostgreSQL, every few seconds (scheduler.FOLD_SECONDS): the counts' deltas into the counts
+        (`callbacks.fold_counts`), so what the readers add up stays a few seconds of callbacks. While the database
+        is away /healthz says so; the next fold takes what this one could not."""
+        try:
+            return await self.store.write(callbacks.fold_counts)
+        except StoreError as exc:
+            log.debug("fold of the counts: %s", exc)
+            return 0

@@ -23,7 +23,8 @@ from relay import clock, sending
 from relay import config as config_mod
 from relay.errors import ConfigError
 from relay.mail.smtp_inbound import SELF_SIGNED_KEY, make_self_signed
-from relay.storage import digests, guards, meta
+from relay.octopush.callbacks import classify
+from relay.storage import callbacks, digests, guards, meta
 from tests.conftest import wait_for, write_config
 from tests.test_notify import post, to
 
@@ -38,6 +39,20 @@ async def test_healthz_names_the_node_that_answers(make_daemon, sink, storage_to
     status, body = await healthz(daemon)
     assert status == 200 and body["status"] == "ok"
     assert body["node"] == "relay-b" and body["database"] == "ok"
+
+
+async def test_a_node_on_postgresql_folds_the_counts_deltas(make_daemon, sink, storage_toml, storage_engine):
+    """On PostgreSQL the counts' triggers append deltas (pg_schema m015) that a scheduled job folds; SQLite's
+    triggers keep the counts themselves and have no such job."""
+    daemon = await make_daemon(storage_toml, smtp_port=sink.port)
+    jobs = {job.id for job in daemon.scheduler.scheduler.get_jobs()}
+    assert ("fold-counts" in jobs) == (storage_engine == "postgresql")
+    body = {"message_id": "", "number": "+33600000001", "text": "Yes", "reception_date": "2026-11-04 11:11:45"}
+    cb = classify(body, raw=repr(body), content_type="application/json")
+    await daemon.store.write(partial(callbacks.store_callback, cb=cb))
+    assert await daemon.store.read(callbacks.reply_counts) == [("FR", 1)]
+    assert await daemon.housekeeping.fold_counts() == (1 if storage_engine == "postgresql" else 0)
+    assert await daemon.store.read(callbacks.reply_counts) == [("FR", 1)]
 
 
 async def test_the_node_is_the_host_name_by_default(daemon):

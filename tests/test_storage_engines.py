@@ -262,3 +262,130 @@ async def test_held_campaigns_move_once_whoever_sweeps(engine_store):
     )
     assert released.count(True) == 1
     assert not await engine_store.write(partial(guards.mark_mailed, campaign_id=1, done=False))  # never back
+
+
+def _scanned(db) -> tuple[dict, dict]:
+    """Replies per country and distinct numbers per country, counted from the rows themselves."""
+    rows = db.execute(
+        "SELECT coalesce(country, ''), count(*), count(DISTINCT number) FROM callbacks WHERE kind = 'reply' "
+        "GROUP BY 1"
+    ).fetchall()
+    return {c: n for c, n, _ in rows}, {c: k for c, _, k in rows if k}
+
+
+def _kept(db) -> tuple[dict, dict]:
+    """The same, as the readers find it in the kept counts (and, on PostgreSQL, the deltas not folded yet)."""
+    summary = callbacks.country_summary(db)
+    return {r["country"]: r["replies"] for r in summary}, {r["country"]: r["numbers"] for r in summary if r["numbers"]}
+
+
+async def test_kept_counts_follow_inserts_updates_and_a_purge_before_and_after_a_fold(engine_store, storage_engine):
+    numbers = ["+33600000001", "+33600000002", "+32470000001", "+4915100000001"]
+    for i in range(24):
+        await engine_store.write(partial(callbacks.store_callback, cb=reply(number=numbers[i % 4], text=f"r{i}")))
+    read, write = engine_store.read, engine_store.write
+    assert await read(_kept) == await read(_scanned)
+    moves = [
+        "UPDATE callbacks SET country = 'DE' WHERE id % 5 = 0",
+        "UPDATE callbacks SET number = '+33600000009' WHERE id % 7 = 0",
+        "UPDATE callbacks SET kind = 'stop' WHERE id % 6 = 0",
+        "UPDATE callbacks SET country = country WHERE id % 2 = 0",  # changes nothing
+        "DELETE FROM callbacks WHERE number = '+32470000001'",  # every reply of one number: no row left for it
+        "DELETE FROM callbacks WHERE id % 4 = 1",  # many rows in one statement, as the purge deletes
+    ]
+    for sql in moves:
+        await write(lambda db, sql=sql: db.execute(sql))
+        assert await read(_kept) == await read(_scanned), sql
+        if storage_engine == "postgresql" and sql.startswith("DELETE"):
+            assert await write(callbacks.fold_counts) > 0
+            assert await read(_kept) == await read(_scanned)
+    assert await write(callbacks.fold_counts) == 0  # nothing left (and SQLite never has any)
+    # Folded, the kept tables alone hold the counts, with no row left at 0 for a number (as on SQLite).
+    left = await read(lambda db: db.execute("SELECT count(*) FROM reply_numbers WHERE n <= 0").fetchone()[0])
+    assert left == 0
+
+
+async def test_writers_storing_replies_of_one_country_never_wait_for_each_other(pg_url):
+    """Two transactions storing a reply from the same number, neither committed: the second does not wait for the
+    first (m015: the counts' triggers lock no row; before, every batch waited for the previous one's COMMIT)."""
+    import psycopg
+
+    from relay.storage import postgres
+    from tests.conftest import PG_PASSWORD
+
+    postgres.migrate(pg_url, password=PG_PASSWORD)
+    first, second = (postgres.connect(pg_url, password=PG_PASSWORD, autocommit=False) for _ in range(2))
+    try:
+        callbacks.store_callback(first, reply(text="one"))
+        second.execute("SET lock_timeout = '2s'")
+        try:
+            callbacks.store_callback(second, reply(text="two"))
+        except psycopg.errors.LockNotAvailable:
+            pytest.fail("the second writer waited for the first one's row lock")
+        first.conn.commit()
+        second.conn.commit()
+    finally:
+        first.close()
+        second.close()
+    db = postgres.connect(pg_url, password=PG_PASSWORD)
+    try:
+        assert callbacks.reply_counts(db) == [("FR", 2)]
+        with db.atomic():
+            assert callbacks.fold_counts(db) == 2
+        assert callbacks.reply_counts(db) == [("FR", 2)]
+        assert db.execute("SELECT kind, country, n FROM callback_counts").fetchall() == [("reply", "FR", 2)]
+    finally:
+        db.close()
+
+
+async def test_one_fold_at_a_time_across_nodes(pg_url):
+    """Two nodes folding at once: one folds, the other finds the lock taken and leaves the deltas to it."""
+    from relay.storage import postgres
+    from tests.conftest import PG_PASSWORD
+
+    postgres.migrate(pg_url, password=PG_PASSWORD)
+    a, b = (postgres.connect(pg_url, password=PG_PASSWORD, autocommit=False) for _ in range(2))
+    try:
+        callbacks.store_callback(a, reply())
+        a.conn.commit()
+        assert callbacks.fold_counts(a) == 1  # its transaction, and the fold's lock, still open
+        assert callbacks.fold_counts(b) == 0
+        a.conn.commit()
+        b.conn.rollback()
+        assert callbacks.fold_counts(b) == 0  # nothing left to fold
+        b.conn.commit()
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_m015_keeps_the_counts_of_a_database_made_before_it(pg_url):
+    """A PostgreSQL database at m014 with callbacks in it: after m015 the counts go on from what they were."""
+    import psycopg
+
+    from relay.storage import pg_schema, postgres
+    from tests.conftest import PG_PASSWORD
+
+    with psycopg.connect(pg_url, password=PG_PASSWORD, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE octorelay_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for name, fn in pg_schema.steps:
+            if name == "m015_count_deltas":
+                break
+            with conn.transaction():
+                fn(postgres.PgConnection(conn))
+                conn.execute("INSERT INTO octorelay_migrations (name) VALUES (%s)", [name])
+    db = postgres.connect(pg_url, password=PG_PASSWORD)
+    try:
+        for i in range(3):
+            callbacks.store_callback(db, reply(number=f"+3360000000{i}", text=f"before {i}"))
+        assert postgres.migrate(pg_url, password=PG_PASSWORD) == ["m015_count_deltas"]
+        callbacks.store_callback(db, reply(text="after"))
+        db.execute("DELETE FROM callbacks WHERE text = 'before 2'")
+        assert _kept(db) == _scanned(db) == ({"FR": 3}, {"FR": 2})
+        with db.atomic():
+            callbacks.fold_counts(db)
+        assert _kept(db) == _scanned(db)
+    finally:
+        db.close()

@@ -206,8 +206,65 @@ def iter_replies(db: Connection, *, limit: int | None = None, chunk: int = 1000,
 
 
 def reply_counts(db: Connection) -> list[tuple[str, int]]:
-    """(country, replies) for every country ('' for none), from the counts the triggers of m012 keep."""
+    """(country, replies) for every country ('' for none), from the counts the triggers of m012 keep (and, on
+    PostgreSQL, the deltas of m015 not folded into them yet: one statement, so one snapshot of both)."""
+    if is_postgres(db):
+        return db.execute(
+            """SELECT country, sum(n)::bigint FROM (
+                   SELECT country, n FROM callback_counts WHERE kind = 'reply'
+                   UNION ALL SELECT country, n FROM callback_deltas WHERE kind = 'reply') kept
+               GROUP BY country HAVING sum(n) > 0"""
+        ).fetchall()
     return db.execute("SELECT country, n FROM callback_counts WHERE kind = 'reply' AND n > 0").fetchall()
+
+
+def _numbers_per_country(db: Connection) -> dict[str, int]:
+    """Distinct numbers that replied, per country, from `reply_numbers` (m014); on PostgreSQL, corrected by the
+    deltas not folded yet: a number whose replies go from none to some counts one more, from some to none one less.
+    """
+    if not is_postgres(db):
+        return dict(db.execute("SELECT country, count(*) FROM reply_numbers GROUP BY country").fetchall())
+    rows = db.execute(
+        """SELECT country, sum(c)::bigint FROM (
+               SELECT country, count(*) AS c FROM reply_numbers WHERE n > 0 GROUP BY country
+               UNION ALL
+               SELECT d.country, sum(CASE WHEN coalesce(k.n, 0) <= 0 AND coalesce(k.n, 0) + d.n > 0 THEN 1
+                                          WHEN coalesce(k.n, 0) > 0 AND k.n + d.n <= 0 THEN -1 ELSE 0 END)
+               FROM (SELECT country, number, sum(n) AS n FROM callback_deltas
+                     WHERE kind = 'reply' AND number IS NOT NULL GROUP BY country, number) d
+               LEFT JOIN reply_numbers k ON k.country = d.country AND k.number = d.number
+               GROUP BY d.country) counted
+           GROUP BY country"""
+    ).fetchall()
+    return {country: n for country, n in rows if n > 0}
+
+
+# Only one fold at a time across the nodes (a transaction-scoped advisory lock); another one finds it taken.
+FOLD_LOCK = 0x6F63746F636F756E  # "octocoun"
+
+
+def fold_counts(db: Connection) -> int:
+    """PostgreSQL: move the deltas that m015's triggers append into `callback_counts` and `reply_numbers`, in one
+    statement; how many moved. 0 on SQLite (its triggers keep the counts themselves), or while another node folds.
+
+    The kept counts' rows are locked only here, for the few milliseconds of a fold, never by a callback's write.
+    """
+    if not is_postgres(db) or not db.execute("SELECT pg_try_advisory_xact_lock(?)", [FOLD_LOCK]).fetchone()[0]:
+        return 0
+    moved, emptied = db.execute(
+        """WITH moved AS (DELETE FROM callback_deltas RETURNING kind, country, number, n),
+                kinds AS (INSERT INTO callback_counts (kind, country, n)
+                          SELECT kind, country, sum(n) FROM moved GROUP BY kind, country
+                          ON CONFLICT (kind, country) DO UPDATE SET n = callback_counts.n + excluded.n),
+                numbers AS (INSERT INTO reply_numbers (country, number, n)
+                            SELECT country, number, sum(n) FROM moved WHERE kind = 'reply' AND number IS NOT NULL
+                            GROUP BY country, number
+                            ON CONFLICT (country, number) DO UPDATE SET n = reply_numbers.n + excluded.n)
+           SELECT count(*), coalesce(bool_or(n < 0), false) FROM moved"""
+    ).fetchone()
+    if emptied:  # a number whose last reply went has no row, as on SQLite
+        db.execute("DELETE FROM reply_numbers WHERE n <= 0")
+    return moved
 
 
 def count_replies(db: Connection, **filters: Any) -> int:
@@ -272,7 +329,7 @@ def country_summary(db: Connection, **filters: Any) -> list[CountrySummary]:
 
 
 def _kept_summary(db: Connection, country: str | None) -> list[CountrySummary]:
-    numbers = dict(db.execute("SELECT country, count(*) FROM reply_numbers GROUP BY country").fetchall())
+    numbers = _numbers_per_country(db)
     found = []
     for code, replies in reply_counts(db):
         if country and code != ("" if country == NO_COUNTRY else country.upper()):

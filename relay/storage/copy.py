@@ -12,15 +12,18 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from relay.errors import RelayError
+from relay.storage.callbacks import fold_counts
 from relay.storage.database import Connection
 
 BATCH = 1000  # rows read from SQLite at a time
 # Kept by triggers on both engines (`callback_counts`: callbacks per kind and country; `reply_numbers`: replies
-# per country and number): the target's own triggers
-# rebuild it from the copied callbacks, and the verification compares it with the source's all the same.
+# per country and number): the target's own triggers rebuild them from the copied callbacks (as deltas, folded
+# before the check), and the verification compares them with the source's all the same.
 DERIVED = ("callback_counts", "reply_numbers")
 # Bookkeeping of each engine's migrations: the target has its own.
 OWN_BOOKKEEPING = ("_sqlite_migrations", "octorelay_migrations")
+# PostgreSQL's alone (pg_schema's m015): nothing in SQLite to copy into them.
+POSTGRES_ONLY = ("callback_deltas",)
 
 
 class CopyError(RelayError):
@@ -54,13 +57,14 @@ def target_tables(dst: Connection) -> list[str]:
 def refuse_unless_empty(dst: Connection, tables: list[str]) -> None:
     """An empty database, or one holding only the relay's empty tables (a copy that failed, run again)."""
     present = target_tables(dst)
-    foreign = [t for t in present if t not in tables and t not in OWN_BOOKKEEPING]
+    foreign = [t for t in present if t not in tables and t not in OWN_BOOKKEEPING + POSTGRES_ONLY]
     if foreign:
         raise CopyError(
             f"the target database holds tables that are not octorelay's ({', '.join(foreign[:5])}"
             f"{', …' if len(foreign) > 5 else ''}): copy only into a new, empty database (createdb)"
         )
-    full = [t for t in tables if t in present and dst.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
+    ours = [t for t in [*tables, *POSTGRES_ONLY] if t in present]
+    full = [t for t in ours if dst.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
     if full:
         raise CopyError(
             f"the target database is not empty (table {', '.join(full)} holds rows): db copy never mixes two "
@@ -161,6 +165,7 @@ def copy_database(
                 done.append(copied)
                 if progress:
                     progress(copied)
+            fold_counts(dst)  # the target's triggers counted the copied callbacks as deltas
             for table in DERIVED:
                 if table not in tables:
                     continue

@@ -41,7 +41,10 @@ CONNECT_TIMEOUT = 5  # seconds to open a connection
 CHECKOUT_TIMEOUT = 3.0  # seconds a write waits for a pooled connection before it is answered StoreError
 POOL_SIZE = 12  # connections (and threads) per daemon
 RETRIES = 3  # a batch that meets a deadlock or a serialization failure runs again
-MAX_BATCH = 256  # writes per transaction
+# Writes per transaction. Each write's savepoint that writes is a subtransaction with an id of its own; past 64
+# in one transaction PostgreSQL's per-session cache of them overflows, and every other session's snapshot then
+# looks them up in pg_subtrans (a known slowdown of busy servers). A batch of 64 already shares its fsync.
+MAX_BATCH = 64
 WRITERS = 2  # batches in flight at once
 
 

@@ -201,14 +201,16 @@ def client_gc_off():
     """No garbage collection in the load generator while it measures: a full collection of its own heap stops
     its event loop for 20-35 ms, and every request in flight then counts that pause as the server's latency
     (seen as bursts of slow requests at the client's collections, none at the daemon's)."""
+    was_enabled = gc.isenabled()
     gc.collect()
     gc.freeze()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
         gc.unfreeze()
+        if was_enabled:
+            gc.enable()
 
 
 async def closed_loop(

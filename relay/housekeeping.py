@@ -97,10 +97,13 @@ class Housekeeping:
 
     async def fold_counts(self) -> int:
         """PostgreSQL, every few seconds (scheduler.FOLD_SECONDS): the counts' deltas into the counts
-        (`callbacks.fold_counts`), so what the readers add up stays a few seconds of callbacks. While the database
-        is away /healthz says so; the next fold takes what this one could not."""
+        (`callbacks.fold_counts`), so what the readers add up stays a few seconds of callbacks. In a transaction
+        of its own: a fold that fails or takes long holds no callback. While the database is away /healthz says
+        so; the next fold takes what this one could not."""
         try:
-            return await self.store.write(callbacks.fold_counts)
+            return await self.store.write(callbacks.fold_counts, alone=True)
         except StoreError as exc:
             log.debug("fold of the counts: %s", exc)
-            return 0
+        except Exception:  # noqa: BLE001 - a job logs; the next fold tries again
+            log.exception("fold of the counts failed")
+        return 0

@@ -38,8 +38,9 @@ def missed(sub: Subscription, last_run_at: str | None, now: datetime) -> bool:
     return upcoming is not None and upcoming <= now
 
 
-# PostgreSQL: how often the counts' deltas are folded; longer than a write waits for a connection (3 s), so a
-# fold held up by a database that is away is over before the next is due.
+# PostgreSQL: how often the counts' deltas are folded (each node; one at a time folds, the others skip). Longer
+# than a write waits for a pooled connection (3 s), so while the database is away a fold has mostly failed
+# before the next is due.
 FOLD_SECONDS = 5
 
 
@@ -97,7 +98,13 @@ class Scheduler:
         if config.storage.retention_days > 0:
             s.add_job(self.purge, IntervalTrigger(days=1), id="retention-purge", next_run_time=clock.now())
         if self.fold_counts:
-            s.add_job(self.fold_counts, IntervalTrigger(seconds=FOLD_SECONDS), id="fold-counts", coalesce=True)
+            s.add_job(
+                self.fold_counts,
+                IntervalTrigger(seconds=FOLD_SECONDS),
+                id="fold-counts",
+                coalesce=True,
+                misfire_grace_time=None,  # late on a busy loop is still wanted, and not worth a warning
+            )
         digests = config.digests
         state = await self.store.write(partial(init_digests, names=[sub.name for sub in digests]))
         now = clock.now()

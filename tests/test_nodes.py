@@ -47,6 +47,8 @@ async def test_a_node_on_postgresql_folds_the_counts_deltas(make_daemon, sink, s
     daemon = await make_daemon(storage_toml, smtp_port=sink.port)
     jobs = {job.id for job in daemon.scheduler.scheduler.get_jobs()}
     assert ("fold-counts" in jobs) == (storage_engine == "postgresql")
+    if "fold-counts" in jobs:  # this test folds itself: the job's first run must not take the delta first
+        daemon.scheduler.scheduler.remove_job("fold-counts")
     body = {"message_id": "", "number": "+33600000001", "text": "Yes", "reception_date": "2026-11-04 11:11:45"}
     cb = classify(body, raw=repr(body), content_type="application/json")
     await daemon.store.write(partial(callbacks.store_callback, cb=cb))

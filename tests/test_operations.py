@@ -162,7 +162,7 @@ async def test_offline_demo_with_no_configuration(spawn, tmp_path):
     """`octorelay run` with no config: an e-mail to +33612345678@sms.localhost comes back as a reply in ./var/mail."""
     proc = await spawn(None, cwd=tmp_path, env={"OCTORELAY_CONFIG": ""})
     assert proc.smtp == ("127.0.0.1", 2525) and proc.http_url == "http://127.0.0.1:8080"
-    assert "Try: python" in proc.output()
+    await wait_for(lambda: "Try: python" in proc.output(), timeout=10)  # printed just after READY
 
     def send():
         with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as s:

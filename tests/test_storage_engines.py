@@ -389,3 +389,26 @@ async def test_m015_keeps_the_counts_of_a_database_made_before_it(pg_url):
         assert _kept(db) == _scanned(db)
     finally:
         db.close()
+
+
+def test_a_write_that_must_run_alone_is_a_batch_of_its_own():
+    """`write(..., alone=True)` (the counts' fold): the writes before it commit without it, it commits alone, and
+    the ones after it make the next batch."""
+    jobs = [database.Job(i, None, small=False, alone=(i in (3, 4))) for i in range(8)]
+    batches = []
+    while jobs:
+        batch = database.next_batch(jobs, 64)
+        del jobs[: len(batch)]
+        batches.append([job.fn for job in batch])
+    assert batches == [[0, 1, 2], [3], [4], [5, 6, 7]]
+    assert database.next_batch([database.Job(i, None, small=False) for i in range(10)], 4)[-1].fn == 3
+
+
+async def test_a_write_alone_commits_and_answers_like_any_other(engine_store):
+    results = await asyncio.gather(
+        *(engine_store.write(partial(meta.meta_set, key=f"k{i}", value="v"), alone=i % 2 == 0) for i in range(6)),
+        engine_store.write(lambda db: db.execute("UPDATE meta SET no_such_column = 1"), alone=True),
+        return_exceptions=True,
+    )
+    assert results[:6] == [None] * 6 and isinstance(results[6], Exception)
+    assert await engine_store.read(lambda db: db.execute("SELECT count(*) FROM meta").fetchone()[0]) == 6

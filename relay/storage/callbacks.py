@@ -243,15 +243,21 @@ def _numbers_per_country(db: Connection) -> dict[str, int]:
 FOLD_LOCK = 0x6F63746F636F756E  # "octocoun"
 
 
-def fold_counts(db: Connection) -> int:
-    """PostgreSQL: move the deltas that m015's triggers append into `callback_counts` and `reply_numbers`, in one
-    statement; how many moved. 0 on SQLite (its triggers keep the counts themselves), or while another node folds.
+def fold_counts(db: Connection, *, wait: bool = False) -> int:
+    """PostgreSQL: move the deltas that m015's triggers append into `callback_counts` and `reply_numbers`; how many
+    moved. 0 on SQLite (its triggers keep the counts themselves), or while another node folds (unless `wait`).
 
-    The kept counts' rows are locked only here, for the few milliseconds of a fold, never by a callback's write.
+    Runs inside a transaction (its lock is the transaction's): one statement moves the deltas, and a second
+    removes, by key, the numbers whose last reply went. The kept counts' rows are locked only here, never by a
+    callback's write.
     """
-    if not is_postgres(db) or not db.execute("SELECT pg_try_advisory_xact_lock(?)", [FOLD_LOCK]).fetchone()[0]:
+    if not is_postgres(db):
         return 0
-    moved, emptied = db.execute(
+    if wait:
+        db.execute("SELECT pg_advisory_xact_lock(?)", [FOLD_LOCK])
+    elif not db.execute("SELECT pg_try_advisory_xact_lock(?)", [FOLD_LOCK]).fetchone()[0]:
+        return 0
+    moved, countries, numbers = db.execute(
         """WITH moved AS (DELETE FROM callback_deltas RETURNING kind, country, number, n),
                 kinds AS (INSERT INTO callback_counts (kind, country, n)
                           SELECT kind, country, sum(n) FROM moved GROUP BY kind, country
@@ -259,11 +265,18 @@ def fold_counts(db: Connection) -> int:
                 numbers AS (INSERT INTO reply_numbers (country, number, n)
                             SELECT country, number, sum(n) FROM moved WHERE kind = 'reply' AND number IS NOT NULL
                             GROUP BY country, number
-                            ON CONFLICT (country, number) DO UPDATE SET n = reply_numbers.n + excluded.n)
-           SELECT count(*), coalesce(bool_or(n < 0), false) FROM moved"""
+                            ON CONFLICT (country, number) DO UPDATE SET n = reply_numbers.n + excluded.n
+                            RETURNING country, number, n)
+           SELECT (SELECT count(*) FROM moved),
+                  (SELECT array_agg(country) FROM numbers WHERE n <= 0),
+                  (SELECT array_agg(number) FROM numbers WHERE n <= 0)"""
     ).fetchone()
-    if emptied:  # a number whose last reply went has no row, as on SQLite
-        db.execute("DELETE FROM reply_numbers WHERE n <= 0")
+    if countries:  # a number whose last reply went has no row, as on SQLite
+        db.execute(
+            """DELETE FROM reply_numbers r USING unnest(?::text[], ?::text[]) AS gone (country, number)
+               WHERE r.country = gone.country AND r.number = gone.number AND r.n <= 0""",
+            [countries, numbers],
+        )
     return moved
 
 

@@ -165,7 +165,7 @@ def copy_database(
                 done.append(copied)
                 if progress:
                     progress(copied)
-            fold_counts(dst)  # the target's triggers counted the copied callbacks as deltas
+            fold_counts(dst, wait=True)  # the target's triggers counted the copied callbacks as deltas
             for table in DERIVED:
                 if table not in tables:
                     continue

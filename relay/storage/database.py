@@ -201,12 +201,22 @@ def migrate(path: Path) -> list[str]:
 
 
 class Job:
-    """One write waiting for its batch: the function, its caller's future, and whether it may run on the loop."""
+    """One write waiting for its batch: the function, its caller's future, whether it may run on the loop, and
+    whether it runs in a transaction of its own."""
 
-    __slots__ = ("fn", "future", "small")
+    __slots__ = ("fn", "future", "small", "alone")
 
-    def __init__(self, fn, future, small):
-        self.fn, self.future, self.small = fn, future, small
+    def __init__(self, fn, future, small, alone=False):
+        self.fn, self.future, self.small, self.alone = fn, future, small, alone
+
+
+def next_batch(jobs: list[Job], limit: int) -> list[Job]:
+    """The writes of the next transaction, from the front of `jobs`: at most `limit`, and a write that must run
+    alone is a batch of its own (the others stop before it)."""
+    if jobs[0].alone:
+        return jobs[:1]
+    end = next((i for i, job in enumerate(jobs[:limit]) if job.alone), limit)
+    return jobs[:end]
 
 
 class Store:
@@ -266,15 +276,16 @@ class Store:
 
     # ------------------------------------------------------------ API
 
-    async def write(self, fn: Callable[[Connection], T], *, small: bool = False) -> T:
+    async def write(self, fn: Callable[[Connection], T], *, small: bool = False, alone: bool = False) -> T:
         """Run `fn(db)` in the next batch's transaction; returns once it is committed.
 
         `small=True` promises a few indexed statements and no other work: it may run on the event loop.
+        `alone=True` gives it a transaction of its own: its failure or its time is no other write's.
         """
         if self._task is None or self._task.done() or self._stopping:
             raise StoreError("the store is not started")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(Job(fn, future, small))
+        self._jobs.append(Job(fn, future, small, alone))
         self._wake.set()
         return await future
 
@@ -310,7 +321,7 @@ class Store:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            batch = self._jobs[:MAX_BATCH]
+            batch = next_batch(self._jobs, MAX_BATCH)
             small = all(job.small for job in batch)
             if small:
                 batch = batch[:MAX_SMALL_BATCH]  # the loop's share stays within a few milliseconds

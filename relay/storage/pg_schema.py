@@ -195,32 +195,36 @@ def m015_count_deltas(db) -> None:
     that nothing updates takes no row lock. Readers add the deltas not folded yet (`reply_counts`). SQLite has
     one writer: its triggers keep the counts as they are.
     """
-    db.execute("LOCK TABLE callbacks IN SHARE ROW EXCLUSIVE MODE")  # no insert is counted twice, or missed
+    # No insert counted twice or missed; ACCESS EXCLUSIVE at once, as DROP TRIGGER needs it: taking a weaker lock
+    # first and upgrading it could deadlock with another node's batch that has read the table and then writes.
+    db.execute("LOCK TABLE callbacks IN ACCESS EXCLUSIVE MODE")
     _run(db, "CREATE TABLE callback_deltas (kind {T} NOT NULL, country {T} NOT NULL, number {T}, n INTEGER NOT NULL)")
     for kept in ("callback_counts", "reply_numbers"):
         db.execute(f"DROP TRIGGER {kept}_insert ON callbacks")
         db.execute(f"DROP TRIGGER {kept}_update ON callbacks")
     db.execute("DROP FUNCTION callback_counts_keep()")
     db.execute("DROP FUNCTION reply_numbers_keep()")
-    # A row's insert or update: a delta each for what it was and what it is (no row lock on any count).
+    # A row's insert or update: a delta each for what it was and what it is (no row lock on any count). Only a
+    # reply's number is counted (reply_numbers), so other kinds' deltas leave it out.
     db.execute(
         """CREATE FUNCTION callback_deltas_row() RETURNS trigger LANGUAGE plpgsql AS $$
            BEGIN
                IF TG_OP = 'UPDATE' THEN
-                   INSERT INTO callback_deltas (kind, country, number, n)
-                   VALUES (OLD.kind, coalesce(OLD.country, ''), OLD.number, -1);
+                   INSERT INTO callback_deltas (kind, country, number, n) VALUES (
+                       OLD.kind, coalesce(OLD.country, ''), CASE WHEN OLD.kind = 'reply' THEN OLD.number END, -1);
                END IF;
-               INSERT INTO callback_deltas (kind, country, number, n)
-               VALUES (NEW.kind, coalesce(NEW.country, ''), NEW.number, 1);
+               INSERT INTO callback_deltas (kind, country, number, n) VALUES (
+                   NEW.kind, coalesce(NEW.country, ''), CASE WHEN NEW.kind = 'reply' THEN NEW.number END, 1);
                RETURN NULL;
            END $$"""
     )
-    # A purge deletes thousands of rows in one statement: one delta per kind, country and number.
+    # A purge deletes many rows in one statement: one delta per kind, country and (a reply's) number.
     db.execute(
         """CREATE FUNCTION callback_deltas_gone() RETURNS trigger LANGUAGE plpgsql AS $$
            BEGIN
                INSERT INTO callback_deltas (kind, country, number, n)
-               SELECT kind, coalesce(country, ''), number, -count(*) FROM gone GROUP BY 1, 2, 3;
+               SELECT kind, coalesce(country, ''), CASE WHEN kind = 'reply' THEN number END, -count(*)
+               FROM gone GROUP BY 1, 2, 3;
                RETURN NULL;
            END $$"""
     )

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from relay.logs import mask_url as masked
 from relay.storage import pg_schema
-from relay.storage.database import Job, StoreError, settle
+from relay.storage.database import Job, StoreError, next_batch, settle
 
 log = logging.getLogger("relay.storage")
 T = TypeVar("T")
@@ -238,12 +238,13 @@ class PgStore:
 
     # ------------------------------------------------------------ API
 
-    async def write(self, fn: Callable[[PgConnection], T], *, small: bool = False) -> T:
-        """Run `fn(db)` in the next batch's transaction; returns once it is committed. (`small` is SQLite's.)"""
+    async def write(self, fn: Callable[[PgConnection], T], *, small: bool = False, alone: bool = False) -> T:
+        """Run `fn(db)` in the next batch's transaction; returns once it is committed. (`small` is SQLite's.)
+        `alone=True` gives it a transaction of its own: its failure or its time is no other write's."""
         if not self._running:
             raise StoreError("the store is not started")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(Job(fn, future, small=False))
+        self._jobs.append(Job(fn, future, small=False, alone=alone))
         self._wake.set()
         return await future
 
@@ -272,7 +273,7 @@ class PgStore:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            batch = self._jobs[:MAX_BATCH]
+            batch = next_batch(self._jobs, MAX_BATCH)
             del self._jobs[: len(batch)]
             if self._jobs:
                 self._wake.set()  # the other writer takes the rest

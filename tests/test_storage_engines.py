@@ -412,3 +412,24 @@ async def test_a_write_alone_commits_and_answers_like_any_other(engine_store):
     )
     assert results[:6] == [None] * 6 and isinstance(results[6], Exception)
     assert await engine_store.read(lambda db: db.execute("SELECT count(*) FROM meta").fetchone()[0]) == 6
+
+
+async def test_a_write_that_swallows_its_own_database_error_spoils_no_other(engine_store, storage_engine):
+    """On PostgreSQL a failed statement fails the whole transaction, even when the write catches the error: that
+    write is rolled back to its savepoint and answered with an error; the batch's others commit."""
+
+    def swallow(db):
+        try:
+            db.execute("SELECT no_such_column FROM meta")
+        except Exception:  # noqa: BLE001 - the point of the test
+            pass
+        return "returned"
+
+    writes = [engine_store.write(partial(meta.meta_set, key=f"k{i}", value="v")) for i in range(3)]
+    results = await asyncio.gather(*writes[:2], engine_store.write(swallow), writes[2], return_exceptions=True)
+    assert results[:2] == [None, None] and results[3] is None
+    if storage_engine == "postgresql":
+        assert isinstance(results[2], Exception) and not isinstance(results[2], StoreError)
+    else:  # SQLite's failed statement fails only itself
+        assert results[2] == "returned"
+    assert await engine_store.read(lambda db: db.execute("SELECT count(*) FROM meta").fetchone()[0]) == 3
